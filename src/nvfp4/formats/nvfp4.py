@@ -1,0 +1,180 @@
+"""NVFP4: E2M1 values in 16-element blocks, E4M3 block scales, an FP32 tensor scale (SPEC §2).
+
+This file is the plain-PyTorch reference ("the oracle"). Fast backends in ``nvfp4.kernels``
+must reproduce its codes and scales bit for bit; ``quantize_nvfp4`` dispatches to them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from nvfp4.formats._validate import as_2d, ceil_div, check_finite_strict, check_float_input, check_tile
+from nvfp4.formats.e2m1 import (
+    E2M1_MAX,
+    e2m1_round_nearest,
+    e2m1_round_stochastic,
+    e2m1_values,
+    pack_codes,
+    unpack_codes,
+)
+from nvfp4.formats.rng import random_bytes
+
+BLOCK = 16
+E4M3_MAX = 448.0
+FLT_MAX = torch.finfo(torch.float32).max
+NVFP4_TILES = ((1, 16), (16, 16))
+
+# FP32 constants as tensors, so every product below is an FP32 product (no double-precision scalars).
+_F32_E4M3_TIMES_E2M1 = torch.tensor(E4M3_MAX * E2M1_MAX, dtype=torch.float32)
+_F32_ONE_SIXTH = torch.tensor(1.0 / 6.0, dtype=torch.float32)
+_F32_ONE = torch.tensor(1.0, dtype=torch.float32)
+
+
+@dataclass
+class NVFP4Tensor:
+    """A quantized tensor: packed codes, E4M3 block scales and the amax of the tensor scale."""
+
+    packed: torch.Tensor  # uint8 (M, ceil(K/16)*8)
+    scales: torch.Tensor  # float8_e4m3fn (M, ceil(K/16)); a 16x16 tile's scale repeated over its rows
+    global_amax: torch.Tensor  # float32 0-d
+    shape: torch.Size  # the original shape (any leading dims)
+    tile: tuple[int, int]
+
+    @property
+    def rows(self) -> int:
+        return self.packed.shape[0]
+
+    @property
+    def cols(self) -> int:
+        return self.shape[-1]
+
+    @property
+    def decode_scale(self) -> torch.Tensor:
+        """S_dec = 1 / S_enc (FP32), the tensor-level factor applied after a GEMM."""
+        return global_decode_scale(self.global_amax)
+
+    def codes(self) -> torch.Tensor:
+        """uint8 codes 0..15, shape (M, K), padding removed."""
+        return unpack_codes(self.packed)[:, : self.cols]
+
+    def scaled_values(self, dtype: torch.dtype = torch.bfloat16, padded: bool = False) -> torch.Tensor:
+        """value(q) × block scale, WITHOUT the tensor scale: exact in BF16 (SPEC §2), the GEMM operand."""
+        codes = unpack_codes(self.packed)
+        values = e2m1_values(codes, torch.float32) * self.scales.to(torch.float32).repeat_interleave(BLOCK, dim=1)
+        values = values.to(dtype)
+        return values if padded else values[:, : self.cols]
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """x ≈ value(q) · s_b · S_dec, in the original shape."""
+        values = self.scaled_values(torch.float32) * self.decode_scale
+        return values.to(dtype).reshape(self.shape)
+
+
+def global_encode_scale(global_amax: torch.Tensor) -> torch.Tensor:
+    """S_enc = min(448·6 / amax, FLT_MAX); an all-zero tensor (amax 0) gives FLT_MAX."""
+    return torch.clamp(_F32_E4M3_TIMES_E2M1.to(global_amax.device) / global_amax, max=FLT_MAX)
+
+
+def global_decode_scale(global_amax: torch.Tensor) -> torch.Tensor:
+    return fp32_reciprocal(global_encode_scale(global_amax.to(torch.float32)))
+
+
+def fp32_reciprocal(t: torch.Tensor) -> torch.Tensor:
+    """1/t as a true FP32 division (``1.0 / t`` may become reciprocal·1.0, not guaranteed exact)."""
+    return torch.div(_F32_ONE.to(t.device), t)
+
+
+def tensor_amax(x: torch.Tensor) -> torch.Tensor:
+    """max |x| in FP32 (NaN if any element is NaN, like the quantizer needs)."""
+    return x.abs().amax().to(torch.float32)
+
+
+def _pad_to_blocks(x2d: torch.Tensor, row_multiple: int) -> torch.Tensor:
+    rows, cols = x2d.shape
+    pad_rows = ceil_div(rows, row_multiple) * row_multiple - rows
+    pad_cols = ceil_div(cols, BLOCK) * BLOCK - cols
+    if pad_rows or pad_cols:
+        x2d = torch.nn.functional.pad(x2d, (0, pad_cols, 0, pad_rows))
+    return x2d
+
+
+def reference_quantize_nvfp4_2d(
+    x2d: torch.Tensor,
+    global_amax: torch.Tensor,
+    tile_rows: int,
+    stochastic: bool,
+    seed: int,
+    offset: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference kernel on a 2-D tensor: returns (packed uint8, scales e4m3), both trimmed to M rows."""
+    rows, cols = x2d.shape
+    xp = _pad_to_blocks(x2d.to(torch.float32), tile_rows)
+    prow, pcol = xp.shape
+    nblk = pcol // BLOCK
+    amax = global_amax.to(device=xp.device, dtype=torch.float32)
+
+    # Block amax: 1x16 along the row, or 16x16 tiles (then repeated over the tile's 16 rows).
+    if tile_rows == 1:
+        block_amax = xp.abs().view(prow, nblk, BLOCK).amax(dim=-1)
+    else:
+        tiles = xp.abs().view(prow // tile_rows, tile_rows, nblk, BLOCK).amax(dim=(1, 3))
+        block_amax = tiles.repeat_interleave(tile_rows, dim=0)
+
+    s_enc = global_encode_scale(amax)
+    s_dec = fp32_reciprocal(s_enc)
+    scale_f32 = torch.clamp(block_amax * (s_enc * _F32_ONE_SIXTH.to(xp.device)), max=FLT_MAX)
+    scales = torch.clamp(scale_f32, max=E4M3_MAX).to(torch.float8_e4m3fn)
+    # Non-finite input must never become finite garbage: a NaN/Inf block (or tensor amax) gets a NaN scale.
+    bad = ~torch.isfinite(block_amax) | ~torch.isfinite(amax)
+    if bool(bad.any()):
+        scales = torch.where(bad, torch.tensor(float("nan")), scales.to(torch.float32)).to(torch.float8_e4m3fn)
+
+    # Encode with the ROUNDED scale, by a true FP32 division (SPEC §2).
+    enc = torch.clamp(fp32_reciprocal(scales.to(torch.float32) * s_dec), max=FLT_MAX)
+    v = torch.clamp(xp.view(prow, nblk, BLOCK) * enc.unsqueeze(-1), -E2M1_MAX, E2M1_MAX).view(prow, pcol)
+
+    if stochastic:
+        r = torch.arange(prow, dtype=torch.int64, device=xp.device).unsqueeze(1)
+        c = torch.arange(pcol, dtype=torch.int64, device=xp.device).unsqueeze(0)
+        codes = e2m1_round_stochastic(v, random_bytes(r * cols + c, seed, offset))
+    else:
+        codes = e2m1_round_nearest(v)
+    return pack_codes(codes)[:rows], scales[:rows]
+
+
+def quantize_nvfp4(
+    x: torch.Tensor,
+    tile: tuple[int, int] = (1, 16),
+    stochastic: bool = False,
+    seed: int = 0,
+    global_amax: torch.Tensor | float | None = None,
+    *,
+    offset: int = 0,
+    strict: bool = False,
+    backend: str = "auto",
+) -> NVFP4Tensor:
+    """Quantize ``x`` to NVFP4 along its last dim (SPEC §2, §3).
+
+    tile: (1, 16) blocks, or (16, 16) tiles for weights (so W and Wᵀ quantize identically).
+    stochastic: SR with random bytes keyed by (seed, offset, element index) — same bits anywhere.
+    global_amax: a caller-reduced amax (e.g. across ranks); must be >= max|x|.
+    strict: raise ``NonFiniteError`` on NaN/Inf instead of propagating NaN into the scales.
+    backend: "auto" (fastest available for the device), "reference", or a name from
+    ``nvfp4.kernels.available_backends()``.
+    """
+    from nvfp4 import kernels  # local import: kernels import this module
+
+    check_float_input(x)
+    tile = check_tile(tile, NVFP4_TILES)
+    x2d = as_2d(x)
+    if strict:
+        check_finite_strict(x2d)
+    impl = kernels.select(backend, x2d.device)
+    if global_amax is None:
+        amax = impl.amax(x2d)
+    else:
+        amax = torch.as_tensor(global_amax, dtype=torch.float32, device=x2d.device).reshape(())
+    packed, scales = impl.quantize_nvfp4(x2d, amax, tile[0], bool(stochastic), int(seed), int(offset))
+    return NVFP4Tensor(packed=packed, scales=scales, global_amax=amax, shape=x.shape, tile=tile)
