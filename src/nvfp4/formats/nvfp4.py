@@ -15,7 +15,6 @@ from nvfp4.formats.e2m1 import (
     E2M1_MAX,
     e2m1_round_nearest,
     e2m1_round_stochastic,
-    e2m1_values,
     pack_codes,
     unpack_codes,
 )
@@ -41,6 +40,7 @@ class NVFP4Tensor:
     global_amax: torch.Tensor  # float32 0-d
     shape: torch.Size  # the original shape (any leading dims)
     tile: tuple[int, int]
+    backend: str = "auto"
 
     @property
     def rows(self) -> int:
@@ -61,9 +61,9 @@ class NVFP4Tensor:
 
     def scaled_values(self, dtype: torch.dtype = torch.bfloat16, padded: bool = False) -> torch.Tensor:
         """value(q) × block scale, WITHOUT the tensor scale: exact in BF16 (SPEC §2), the GEMM operand."""
-        codes = unpack_codes(self.packed)
-        values = e2m1_values(codes, torch.float32) * self.scales.to(torch.float32).repeat_interleave(BLOCK, dim=1)
-        values = values.to(dtype)
+        from nvfp4 import kernels
+
+        values = kernels.select(self.backend, self.packed.device).scaled_values(self.packed, self.scales, dtype)
         return values if padded else values[:, : self.cols]
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -177,4 +177,4 @@ def quantize_nvfp4(
     else:
         amax = torch.as_tensor(global_amax, dtype=torch.float32, device=x2d.device).reshape(())
     packed, scales = impl.quantize_nvfp4(x2d, amax, tile[0], bool(stochastic), int(seed), int(offset))
-    return NVFP4Tensor(packed=packed, scales=scales, global_amax=amax, shape=x.shape, tile=tile)
+    return NVFP4Tensor(packed=packed, scales=scales, global_amax=amax, shape=x.shape, tile=tile, backend=backend)

@@ -1,28 +1,79 @@
 """Backends behind the reference quantizers, selected per device.
 
-Every backend implements the same small interface (see ``ReferenceBackend``) and must match
-the plain-PyTorch reference bit for bit; the tests enforce it. ``select("auto", device)``
-picks the fastest one available; ``backend="reference"`` forces the oracle.
+Every backend implements the interface of ``ReferenceBackend`` (amax, quantize_nvfp4,
+rht_quantize_nvfp4, scaled_values) and must match the plain-PyTorch reference bit for bit;
+the tests enforce it. ``select("auto", device)`` picks the first available backend in
+``_PREFERENCE`` order; ``backend="reference"`` forces the oracle. A backend may raise
+``NotImplementedError`` for an op, and then the reference runs instead.
 """
 
 from __future__ import annotations
+
+import importlib
 
 import torch
 
 from nvfp4.kernels.reference import ReferenceBackend
 
-_REFERENCE = ReferenceBackend()
+# name -> "module:Class"; loaded lazily so a missing compiler or Triton never breaks import.
+_REGISTRY = {
+    "triton": "nvfp4.kernels.triton_backend:TritonBackend",
+    "cpu": "nvfp4.kernels.cpu:CPUBackend",
+    "reference": "nvfp4.kernels.reference:ReferenceBackend",
+}
+_PREFERENCE = ("triton", "cpu", "reference")
+
+
+def _load(name: str):
+    module_name, class_name = _REGISTRY[name].split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        return None
+    return getattr(module, class_name)
 
 
 def available_backends(device: torch.device | str = "cpu") -> list[str]:
-    """Names usable on ``device``, fastest first; "reference" is always last."""
-    return ["reference"]
+    """Names usable on ``device``, fastest first; "reference" is always available."""
+    device = torch.device(device)
+    names = []
+    for name in _PREFERENCE:
+        cls = _load(name)
+        if cls is not None and cls.is_available(device):
+            names.append(name)
+    return names
 
 
 def select(backend: str, device: torch.device | str):
+    """The backend object for ``backend`` ("auto" = fastest available) on ``device``."""
     names = available_backends(device)
     if backend == "auto":
         backend = names[0]
-    if backend == "reference":
-        return _REFERENCE
-    raise ValueError(f"backend={backend!r} is not available on {device}; available: {', '.join(names)}")
+    if backend not in names:
+        known = ", ".join(_REGISTRY)
+        raise ValueError(
+            f"backend={backend!r} is not available on {device}; available there: {', '.join(names)} "
+            f"(known backends: {known})"
+        )
+    fast = _load(backend).instance()
+    return fast if backend == "reference" else _Fallback(fast, ReferenceBackend.instance())
+
+
+class _Fallback:
+    """Wraps a backend so ops it does not implement run on the reference."""
+
+    def __init__(self, fast, reference: ReferenceBackend):
+        self.fast, self.reference, self.name = fast, reference, fast.name
+
+    def __getattr__(self, op: str):
+        fast_op, ref_op = getattr(self.fast, op, None), getattr(self.reference, op)
+
+        def call(*args, **kwargs):
+            if fast_op is not None:
+                try:
+                    return fast_op(*args, **kwargs)
+                except NotImplementedError:
+                    pass
+            return ref_op(*args, **kwargs)
+
+        return call
