@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from nvfp4.model import GPT, PRESETS, GPTConfig, config_from_preset, count_parameters
-from nvfp4.model.gpt import Attention, Rotary
+from nvfp4.model.gpt import MLP, Attention, Rotary
 
 MICRO = dict(vocab_size=64, n_layer=2, n_head=4, n_kv_head=2, d_model=32, d_ff=64, seq_len=16)
 
@@ -50,8 +50,11 @@ def test_unknown_preset_lists_valid_names():
 
 @pytest.mark.parametrize(
     "name, non_embedding_range, total_range",
-    [("tiny", (0.8e6, 1.3e6), (2e6, 4e6)), ("small", (8e6, 12e6), (12e6, 20e6)),
-     ("base", (60e6, 90e6), (110e6, 140e6))],
+    [
+        ("tiny", (0.8e6, 1.3e6), (2e6, 4e6)),
+        ("small", (8e6, 12e6), (12e6, 20e6)),
+        ("base", (60e6, 90e6), (110e6, 140e6)),
+    ],
 )
 def test_preset_parameter_counts(name, non_embedding_range, total_range):
     with torch.device("meta"):  # no memory for the 125M-parameter base model
@@ -83,7 +86,8 @@ def test_from_preset_and_num_blocks():
 @pytest.mark.parametrize("mlp", ["relu2", "swiglu"])
 def test_state_dict_names_and_no_biases(mlp):
     keys = set(micro_model(mlp=mlp).state_dict())
-    block_linears = ["attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj", "mlp.up_proj", "mlp.down_proj"]
+    block_linears = ["attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj"]
+    block_linears += ["mlp.up_proj", "mlp.down_proj"]
     if mlp == "swiglu":
         block_linears.append("mlp.gate_proj")
     expected = {"embed.weight", "lm_head.weight", "final_norm.weight"}
@@ -100,9 +104,8 @@ def test_lm_head_is_untied_from_embedding():
 
 
 def test_init_is_deterministic_and_scales_residual_projections():
-    a, b = micro_model(seed=3, n_layer=8, d_model=128, n_head=4, d_ff=256), micro_model(seed=3, n_layer=8,
-                                                                                         d_model=128, n_head=4,
-                                                                                         d_ff=256)
+    wide = dict(n_layer=8, d_model=128, n_head=4, d_ff=256)  # enough weights for a stable std estimate
+    a, b = micro_model(seed=3, **wide), micro_model(seed=3, **wide)
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(pa, pb), name
     std = a.config.init_std
@@ -160,14 +163,15 @@ def test_causality():
     assert (before[:, 7:] - after[:, 7:]).abs().amax(-1).min() > 1e-4  # every later position sees it
 
 
-def test_grouped_query_attention_matches_manual_float64():
+@pytest.mark.parametrize("n_kv", [1, 2, 4])  # multi-query, grouped-query, multi-head
+def test_attention_matches_manual_float64(n_kv):
     """Independent reference: complex-number rotary, explicit K/V head sharing, masked softmax."""
-    config = GPTConfig(**{**MICRO, "n_head": 4, "n_kv_head": 2, "d_model": 32})
+    config = GPTConfig(**{**MICRO, "n_head": 4, "n_kv_head": n_kv, "d_model": 32})
     torch.manual_seed(0)
     attn = Attention(config).double()
     for linear in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj):
         torch.nn.init.normal_(linear.weight, std=0.3)
-    batch, seq, n_head, n_kv, hd = 2, 9, 4, 2, config.head_dim
+    batch, seq, n_head, hd = 2, 9, 4, config.head_dim
     x = torch.randn(batch, seq, config.d_model, dtype=torch.float64)
 
     def heads(t, n):
@@ -177,11 +181,12 @@ def test_grouped_query_attention_matches_manual_float64():
     k = heads(x @ attn.k_proj.weight.T, n_kv)
     v = heads(x @ attn.v_proj.weight.T, n_kv)
     freqs = config.rope_base ** (-torch.arange(hd // 2, dtype=torch.float64) * 2 / hd)
-    phase = torch.polar(torch.ones(seq, hd // 2, dtype=torch.float64),
-                        torch.arange(seq, dtype=torch.float64)[:, None] * freqs)[None, :, None]
+    phase = torch.polar(
+        torch.ones(seq, hd // 2, dtype=torch.float64), torch.arange(seq, dtype=torch.float64)[:, None] * freqs
+    )[None, :, None]
 
     def rotate(t):  # channel i pairs with channel i + hd/2 (real, imaginary)
-        z = torch.complex(t[..., : hd // 2], t[..., hd // 2:]) * phase
+        z = torch.complex(t[..., : hd // 2], t[..., hd // 2 :]) * phase
         return torch.cat((z.real, z.imag), dim=-1)
 
     q, k = rotate(q), rotate(k)
@@ -193,7 +198,22 @@ def test_grouped_query_attention_matches_manual_float64():
         weights = scores.masked_fill(~mask, float("-inf")).softmax(-1)
         out[:, :, h] = weights @ v[:, :, kv]
     # The rotary tables are stored in fp32, so agreement is to fp32 rounding of cos/sin.
-    torch.testing.assert_close(attn(x), out.reshape(batch, seq, -1) @ attn.o_proj.weight.T, rtol=1e-6, atol=1e-6)
+    expected = out.reshape(batch, seq, -1) @ attn.o_proj.weight.T
+    torch.testing.assert_close(attn(x), expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["relu2", "swiglu"])
+def test_mlp_computes_its_activation(kind):
+    torch.manual_seed(0)
+    mlp = MLP(GPTConfig(**{**MICRO, "mlp": kind}))
+    x = torch.randn(3, MICRO["d_model"])
+    up = x @ mlp.up_proj.weight.T
+    if kind == "relu2":
+        hidden = torch.where(up > 0, up * up, torch.zeros_like(up))
+    else:
+        gate = x @ mlp.gate_proj.weight.T
+        hidden = gate * torch.sigmoid(gate) * up
+    torch.testing.assert_close(mlp(x), hidden @ mlp.down_proj.weight.T)
 
 
 def test_rotary_scores_depend_only_on_relative_offset():
@@ -239,6 +259,13 @@ def test_bf16_autocast_is_close_to_fp32():
     assert loss.item() == pytest.approx(ref_loss.item(), abs=0.02)
     loss.backward()
     assert model.blocks[0].attn.q_proj.weight.grad is not None
+
+
+def test_loss_is_fp32_even_for_a_bf16_model():
+    model = micro_model().to(torch.bfloat16)
+    idx = torch.randint(0, MICRO["vocab_size"], (2, 8))
+    logits, loss = model(idx, idx)
+    assert logits.dtype == torch.bfloat16 and loss.dtype == torch.float32
 
 
 def test_compiles_without_graph_breaks():

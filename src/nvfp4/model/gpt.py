@@ -50,8 +50,7 @@ class GPTConfig:
             raise ValueError(f"GPTConfig.mlp={self.mlp!r} is unknown; use one of {MLP_KINDS}")
         if self.d_model % self.n_head:
             raise ValueError(
-                f"d_model={self.d_model} is not divisible by n_head={self.n_head}; "
-                "pick n_head that divides d_model"
+                f"d_model={self.d_model} is not divisible by n_head={self.n_head}; pick n_head that divides d_model"
             )
         if self.n_head % self.n_kv_head:
             raise ValueError(
@@ -72,9 +71,7 @@ class GPTConfig:
 PRESETS: dict[str, GPTConfig] = {
     "tiny": GPTConfig(vocab_size=8192, n_layer=6, n_head=4, n_kv_head=2, d_model=128, d_ff=512, seq_len=256),
     "small": GPTConfig(vocab_size=8192, n_layer=6, n_head=6, n_kv_head=2, d_model=384, d_ff=1536, seq_len=512),
-    "base": GPTConfig(
-        vocab_size=32768, n_layer=12, n_head=12, n_kv_head=4, d_model=768, d_ff=3072, seq_len=1024
-    ),
+    "base": GPTConfig(vocab_size=32768, n_layer=12, n_head=12, n_kv_head=4, d_model=768, d_ff=3072, seq_len=1024),
 }
 
 
@@ -103,7 +100,8 @@ class Rotary(nn.Module):
         super().__init__()
         inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
         angles = torch.outer(torch.arange(seq_len, dtype=torch.float64), inv_freq)  # (seq_len, head_dim/2)
-        # Non-persistent: derived from the config, so checkpoints need not carry them.
+        # Non-persistent: derived from the config, so checkpoints need not carry them. model.to(bf16)
+        # would round them too; mixed precision should come from autocast, which leaves them in fp32.
         self.register_buffer("cos", angles.cos().float(), persistent=False)
         self.register_buffer("sin", angles.sin().float(), persistent=False)
 
@@ -219,7 +217,5 @@ class GPT(nn.Module):
         if targets is None:
             return logits, None
         # Upcast: a bf16 softmax over a large vocab loses the small probabilities the loss depends on.
-        loss = F.cross_entropy(
-            logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100
-        )
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
         return logits, loss

@@ -1,0 +1,188 @@
+"""Model conversion: swap ``nn.Linear`` modules for ``nvfp4.Linear`` following a recipe's layer policy.
+
+The model code never knows about quantization (torchtitan's converter pattern): ``convert``
+finds the transformer blocks, keeps the recipe's first/last blocks and excluded names (output
+head, embeddings) in BF16 as plain ``nn.Linear``, and wraps every other linear in place.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from torch import nn
+
+from nvfp4 import recipes
+from nvfp4.linear import PRECISIONS, AmaxReducer, Linear, layer_seed
+from nvfp4.recipe import PASSES, Recipe
+
+DEFAULT_EXCLUDE = ("lm_head", "output", "embed")
+
+
+@dataclass(frozen=True)
+class ConvertedLayer:
+    name: str
+    block: int | None  # transformer block index, None outside the blocks
+    treatment: str  # the recipe name, or why it stayed BF16
+    in_features: int
+    out_features: int
+
+
+class ConversionReport(list):
+    """Rows of ``ConvertedLayer``; ``str()`` gives the table that ``convert(verbose=True)`` prints."""
+
+    def __str__(self) -> str:
+        width = max([len(r.name) for r in self] + [5])
+        lines = [f"{'layer':{width}s}  {'block':>5s}  {'shape':>11s}  treatment"]
+        for r in self:
+            block = "-" if r.block is None else str(r.block)
+            shape = f"{r.in_features}->{r.out_features}"
+            lines.append(f"{r.name:{width}s}  {block:>5s}  {shape:>11s}  {r.treatment}")
+        quantized = sum(r.treatment.startswith("quantized") for r in self)
+        lines.append(f"{quantized} of {len(self)} linear layers quantized")
+        return "\n".join(lines)
+
+
+def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
+    """The longest ModuleList whose children are all of one class (the repeated transformer blocks)."""
+    best: tuple[str, nn.ModuleList] | None = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 0:
+            if len({type(m) for m in module}) == 1 and (best is None or len(module) > len(best[1])):
+                best = (name, module)
+    return best
+
+
+def _matches(name: str, patterns: Iterable[str]) -> bool:
+    parts = name.split(".")
+    return any(fnmatch.fnmatch(name, p) or any(fnmatch.fnmatch(part, p) for part in parts) for p in patterns)
+
+
+def convert(
+    model: nn.Module,
+    recipe: str | Recipe = "nvfp4",
+    blocks: nn.ModuleList | None = None,
+    exclude: Iterable[str] = DEFAULT_EXCLUDE,
+    *,
+    seed: int = 0,
+    backend: str = "auto",
+    verbose: bool = False,
+) -> nn.Module:
+    """Replace the model's ``nn.Linear`` modules in place; returns the model.
+
+    The table of what happened to each linear is in ``conversion_report(model)`` (printed with
+    ``verbose=True``). ``seed`` keys the stochastic-rounding streams (distinct per layer).
+    """
+    recipe = recipes.get(recipe)
+    exclude = tuple(exclude)
+    if blocks is None:
+        found = find_blocks(model)
+        blocks_prefix, blocks = found if found else ("", None)
+    else:
+        blocks_prefix = next((n for n, m in model.named_modules() if m is blocks), None)
+        if blocks_prefix is None:
+            raise ValueError("`blocks` is not a submodule of `model`; pass the model's own ModuleList")
+    depth = len(blocks) if blocks is not None else 0
+    bf16_blocks = recipe.layers.bf16_blocks(depth) if depth else set()
+
+    report = ConversionReport()
+    targets = [(n, m) for n, m in model.named_modules() if type(m) is nn.Linear or isinstance(m, Linear)]
+    for index, (name, module) in enumerate(targets):
+        block = _block_index(name, blocks_prefix) if blocks is not None else None
+        if _matches(name, exclude):
+            treatment = "bf16 (excluded by name)"
+        elif not recipe.quantized:
+            treatment = f"bf16 (recipe {recipe.name})"
+        elif block is not None and block in bf16_blocks:
+            treatment = "bf16 (first blocks)" if block < depth / 2 else "bf16 (last blocks)"
+        elif _matches(name, recipe.layers.bf16_names):
+            treatment = "bf16 (recipe bf16_names)"
+        else:
+            treatment = f"quantized ({recipe.name})"
+        base = module if type(module) is nn.Linear else _unwrap(module)
+        if treatment.startswith("quantized"):
+            replacement = Linear.from_linear(base, recipe, seed=layer_seed(seed, index), backend=backend)
+        else:
+            replacement = base
+        if replacement is not module:
+            _set_submodule(model, name, replacement)
+        report.append(ConvertedLayer(name, block, treatment, base.in_features, base.out_features))
+    model._nvfp4_report = report  # type: ignore[attr-defined]
+    if verbose:
+        print(report)
+    return model
+
+
+def conversion_report(model: nn.Module) -> ConversionReport:
+    """The table of the last ``convert`` of this model."""
+    report = getattr(model, "_nvfp4_report", None)
+    if report is None:
+        raise ValueError("this model has not been converted with nvfp4.convert")
+    return report
+
+
+def _unwrap(layer: Linear) -> nn.Linear:
+    plain = nn.Linear.__new__(nn.Linear)
+    nn.Module.__init__(plain)
+    plain.in_features, plain.out_features = layer.in_features, layer.out_features
+    plain.weight, plain.bias = layer.weight, layer.bias
+    return plain
+
+
+def _block_index(name: str, prefix: str) -> int | None:
+    head = f"{prefix}." if prefix else ""
+    if not name.startswith(head):
+        return None
+    first = name[len(head) :].split(".", 1)[0]
+    return int(first) if first.isdigit() else None
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def quantized_layers(model: nn.Module) -> list[tuple[str, Linear]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, Linear)]
+
+
+def set_precision(model: nn.Module, passes: Iterable[str] = ("forward",), precision: str = "bf16") -> None:
+    """Run the named passes of every quantized linear in ``precision`` ("bf16" or "recipe")."""
+    passes = tuple(passes)
+    if precision not in PRECISIONS or not passes or any(p not in PASSES for p in passes):
+        raise ValueError(f"set_precision needs passes from {PASSES} and precision from {PRECISIONS}")
+    for _, layer in quantized_layers(model):
+        for p in passes:
+            layer.precision[p] = precision
+
+
+def apply_precision_schedule(model: nn.Module, recipe: str | Recipe, progress: float, tokens: int) -> bool:
+    """Apply the recipe's late precision switch for this point of training; True once it is active."""
+    switch = recipes.get(recipe).switch
+    if switch is None:
+        return False
+    active = switch.active(progress, tokens)
+    set_precision(model, switch.passes, "bf16" if active else "recipe")
+    return active
+
+
+def set_amax_reducer(model: nn.Module, reducer: AmaxReducer | None) -> None:
+    """Install a callable that reduces weight amax across ranks (sharded weights), or None."""
+    for _, layer in quantized_layers(model):
+        layer.amax_reducer = reducer
+
+
+def sr_state_dict(model: nn.Module) -> dict[str, int]:
+    """The stochastic-rounding call counters, for exact resume (save with the checkpoint)."""
+    return {name: layer.sr_calls for name, layer in quantized_layers(model)}
+
+
+def load_sr_state_dict(model: nn.Module, state: dict[str, int]) -> None:
+    layers = dict(quantized_layers(model))
+    missing = set(layers) - set(state)
+    if missing:
+        raise ValueError(f"SR state lacks layers {sorted(missing)[:3]}...: was the checkpoint made with this recipe?")
+    for name, layer in layers.items():
+        layer.sr_calls = int(state[name])

@@ -1,0 +1,315 @@
+"""``nvfp4.Linear``: a drop-in ``nn.Linear`` whose three GEMMs run on quantized operands (SPEC §5).
+
+Emulation, exact by construction: each operand is quantized along its GEMM's reduction dim
+and turned back into "value × block scale" numbers, which are exact in BF16 (FP8 baseline:
+FP32); a BF16 matmul accumulates in FP32 and the two FP32 tensor scales are applied to the
+FP32 result before the output is rounded once. On CPU this uses ``addmm(alpha=scale)``, which
+scales the FP32 accumulator inside the GEMM. The weight-gradient GEMM outputs FP32 when the
+recipe's ``exact_gemm`` is True or on CUDA; on CPU it defaults to a BF16-rounded accumulator
+(as torch's own bf16 autocast does for nn.Linear), because an FP32 matmul costs 2x here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nvfp4 import kernels, recipes
+from nvfp4.formats.fp8 import FP8Tensor, quantize_fp8_blockwise
+from nvfp4.formats.mxfp4 import MXFP4Tensor, quantize_mxfp4
+from nvfp4.formats.nvfp4 import NVFP4Tensor, quantize_nvfp4, tensor_amax
+from nvfp4.formats.rng import derive_keys
+from nvfp4.hadamard import default_signs, random_hadamard_transform
+from nvfp4.recipe import OPERANDS, OperandConfig, Recipe
+
+PRECISIONS = ("recipe", "bf16")
+_OPERAND_ID = {name: i for i, name in enumerate(OPERANDS)}
+AmaxReducer = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class QuantizedOperand:
+    """A GEMM operand (rows × K) after quantization: what the GEMM reads and backward keeps."""
+
+    data: NVFP4Tensor | MXFP4Tensor | FP8Tensor | torch.Tensor
+    cols: int  # K of the GEMM (after any Hadamard padding)
+
+    def values(self) -> torch.Tensor:
+        """value × block scale: BF16 (exact) for FP4 formats, FP32 for FP8, the tensor itself for BF16."""
+        d = self.data
+        if isinstance(d, NVFP4Tensor):
+            return d.scaled_values(torch.bfloat16, padded=True)[:, : self.cols]
+        if isinstance(d, MXFP4Tensor):
+            return d.scaled_values(torch.bfloat16, padded=True)[:, : self.cols]
+        if isinstance(d, FP8Tensor):
+            return d.dequantize(torch.float32)
+        return d
+
+    @property
+    def decode_scale(self) -> torch.Tensor | None:
+        return self.data.decode_scale if isinstance(self.data, NVFP4Tensor) else None
+
+    @property
+    def nbytes(self) -> int:
+        d = self.data
+        if isinstance(d, NVFP4Tensor):
+            return d.packed.nbytes + d.scales.nbytes + 4
+        if isinstance(d, MXFP4Tensor):
+            return d.packed.nbytes + d.scales.nbytes
+        if isinstance(d, FP8Tensor):
+            return d.data.nbytes + d.scales.nbytes
+        return d.nbytes
+
+    def transposed_2d(self) -> QuantizedOperand:
+        """For a 16x16-tiled (or BF16) operand: the exact transpose, reusing the same bits."""
+        return _TransposedOperand(self.data, self.cols, self)
+
+
+class _TransposedOperand(QuantizedOperand):
+    def __init__(self, data, cols, source: QuantizedOperand):
+        super().__init__(data, cols)
+        self.source = source
+
+    def values(self) -> torch.Tensor:
+        return self.source.values().t()
+
+
+def quantize_operand(
+    t2d: torch.Tensor,
+    cfg: OperandConfig,
+    *,
+    seed: int = 0,
+    offset: int = 0,
+    global_amax: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> QuantizedOperand:
+    """Quantize a 2-D operand along its last (reduction) dim as ``cfg`` says."""
+    if not cfg.quantized:
+        return QuantizedOperand(t2d.to(torch.bfloat16), t2d.shape[1])
+    cols = t2d.shape[1]
+    if cfg.hadamard:
+        size = cfg.hadamard
+        padded = math.ceil(cols / size) * size
+        if padded != cols:
+            t2d = F.pad(t2d, (0, padded - cols))
+        cols = padded
+        if cfg.format == "nvfp4" and cfg.tile == (1, 16) and size == 16 and global_amax is None:
+            impl = kernels.select(backend, t2d.device)
+            signs = default_signs(16).to(t2d.device)
+            packed, scales, amax = impl.rht_quantize_nvfp4(t2d, signs, None, cfg.stochastic, seed, offset)
+            q = NVFP4Tensor(packed, scales, amax, t2d.shape, cfg.tile, backend)
+            return QuantizedOperand(q, cols)
+        t2d = random_hadamard_transform(t2d, dim=-1, size=size)
+    if cfg.format == "nvfp4":
+        q = quantize_nvfp4(
+            t2d, cfg.tile, cfg.stochastic, seed, global_amax, offset=offset, backend=backend
+        )
+    elif cfg.format == "mxfp4":
+        q = quantize_mxfp4(t2d, cfg.stochastic, seed, offset=offset)
+    else:
+        q = quantize_fp8_blockwise(t2d, cfg.tile)
+    return QuantizedOperand(q, cols)
+
+
+def emulated_gemm(
+    a: QuantizedOperand, b: QuantizedOperand, out_dtype: torch.dtype, exact: bool | None = None
+) -> torch.Tensor:
+    """a · bᵀ with FP32 accumulation and the tensor scales applied to the FP32 result."""
+    av, bv = a.values(), b.values()
+    scales = [s for s in (a.decode_scale, b.decode_scale) if s is not None]
+    scale = scales[0] * scales[1] if len(scales) == 2 else (scales[0] if scales else None)
+    on_cuda = av.is_cuda
+    if exact is None:
+        exact = on_cuda
+    if av.dtype == torch.float32 or bv.dtype == torch.float32:
+        acc = av.float() @ bv.float().t()
+    elif on_cuda and exact:
+        acc = torch.mm(av, bv.t(), out_dtype=torch.float32)
+    elif out_dtype in (torch.bfloat16, torch.float16) and (scale is None or bool(torch.isfinite(scale))):
+        # The CPU BF16 GEMM applies alpha to its FP32 accumulator: one rounding, as SPEC §2 says.
+        alpha = 1.0 if scale is None else float(scale)
+        zero = torch.zeros((), dtype=av.dtype, device=av.device)
+        return torch.addmm(zero, av, bv.t(), beta=0, alpha=alpha).to(out_dtype)
+    elif exact:
+        acc = av.float() @ bv.float().t()
+    else:
+        acc = (av @ bv.t()).float()
+    if scale is not None:
+        acc = acc * scale
+    return acc.to(out_dtype)
+
+
+class _QuantizedLinearFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, layer: Linear, out_dtype, quantize_fwd: bool, quantize_bwd: bool):
+        recipe = layer.recipe
+        x2 = x.reshape(-1, x.shape[-1])
+        call = layer._next_call()
+        if quantize_fwd:
+            xq = layer._quantize(x2, "fprop_x", call)
+            y = emulated_gemm(xq, layer._weight_operand("fprop_w"), out_dtype, recipe.exact_gemm)
+        else:
+            y = (x2.to(torch.bfloat16) @ weight.to(torch.bfloat16).t()).to(out_dtype)
+        if bias is not None:
+            y = y + bias.to(y.dtype)
+
+        ctx.layer, ctx.call, ctx.quantize_bwd = layer, call, quantize_bwd
+        ctx.x_shape, ctx.x_dtype, ctx.has_bias = x.shape, x.dtype, bias is not None
+        if quantize_bwd:
+            # Keep only the quantized (RHT'd) copy of x that Wgrad needs: ~4.5 bits per element.
+            ctx.x_saved = layer._quantize(x2.t().contiguous(), "wgrad_x", call)
+            ctx.w_saved = layer._weight_operand("dgrad_w")
+            ctx.save_for_backward(weight)
+        else:
+            ctx.save_for_backward(weight, x2.to(torch.bfloat16))
+        return y.reshape(*x.shape[:-1], y.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        layer, call = ctx.layer, ctx.call
+        weight = ctx.saved_tensors[0]
+        dy2 = grad_out.reshape(-1, grad_out.shape[-1])
+        exact = layer.recipe.exact_gemm
+        grad_x = grad_w = grad_b = None
+        if ctx.quantize_bwd:
+            if ctx.needs_input_grad[0]:
+                dyq = layer._quantize(dy2, "dgrad_dy", call)
+                grad_x = emulated_gemm(dyq, ctx.w_saved, ctx.x_dtype, exact).reshape(ctx.x_shape)
+            if ctx.needs_input_grad[1]:
+                dytq = layer._quantize(dy2.t().contiguous(), "wgrad_dy", call)
+                grad_w = emulated_gemm(dytq, ctx.x_saved, torch.float32, exact).to(weight.dtype)
+            ctx.x_saved = ctx.w_saved = None
+        else:
+            x_bf16 = ctx.saved_tensors[1]
+            dy_bf16 = dy2.to(torch.bfloat16)
+            if ctx.needs_input_grad[0]:
+                grad_x = (dy_bf16 @ weight.to(torch.bfloat16)).to(ctx.x_dtype).reshape(ctx.x_shape)
+            if ctx.needs_input_grad[1]:
+                grad_w = (dy_bf16.t() @ x_bf16).to(weight.dtype)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = dy2.float().sum(0)
+        return grad_x, grad_w, grad_b, None, None, None, None
+
+
+class Linear(nn.Linear):
+    """Drop-in ``nn.Linear`` (same parameters and state_dict keys) running a quantized recipe.
+
+    The FP32 master weight is quantized once per optimizer step (cached until its version
+    counter changes) and reused for Fprop, Dgrad and every micro-batch. Stochastic-rounding
+    bits come from (``sr_seed``, call counter, operand), so runs reproduce and resume exactly.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+        *,
+        recipe: str | Recipe = "nvfp4",
+        seed: int = 0,
+        backend: str = "auto",
+    ):
+        super().__init__(in_features, out_features, bias, device, dtype)
+        self._setup(recipe, seed, backend)
+
+    def _setup(self, recipe: str | Recipe, seed: int, backend: str) -> None:
+        self.recipe = recipes.get(recipe)
+        self.sr_seed = int(seed)
+        self.sr_calls = 0
+        self.backend = backend
+        self.precision = {"forward": "recipe", "backward": "recipe"}
+        self.amax_reducer: AmaxReducer | None = None
+        self._weight_cache: dict[str, tuple[tuple, QuantizedOperand]] = {}
+
+    @classmethod
+    def from_linear(
+        cls, linear: nn.Linear, recipe: str | Recipe = "nvfp4", *, seed: int = 0, backend: str = "auto"
+    ) -> Linear:
+        """Wrap an existing ``nn.Linear``, sharing its Parameter objects (no copy)."""
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        new.in_features, new.out_features = linear.in_features, linear.out_features
+        new.weight = linear.weight
+        new.bias = linear.bias
+        new._setup(recipe, seed, backend)
+        return new
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, recipe={self.recipe.name}, precision={self.precision}"
+
+    # -- the pieces the autograd function calls --------------------------------------------
+    def _next_call(self) -> int:
+        call = self.sr_calls
+        self.sr_calls += 1
+        return call
+
+    def _quantize(self, t2d: torch.Tensor, operand: str, call: int, global_amax=None) -> QuantizedOperand:
+        seed, offset = self._stream(operand, call)
+        return quantize_operand(
+            t2d, self.recipe.operand(operand), seed=seed, offset=offset, global_amax=global_amax, backend=self.backend
+        )
+
+    def _stream(self, operand: str, call: int) -> tuple[int, int]:
+        """(seed, offset) of an operand's SR stream: unique per layer, call and operand."""
+        return self.sr_seed, call * len(OPERANDS) + _OPERAND_ID[operand]
+
+    def _weight_operand(self, operand: str) -> QuantizedOperand:
+        """The quantized weight for Fprop ("fprop_w") or Dgrad ("dgrad_w"), cached per weight version."""
+        w = self.weight
+        cfg = self.recipe.operand(operand)
+        key = (w._version, w.data_ptr(), w.dtype, cfg, id(self.amax_reducer))
+        cached = self._weight_cache.get(operand)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        shares_fprop_bits = cfg == self.recipe.fprop_w and (cfg.tile == (16, 16) or not cfg.quantized)
+        if operand == "dgrad_w" and shares_fprop_bits and not cfg.hadamard:
+            # 2D tiles: quantize(W)ᵀ == quantize(Wᵀ) bit for bit (SPEC §2), so Dgrad reuses Fprop's W.
+            result = self._weight_operand("fprop_w").transposed_2d()
+        else:
+            w2 = w.detach() if operand == "fprop_w" else w.detach().t().contiguous()
+            amax = None
+            if self.amax_reducer is not None and cfg.format == "nvfp4":
+                amax = self.amax_reducer(tensor_amax(w2))
+            result = self._quantize(w2, operand, call=self.sr_calls, global_amax=amax)
+        self._weight_cache[operand] = (key, result)
+        return result
+
+    # -- forward -----------------------------------------------------------------------------
+    def _passes_quantized(self) -> tuple[bool, bool]:
+        r = self.recipe
+        fwd = self.precision["forward"] == "recipe" and (r.fprop_x.quantized or r.fprop_w.quantized)
+        bwd = self.precision["backward"] == "recipe" and any(
+            r.operand(o).quantized for o in ("dgrad_dy", "dgrad_w", "wgrad_dy", "wgrad_x")
+        )
+        return fwd, bwd
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        quantize_fwd, quantize_bwd = self._passes_quantized()
+        if not (quantize_fwd or quantize_bwd):
+            return F.linear(x, self.weight, self.bias)
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"input has {x.shape[-1]} features on its last dim, this layer expects {self.in_features}")
+        return _apply_quantized(self, x, quantize_fwd, quantize_bwd)
+
+
+@torch.compiler.disable
+def _apply_quantized(layer: Linear, x: torch.Tensor, quantize_fwd: bool, quantize_bwd: bool) -> torch.Tensor:
+    # Runs eagerly under torch.compile (a graph break): the cache and counters are Python state.
+    device_type = x.device.type
+    autocast_on = torch.is_autocast_enabled(device_type)
+    out_dtype = torch.get_autocast_dtype(device_type) if autocast_on else x.dtype
+    with torch.autocast(device_type, enabled=False):
+        return _QuantizedLinearFn.apply(x, layer.weight, layer.bias, layer, out_dtype, quantize_fwd, quantize_bwd)
+
+
+def layer_seed(model_seed: int, layer_index: int) -> int:
+    """A per-layer SR seed derived from the model's seed (distinct streams for every layer)."""
+    k1, k2 = derive_keys(model_seed, layer_index)
+    return (k1 << 32) | k2

@@ -1,0 +1,172 @@
+"""Recipes: which number format each of a linear layer's six GEMM operands gets (SPEC §5).
+
+A linear layer y = x·Wᵀ runs three GEMMs, each with two operands, every operand quantized
+along that GEMM's reduction dimension:
+
+    Fprop  y  = x  · Wᵀ    operands  fprop_x (tokens × in),  fprop_w (out × in)
+    Dgrad  dx = dy · W     operands  dgrad_dy (tokens × out), dgrad_w (in × out, i.e. Wᵀ)
+    Wgrad  dW = dyᵀ · x    operands  wgrad_dy (out × tokens), wgrad_x (in × tokens)
+
+A ``Recipe`` gives each operand an ``OperandConfig`` and adds the layer policy (which linears
+stay BF16) and an optional late precision switch. Named presets live in ``nvfp4.recipes``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+FORMATS = ("nvfp4", "mxfp4", "fp8", "bf16")
+ROUNDINGS = ("nearest", "stochastic")
+OPERANDS = ("fprop_x", "fprop_w", "dgrad_dy", "dgrad_w", "wgrad_dy", "wgrad_x")
+PASSES = ("forward", "backward")
+_TILES = {"nvfp4": ((1, 16), (16, 16)), "mxfp4": ((1, 32),), "fp8": ((1, 128), (128, 128)), "bf16": ((1, 1),)}
+
+
+@dataclass(frozen=True)
+class OperandConfig:
+    """How one GEMM operand is quantized along its reduction (last) dimension."""
+
+    format: str = "nvfp4"
+    tile: tuple[int, int] = (1, 16)
+    rounding: str = "nearest"
+    hadamard: int | None = None  # RHT size along the reduction dim, None = off
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise ValueError(f"operand format {self.format!r} unknown; accepted: {', '.join(FORMATS)}")
+        object.__setattr__(self, "tile", tuple(self.tile))
+        if self.format != "bf16" and self.tile not in _TILES[self.format]:
+            raise ValueError(f"tile {self.tile} not supported for {self.format}; accepted: {_TILES[self.format]}")
+        if self.rounding not in ROUNDINGS:
+            raise ValueError(f"rounding {self.rounding!r} unknown; accepted: {', '.join(ROUNDINGS)}")
+        h = self.hadamard
+        if h is not None and (h < 2 or h > 128 or h & (h - 1)):
+            raise ValueError(f"hadamard size must be a power of 2 in 2..128 or None, got {self.hadamard}")
+
+    @property
+    def quantized(self) -> bool:
+        return self.format != "bf16"
+
+    @property
+    def stochastic(self) -> bool:
+        return self.rounding == "stochastic"
+
+
+BF16 = OperandConfig("bf16", (1, 1))
+
+
+@dataclass(frozen=True)
+class LayerPolicy:
+    """Which linears stay BF16: the first/last transformer blocks, and name globs.
+
+    Counts are absolute; fractions are of the model's depth, rounded half up, and a non-zero
+    fraction keeps at least one block (the paper keeps 2/62 first and 8/62 last blocks).
+    """
+
+    first_blocks: int = 0
+    last_blocks: int = 0
+    first_fraction: float = 0.0
+    last_fraction: float = 0.0
+    bf16_names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if min(self.first_blocks, self.last_blocks) < 0:
+            raise ValueError("first_blocks/last_blocks must be >= 0")
+        if not (0.0 <= self.first_fraction <= 1.0 and 0.0 <= self.last_fraction <= 1.0):
+            raise ValueError("first_fraction/last_fraction must be in [0, 1]")
+        object.__setattr__(self, "bf16_names", tuple(self.bf16_names))
+
+    @staticmethod
+    def _count(fixed: int, fraction: float, depth: int) -> int:
+        from_fraction = max(1, math.floor(fraction * depth + 0.5)) if fraction > 0 else 0
+        return min(depth, max(fixed, from_fraction))
+
+    def bf16_blocks(self, depth: int) -> set[int]:
+        """Indices of the blocks whose linears stay BF16 for a model of ``depth`` blocks."""
+        first = self._count(self.first_blocks, self.first_fraction, depth)
+        last = self._count(self.last_blocks, self.last_fraction, depth)
+        return set(range(first)) | set(range(depth - last, depth))
+
+
+@dataclass(frozen=True)
+class PrecisionSwitch:
+    """Switch the named passes to BF16 late in training (paper App. D): at a fraction of the
+    planned steps, or at a token count (whichever is given; tokens win if both)."""
+
+    passes: tuple[str, ...] = ("forward",)
+    at_fraction: float | None = 0.8
+    at_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "passes", tuple(self.passes))
+        bad = [p for p in self.passes if p not in PASSES]
+        if bad or not self.passes:
+            raise ValueError(f"switch passes {self.passes} invalid; accepted: {', '.join(PASSES)}")
+        if self.at_fraction is None and self.at_tokens is None:
+            raise ValueError("a PrecisionSwitch needs at_fraction or at_tokens")
+        if self.at_fraction is not None and not 0.0 <= self.at_fraction <= 1.0:
+            raise ValueError(f"at_fraction must be in [0, 1], got {self.at_fraction}")
+
+    def active(self, progress: float, tokens: int) -> bool:
+        if self.at_tokens is not None:
+            return tokens >= self.at_tokens
+        return progress >= self.at_fraction  # type: ignore[operator]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that defines the low-precision treatment of a model's linear layers."""
+
+    name: str
+    fprop_x: OperandConfig = BF16
+    fprop_w: OperandConfig = BF16
+    dgrad_dy: OperandConfig = BF16
+    dgrad_w: OperandConfig = BF16
+    wgrad_dy: OperandConfig = BF16
+    wgrad_x: OperandConfig = BF16
+    layers: LayerPolicy = field(default_factory=LayerPolicy)
+    switch: PrecisionSwitch | None = None
+    description: str = ""
+    # GEMM outputs in FP32 before the tensor scales (exact, SPEC §2). None = automatic: exact where
+    # the device has a BF16→FP32 GEMM (CUDA); on CPU a BF16-output GEMM is used for speed (one extra
+    # BF16 rounding of the accumulator, the same rounding torch's own bf16 autocast applies).
+    exact_gemm: bool | None = None
+
+    def operand(self, name: str) -> OperandConfig:
+        return getattr(self, name)
+
+    @property
+    def quantized(self) -> bool:
+        return any(self.operand(o).quantized for o in OPERANDS)
+
+    def replace(self, **changes) -> Recipe:
+        return dataclasses.replace(self, **changes)
+
+    def summary(self) -> str:
+        """One line per GEMM operand, for tables and logs."""
+        lines = []
+        for op in OPERANDS:
+            cfg = self.operand(op)
+            if not cfg.quantized:
+                lines.append(f"{op:9s} bf16")
+                continue
+            extra = f", RHT{cfg.hadamard}" if cfg.hadamard else ""
+            lines.append(f"{op:9s} {cfg.format} {cfg.tile[0]}x{cfg.tile[1]} {cfg.rounding}{extra}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Recipe:
+        data = dict(data)
+        for op in OPERANDS:
+            if op in data and isinstance(data[op], dict):
+                data[op] = OperandConfig(**data[op])
+        if isinstance(data.get("layers"), dict):
+            data["layers"] = LayerPolicy(**data["layers"])
+        if isinstance(data.get("switch"), dict):
+            data["switch"] = PrecisionSwitch(**data["switch"])
+        return cls(**data)
