@@ -89,7 +89,7 @@ def quantize_operand(
     backend: str = "auto",
 ) -> QuantizedOperand:
     """Quantize a 2-D operand along its last (reduction) dim as ``cfg`` says."""
-    if not cfg.quantized:
+    if not cfg.quantized and not cfg.hadamard:
         return QuantizedOperand(t2d.to(torch.bfloat16), t2d.shape[1])
     cols = t2d.shape[1]
     if cfg.hadamard:
@@ -105,6 +105,8 @@ def quantize_operand(
             q = NVFP4Tensor(packed, scales, amax, t2d.shape, cfg.tile, backend)
             return QuantizedOperand(q, cols)
         t2d = random_hadamard_transform(t2d, dim=-1, size=size)
+    if not cfg.quantized:  # RHT alone (a BF16 operand): used to check that the transform cancels
+        return QuantizedOperand(t2d, cols)
     if cfg.format == "nvfp4":
         q = quantize_nvfp4(
             t2d, cfg.tile, cfg.stochastic, seed, global_amax, offset=offset, backend=backend

@@ -134,6 +134,15 @@ class Recipe:
     # BF16 rounding of the accumulator, the same rounding torch's own bf16 autocast applies).
     exact_gemm: bool | None = None
 
+    def __post_init__(self) -> None:
+        # The RHT only cancels inside a GEMM when both operands get the same transform.
+        for a, b in (("fprop_x", "fprop_w"), ("dgrad_dy", "dgrad_w"), ("wgrad_dy", "wgrad_x")):
+            if self.operand(a).hadamard != self.operand(b).hadamard:
+                raise ValueError(
+                    f"recipe {self.name!r}: {a} and {b} are operands of one GEMM and need the same hadamard size "
+                    f"(got {self.operand(a).hadamard} and {self.operand(b).hadamard})"
+                )
+
     def operand(self, name: str) -> OperandConfig:
         return getattr(self, name)
 

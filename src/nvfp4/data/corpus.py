@@ -197,13 +197,15 @@ def _expand_inputs(inputs: Sequence[str | Path]) -> list[tuple[Path, str]]:
         if root.is_dir():
             found = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in USER_EXTENSIONS)
             if not found:
-                raise CorpusError(f"{root}: directory has no {' or '.join(USER_EXTENSIONS)} files (searched recursively)")
+                raise CorpusError(
+                    f"{root}: directory has no {' or '.join(USER_EXTENSIONS)} files (searched recursively)"
+                )
             files.extend((p, p.relative_to(root).as_posix()) for p in found)
         elif root.is_file():
             if root.suffix not in USER_EXTENSIONS:
                 raise CorpusError(
                     f"{root}: unsupported file type {root.suffix!r}; give .txt (one document per file) "
-                    "or .jsonl (one {\"text\": ...} document per line) files, or a directory of them"
+                    'or .jsonl (one {"text": ...} document per line) files, or a directory of them'
                 )
             files.append((root, root.name))
         else:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -75,7 +75,7 @@ class ByteTokenizer:
         return "".join(parts)
 
     def save(self, path: str | Path) -> None:
-        _atomic_write_text(Path(path), json.dumps(BYTE_TOKENIZER_JSON))
+        atomic_write(path, json.dumps(BYTE_TOKENIZER_JSON).encode())
 
     @property
     def hash(self) -> str:
@@ -143,7 +143,7 @@ class BPETokenizer:
         return self._tok.decode(list(ids), skip_special_tokens=False)
 
     def save(self, path: str | Path) -> None:
-        _atomic_write_text(Path(path), self._json)
+        atomic_write(path, self._json.encode("utf-8"))
 
     @property
     def hash(self) -> str:
@@ -151,22 +151,32 @@ class BPETokenizer:
         return hashlib.sha256(self._json.encode("utf-8")).hexdigest()
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write(path: str | Path, *chunks: bytes) -> Path:
+    """Write via a temp file + rename, so readers see the old file or the whole new one, never a part."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with open(tmp, "xb") as f:  # plain open (not mkstemp) so the file gets the usual umask permissions
+            for chunk in chunks:
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+    return path
+
+
+def bpe_trainer_version() -> str:
+    """Identifies the BPE training code: part of every cache key, so an upgrade retrains rather than mixes."""
+    return f"{BPE_TRAINING_VERSION}|tokenizers={_import_tokenizers().__version__}"
 
 
 def bpe_cache_key(texts: Sequence[str], vocab_size: int) -> str:
     """Hash of everything that determines the trained BPE: the text, vocab size and trainer versions."""
-    tokenizers = _import_tokenizers()
-    h = hashlib.sha256(f"{BPE_TRAINING_VERSION}|tokenizers={tokenizers.__version__}|vocab={vocab_size}".encode())
+    h = hashlib.sha256(f"{bpe_trainer_version()}|vocab={vocab_size}".encode())
     for text in texts:
         data = text.encode("utf-8")
         h.update(len(data).to_bytes(8, "little"))
@@ -174,7 +184,9 @@ def bpe_cache_key(texts: Sequence[str], vocab_size: int) -> str:
     return h.hexdigest()
 
 
-def train_or_load_bpe(texts: Sequence[str], vocab_size: int = 8192, cache_dir: str | Path | None = None) -> BPETokenizer:
+def train_or_load_bpe(
+    texts: Sequence[str], vocab_size: int = 8192, cache_dir: str | Path | None = None
+) -> BPETokenizer:
     """The BPE for these training texts, from <cache>/tokenizers/ if trained before, else trained and cached."""
     key = bpe_cache_key(texts, vocab_size)
     path = resolve_cache_dir(cache_dir) / "tokenizers" / f"bpe{vocab_size}-{key[:20]}.json"

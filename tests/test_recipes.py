@@ -1,0 +1,97 @@
+"""Recipe presets: names, validation, serialisation, and the layer policy at the paper's depths."""
+
+from __future__ import annotations
+
+import pytest
+
+import nvfp4
+from nvfp4.recipe import LayerPolicy, OperandConfig, PrecisionSwitch, Recipe
+
+PAPER_NAMES = {
+    "bf16", "fp8", "mxfp4", "nvfp4", "nvfp4-no-rht", "nvfp4-no-sr", "nvfp4-no-2d", "nvfp4-all-fp4",
+    "nvfp4-sr-everywhere", "nvfp4-rht-everywhere", "nvfp4-base", "nvfp4-switch-fwd", "nvfp4-switch-bwd",
+    "nvfp4-switch-both",
+}
+
+
+def test_registry_has_every_preset_and_describes_each():
+    assert set(nvfp4.recipes.names()) == PAPER_NAMES
+    lines = nvfp4.recipes.describe().splitlines()
+    assert len(lines) == len(PAPER_NAMES) and all(line.split()[0] in PAPER_NAMES for line in lines)
+
+
+def test_unknown_recipe_lists_valid_names():
+    with pytest.raises(ValueError, match="valid recipes: bf16, fp8"):
+        nvfp4.recipes.get("nvfp5")
+
+
+def test_nvfp4_preset_is_the_papers_recipe():
+    r = nvfp4.recipes.get("nvfp4")
+    assert r.fprop_x == OperandConfig("nvfp4", (1, 16), "nearest")
+    assert r.fprop_w == r.dgrad_w == OperandConfig("nvfp4", (16, 16), "nearest")
+    assert r.dgrad_dy == OperandConfig("nvfp4", (1, 16), "stochastic")
+    assert r.wgrad_dy == OperandConfig("nvfp4", (1, 16), "stochastic", 16)
+    assert r.wgrad_x == OperandConfig("nvfp4", (1, 16), "nearest", 16)
+    assert r.switch is None
+
+
+@pytest.mark.parametrize(
+    "depth, expected",
+    [
+        (4, {0, 3}),  # 2/62*4 and 8/62*4 round to 0 and 1 → at least one block at each end
+        (12, {0, 10, 11}),
+        (62, {0, 1, 54, 55, 56, 57, 58, 59, 60, 61}),  # the paper: first 2 and last 8 of 62
+    ],
+)
+def test_nvfp4_layer_policy_scales_with_depth(depth, expected):
+    assert nvfp4.recipes.get("nvfp4").layers.bf16_blocks(depth) == expected
+
+
+def test_fp8_keeps_first_one_and_last_two_blocks():
+    assert nvfp4.recipes.get("fp8").layers.bf16_blocks(12) == {0, 10, 11}
+    assert nvfp4.recipes.get("nvfp4-all-fp4").layers.bf16_blocks(12) == set()
+
+
+def test_ablations_differ_from_nvfp4_in_exactly_their_component():
+    base = nvfp4.recipes.get("nvfp4")
+    assert nvfp4.recipes.get("nvfp4-no-rht").wgrad_x.hadamard is None
+    assert nvfp4.recipes.get("nvfp4-no-sr").dgrad_dy.rounding == "nearest"
+    assert nvfp4.recipes.get("nvfp4-no-2d").fprop_w.tile == (1, 16)
+    sr_all = nvfp4.recipes.get("nvfp4-sr-everywhere")
+    assert all(sr_all.operand(o).stochastic for o in ("fprop_x", "fprop_w", "dgrad_w", "wgrad_x"))
+    rht_all = nvfp4.recipes.get("nvfp4-rht-everywhere")
+    assert rht_all.fprop_x.hadamard == rht_all.fprop_w.hadamard == 16
+    for name, passes in (("fwd", ("forward",)), ("bwd", ("backward",)), ("both", ("forward", "backward"))):
+        r = nvfp4.recipes.get(f"nvfp4-switch-{name}")
+        assert r.switch.passes == passes and r.switch.at_fraction == 0.8
+        assert r.replace(switch=None, name="nvfp4", description=base.description) == base
+
+
+def test_recipe_round_trips_through_dict():
+    for name in nvfp4.recipes.names():
+        r = nvfp4.recipes.get(name)
+        assert Recipe.from_dict(r.to_dict()) == r
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: OperandConfig("nvfp5"), "format"),
+        (lambda: OperandConfig("nvfp4", (1, 32)), "tile"),
+        (lambda: OperandConfig("nvfp4", rounding="up"), "rounding"),
+        (lambda: OperandConfig("nvfp4", hadamard=12), "hadamard"),
+        (lambda: LayerPolicy(first_fraction=1.5), "fraction"),
+        (lambda: PrecisionSwitch(passes=("sideways",)), "passes"),
+        (lambda: Recipe("x", wgrad_dy=OperandConfig("nvfp4", hadamard=16)), "same hadamard"),
+    ],
+)
+def test_bad_recipe_configs_are_clear_errors(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_switch_activates_at_fraction_or_tokens():
+    s = PrecisionSwitch(("forward",), at_fraction=0.8)
+    assert not s.active(0.79, 0) and s.active(0.8, 0)
+    t = PrecisionSwitch(("backward",), at_fraction=None, at_tokens=1000)
+    assert not t.active(0.99, 999) and t.active(0.0, 1000)
