@@ -1,0 +1,300 @@
+"""Comparison of recipes from their runs' ``metrics.jsonl``: the paper's Figures 2/4/6 at our scale.
+
+Relative loss difference is (L − L_ref) / L_ref (SPEC §6). Curves are compared on a common
+token grid (linear interpolation), averaged over seeds; train losses are smoothed with an
+exponential moving average because single-batch losses are noisy.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import mean, pstdev
+
+import numpy as np
+
+
+@dataclass
+class RunRecord:
+    recipe: str
+    seed: int
+    tokens: np.ndarray  # tokens at each logged train step
+    train_loss: np.ndarray
+    val_tokens: np.ndarray
+    val_loss: np.ndarray
+    result: dict = field(default_factory=dict)  # final figures written by the trainer/compare
+
+    @property
+    def final_val_loss(self) -> float:
+        return float(self.result.get("final_val_loss", self.val_loss[-1] if len(self.val_loss) else math.nan))
+
+    @property
+    def final_train_loss(self) -> float:
+        if "final_train_loss" in self.result:
+            return float(self.result["final_train_loss"])
+        return float(ema(self.train_loss)[-1]) if len(self.train_loss) else math.nan
+
+    @property
+    def diverged(self) -> bool:
+        return bool(self.result.get("diverged", False))
+
+
+def load_run(run_dir: str | Path, recipe: str, seed: int) -> RunRecord:
+    """Read ``metrics.jsonl`` (and ``result.json`` if present) of one run."""
+    run_dir = Path(run_dir)
+    tokens, train, vtok, val = [], [], [], []
+    with open(run_dir / "metrics.jsonl") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            row = json.loads(line)
+            if "train_loss" in row and row["train_loss"] is not None and math.isfinite(row["train_loss"]):
+                tokens.append(row["tokens"])
+                train.append(row["train_loss"])
+            if row.get("val_loss") is not None:
+                vtok.append(row["tokens"])
+                val.append(row["val_loss"])
+    result_path = run_dir / "result.json"
+    result = json.loads(result_path.read_text()) if result_path.exists() else {}
+    return RunRecord(recipe, seed, np.array(tokens, float), np.array(train, float), np.array(vtok, float),
+                     np.array(val, float), result)
+
+
+def ema(values: np.ndarray, alpha: float = 0.1) -> np.ndarray:
+    out = np.empty_like(values, dtype=float)
+    acc = values[0] if len(values) else 0.0
+    for i, v in enumerate(values):
+        acc = alpha * v + (1 - alpha) * acc if i else v
+        out[i] = acc
+    return out
+
+
+def _on_grid(runs: list[RunRecord], grid: np.ndarray, which: str) -> np.ndarray:
+    """Seed-averaged loss on ``grid`` (NaN where a run has no data)."""
+    curves = []
+    for r in runs:
+        x, y = (r.tokens, ema(r.train_loss)) if which == "train" else (r.val_tokens, r.val_loss)
+        if len(x) < 2:
+            continue
+        curve = np.interp(grid, x, y, left=np.nan, right=np.nan)
+        curves.append(curve)
+    return np.nanmean(np.stack(curves), axis=0) if curves else np.full_like(grid, np.nan)
+
+
+def relative_gap_curve(runs: list[RunRecord], reference: list[RunRecord], which: str = "train",
+                       points: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens, (L − L_ref)/L_ref) on the overlap of both recipes' token ranges."""
+    def span(rs: list[RunRecord]) -> tuple[float, float]:
+        xs = [r.tokens if which == "train" else r.val_tokens for r in rs]
+        xs = [x for x in xs if len(x)]
+        return (max(x[0] for x in xs), min(x[-1] for x in xs)) if xs else (0.0, 0.0)
+
+    lo = max(span(runs)[0], span(reference)[0])
+    hi = min(span(runs)[1], span(reference)[1])
+    if hi <= lo:
+        return np.array([]), np.array([])
+    grid = np.linspace(lo, hi, points)
+    loss, ref = _on_grid(runs, grid, which), _on_grid(reference, grid, which)
+    return grid, (loss - ref) / ref
+
+
+def token_efficiency(slow: list[RunRecord], fast: list[RunRecord]) -> dict:
+    """How many more tokens ``slow`` (e.g. MXFP4) needs to reach ``fast``'s (e.g. NVFP4) final val loss."""
+    target = mean(r.final_val_loss for r in fast)
+    fast_tokens = mean(float(r.val_tokens[-1]) for r in fast if len(r.val_tokens))
+    reached = []
+    for r in slow:
+        below = np.nonzero(r.val_loss <= target)[0]
+        if len(below) == 0:
+            reached.append(math.nan)
+            continue
+        i = below[0]
+        if i == 0:
+            reached.append(float(r.val_tokens[0]))
+            continue
+        # linear interpolation between the two evals that bracket the target
+        x0, x1, y0, y1 = r.val_tokens[i - 1], r.val_tokens[i], r.val_loss[i - 1], r.val_loss[i]
+        reached.append(float(x0 + (y0 - target) * (x1 - x0) / (y0 - y1)))
+    valid = [t for t in reached if not math.isnan(t)]
+    max_tokens = max(float(r.val_tokens[-1]) for r in slow if len(r.val_tokens))
+    if len(valid) < len(reached):
+        return {"target_val_loss": target, "reference_tokens": fast_tokens, "tokens_needed": None,
+                "extra_tokens_fraction": None,
+                "note": f"not reached within {max_tokens:.0f} tokens (> {max_tokens / fast_tokens - 1:+.0%})"}
+    needed = mean(valid)
+    return {"target_val_loss": target, "reference_tokens": fast_tokens, "tokens_needed": needed,
+            "extra_tokens_fraction": needed / fast_tokens - 1, "note": ""}
+
+
+def summarize(runs: list[RunRecord], reference: str = "bf16", meta: dict | None = None) -> dict:
+    """The content of ``summary.json``: per run and per recipe, with relative gaps to ``reference``."""
+    by_recipe: dict[str, list[RunRecord]] = {}
+    for r in runs:
+        by_recipe.setdefault(r.recipe, []).append(r)
+    ref_runs = by_recipe.get(reference, [])
+    ref_by_seed = {r.seed: r for r in ref_runs}
+    ref_val = mean(r.final_val_loss for r in ref_runs) if ref_runs else math.nan
+    ref_train = mean(r.final_train_loss for r in ref_runs) if ref_runs else math.nan
+
+    def gap(value: float, ref: float) -> float | None:
+        return None if not (math.isfinite(value) and math.isfinite(ref)) else (value - ref) / ref
+
+    run_rows = []
+    for r in runs:
+        same_seed = ref_by_seed.get(r.seed)
+        run_rows.append({
+            "recipe": r.recipe, "seed": r.seed,
+            "final_train_loss": r.final_train_loss, "final_val_loss": r.final_val_loss,
+            "val_gap_to_reference": gap(r.final_val_loss, same_seed.final_val_loss if same_seed else ref_val),
+            "train_gap_to_reference": gap(r.final_train_loss,
+                                          same_seed.final_train_loss if same_seed else ref_train),
+            "tokens": r.result.get("tokens"), "tokens_per_s": r.result.get("tokens_per_s"),
+            "wall_time_s": r.result.get("wall_time_s"), "diverged": r.diverged,
+            "diverged_step": r.result.get("diverged_step"),
+        })
+    recipes = {}
+    for name, rs in by_recipe.items():
+        vals = [r.final_val_loss for r in rs]
+        recipes[name] = {
+            "seeds": [r.seed for r in rs],
+            "final_val_loss_mean": mean(vals), "final_val_loss_std": pstdev(vals) if len(vals) > 1 else 0.0,
+            "final_train_loss_mean": mean(r.final_train_loss for r in rs),
+            "val_gap_to_reference": gap(mean(vals), ref_val),
+            "train_gap_to_reference": gap(mean(r.final_train_loss for r in rs), ref_train),
+            "diverged": any(r.diverged for r in rs),
+            "tokens_per_s_mean": _mean_or_none([r.result.get("tokens_per_s") for r in rs]),
+        }
+    summary = {"reference": reference, "recipes": recipes, "runs": run_rows, **(meta or {})}
+    if "mxfp4" in by_recipe and "nvfp4" in by_recipe:
+        summary["token_efficiency_mxfp4_vs_nvfp4"] = token_efficiency(by_recipe["mxfp4"], by_recipe["nvfp4"])
+    return summary
+
+
+def _mean_or_none(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return mean(values) if values else None
+
+
+def write_plots(runs: list[RunRecord], out_dir: str | Path, reference: str = "bf16") -> list[Path]:
+    """Three PNGs: loss curves, relative difference vs the reference, final val loss per recipe."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    by_recipe: dict[str, list[RunRecord]] = {}
+    for r in runs:
+        by_recipe.setdefault(r.recipe, []).append(r)
+    # tab10's strong colours first, then tab20's lighter shades for recipes 11-20
+    colors = {name: plt.cm.tab10(i) if i < 10 else plt.cm.tab20((2 * i + 1) % 20) for i, name in enumerate(by_recipe)}
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    for name, rs in by_recipe.items():
+        for k, r in enumerate(rs):
+            ax.plot(r.tokens, ema(r.train_loss), color=colors[name], lw=1.2, alpha=0.9,
+                    label=name if k == 0 else None)
+            ax.plot(r.val_tokens, r.val_loss, "o", color=colors[name], ms=3)
+    ax.set(xlabel="tokens", ylabel="loss (lines: train EMA, dots: validation)", title="Loss curves")
+    _tight_ylim(ax, runs)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    paths.append(_save(fig, out_dir / "loss_curves.png"))
+
+    if reference in by_recipe:
+        fig, ax = plt.subplots(figsize=(9, 5.5))
+        for name, rs in by_recipe.items():
+            if name == reference:
+                continue
+            grid, rel = relative_gap_curve(rs, by_recipe[reference], "train")
+            if len(grid):
+                ax.plot(grid, 100 * rel, color=colors[name], label=name)
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set(xlabel="tokens", ylabel=f"relative train-loss difference to {reference} (%)",
+               title=f"(L − L_{reference}) / L_{reference}, train loss EMA, mean over seeds")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, ncol=2)
+        paths.append(_save(fig, out_dir / "relative_loss_difference.png"))
+
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    names = list(by_recipe)
+    for i, name in enumerate(names):
+        vals = [r.final_val_loss for r in by_recipe[name]]
+        finite = [v for v in vals if math.isfinite(v)]
+        if finite:
+            ax.bar(i, mean(finite), color=colors[name], alpha=0.6)
+            ax.plot([i] * len(finite), finite, "k.", ms=6)
+        if any(r.diverged for r in by_recipe[name]):
+            ax.text(i, ax.get_ylim()[0], "diverged", rotation=90, ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    finite_all = [r.final_val_loss for r in runs if math.isfinite(r.final_val_loss)]
+    if finite_all:
+        lo, hi = min(finite_all), max(finite_all)
+        pad = max(0.02, (hi - lo) * 0.3)
+        ax.set_ylim(lo - pad, hi + pad)
+    ax.set(ylabel="final validation loss (bar: mean, dots: seeds)", title="Final validation loss per recipe")
+    ax.grid(alpha=0.3, axis="y")
+    paths.append(_save(fig, out_dir / "final_val_loss.png"))
+    plt.close("all")
+    return paths
+
+
+def _tight_ylim(ax, runs: list[RunRecord]) -> None:
+    tails = [float(np.nanmax(ema(r.train_loss)[len(r.train_loss) // 5:])) for r in runs if len(r.train_loss) > 5]
+    lows = [float(np.nanmin(r.train_loss)) for r in runs if len(r.train_loss)]
+    if tails and lows:
+        ax.set_ylim(min(lows) - 0.05, max(tails) + 0.1)
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    tmp.replace(path)
+    return path
+
+
+def write_report(summary: dict, out_dir: str | Path, command: str | None = None) -> Path:
+    """``report.md``: the table and the plots, readable on its own."""
+    out_dir = Path(out_dir)
+    ref = summary["reference"]
+    lines = ["# Recipe comparison", ""]
+    if command:
+        lines += ["Command:", "", "```bash", command, "```", ""]
+    meta = {k: summary.get(k) for k in ("model", "max_tokens", "git_commit", "hardware", "date") if summary.get(k)}
+    lines += [f"- {k}: {v}" for k, v in meta.items()] + [""]
+    lines += [f"Relative gap = (L − L_{ref}) / L_{ref} on the final loss (mean over seeds).", ""]
+    lines += ["| recipe | seeds | final val loss (mean ± std) | val gap | final train loss | train gap | tokens/s "
+              "| diverged |", "|---|---|---|---|---|---|---|---|"]
+    for name, r in summary["recipes"].items():
+        def pct(v):
+            return "—" if v is None else f"{100 * v:+.2f}%"
+        tps = "—" if r["tokens_per_s_mean"] is None else f"{r['tokens_per_s_mean']:.0f}"
+        lines.append(f"| {name} | {len(r['seeds'])} | {r['final_val_loss_mean']:.4f} ± {r['final_val_loss_std']:.4f} "
+                     f"| {pct(r['val_gap_to_reference'])} | {r['final_train_loss_mean']:.4f} "
+                     f"| {pct(r['train_gap_to_reference'])} | {tps} | {'yes' if r['diverged'] else 'no'} |")
+    eff = summary.get("token_efficiency_mxfp4_vs_nvfp4")
+    if eff:
+        lines += ["", "## Token efficiency: MXFP4 vs NVFP4", ""]
+        if eff["extra_tokens_fraction"] is not None:
+            lines.append(f"MXFP4 reaches NVFP4's final validation loss ({eff['target_val_loss']:.4f}) after "
+                         f"{eff['tokens_needed']:.0f} tokens, {100 * eff['extra_tokens_fraction']:+.1f}% vs NVFP4's "
+                         f"{eff['reference_tokens']:.0f} (the paper: +36% at 8B/1T).")
+        else:
+            lines.append(f"MXFP4 does not reach NVFP4's final validation loss ({eff['target_val_loss']:.4f}): "
+                         f"{eff['note']}.")
+    lines += ["", "## Plots", ""]
+    for png, caption in (("loss_curves.png", "Loss curves"),
+                         ("relative_loss_difference.png", f"Relative loss difference to {ref}"),
+                         ("final_val_loss.png", "Final validation loss per recipe")):
+        if (out_dir / png).exists():
+            lines += [f"![{caption}]({png})", ""]
+    path = out_dir / "report.md"
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(path)
+    return path

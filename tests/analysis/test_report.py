@@ -1,0 +1,77 @@
+"""Summary, token efficiency, plots and report from synthetic runs with known answers."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from nvfp4.analysis import load_run, relative_gap_curve, summarize, token_efficiency, write_plots, write_report
+
+
+def _write_run(path, offset: float, steps: int = 100, tokens_per_step: int = 1000, diverge_at: int | None = None):
+    path.mkdir(parents=True)
+    with open(path / "metrics.jsonl", "w") as f:
+        for s in range(1, steps + 1):
+            loss = 5.0 / math.log(s + 2) + offset
+            row = {"step": s, "tokens": s * tokens_per_step, "train_loss": loss}
+            if s % 10 == 0:
+                row["val_loss"] = loss
+            f.write(json.dumps(row) + "\n")
+    result = {"final_val_loss": 5.0 / math.log(steps + 2) + offset, "tokens": steps * tokens_per_step,
+              "tokens_per_s": 123.0, "diverged": diverge_at is not None, "diverged_step": diverge_at}
+    (path / "result.json").write_text(json.dumps(result))
+    return path
+
+
+@pytest.fixture
+def runs(tmp_path):
+    out = []
+    for recipe, offset, steps in (("bf16", 0.0, 100), ("nvfp4", 0.02, 100), ("mxfp4", 0.06, 150)):
+        for seed in (1, 2):
+            d = _write_run(tmp_path / recipe / f"seed{seed}", offset + 0.001 * seed, steps)
+            out.append(load_run(d, recipe, seed))
+    return out
+
+
+def test_summary_gaps_are_relative_to_reference(runs):
+    s = summarize(runs, reference="bf16")
+    bf16 = s["recipes"]["bf16"]["final_val_loss_mean"]
+    nv = s["recipes"]["nvfp4"]["final_val_loss_mean"]
+    assert s["recipes"]["nvfp4"]["val_gap_to_reference"] == pytest.approx((nv - bf16) / bf16)
+    assert s["recipes"]["bf16"]["val_gap_to_reference"] == 0.0
+    assert s["recipes"]["nvfp4"]["final_val_loss_std"] == pytest.approx(0.0005)
+    assert len(s["runs"]) == 6
+
+
+def test_relative_gap_curve_matches_constant_offset(runs):
+    nv = [r for r in runs if r.recipe == "nvfp4"]
+    ref = [r for r in runs if r.recipe == "bf16"]
+    grid, rel = relative_gap_curve(nv, ref, "val")
+    loss_ref = 5.0 / np.log(grid / 1000 + 2)
+    np.testing.assert_allclose(rel, 0.02 / (loss_ref + 0.0015), rtol=0.05)
+
+
+def test_token_efficiency_finds_where_the_slower_recipe_catches_up(runs):
+    mx = [r for r in runs if r.recipe == "mxfp4"]
+    nv = [r for r in runs if r.recipe == "nvfp4"]
+    eff = token_efficiency(mx, nv)
+    target = eff["target_val_loss"]
+    # analytic crossing: 5/log(s+2) + 0.06 + 0.0015 = target
+    s_cross = math.exp(5.0 / (target - 0.0615)) - 2
+    assert eff["tokens_needed"] == pytest.approx(s_cross * 1000, rel=0.02)
+    assert eff["extra_tokens_fraction"] > 0
+    never = token_efficiency(nv, [r for r in runs if r.recipe == "bf16"])  # same length, always above
+    assert never["extra_tokens_fraction"] is None and "not reached" in never["note"]
+
+
+def test_plots_and_report_are_written(runs, tmp_path):
+    s = summarize(runs)
+    paths = write_plots(runs, tmp_path)
+    assert [p.name for p in paths] == ["loss_curves.png", "relative_loss_difference.png", "final_val_loss.png"]
+    assert all(p.stat().st_size > 10_000 and p.read_bytes()[:4] == b"\x89PNG" for p in paths)
+    report = write_report(s, tmp_path, command="nvfp4 compare --recipes bf16,nvfp4,mxfp4").read_text()
+    assert "| nvfp4 | 2 |" in report and "![Loss curves](loss_curves.png)" in report
+    assert "Token efficiency" in report
