@@ -1,0 +1,200 @@
+"""``nvfp4 compare``: train several recipes with everything else identical, then report.
+
+Only the recipe differs between runs: the same seed gives the same initialisation (the model is
+built and initialised before conversion), the same data order and the same LR schedule. Each run
+lives in ``OUT/runs/<recipe>/seed<k>/``; a run with a ``result.json`` is complete and skipped, an
+interrupted one resumes from its checkpoint, so ``compare`` itself can be stopped and resumed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nvfp4 import recipes
+from nvfp4.analysis.report import RunRecord, load_run, summarize, write_plots, write_report
+
+MAIN_RECIPES = ("bf16", "fp8", "nvfp4", "mxfp4")
+SUITES: dict[str, tuple[str, ...]] = {
+    "paper": (
+        "bf16", "fp8", "nvfp4", "mxfp4", "nvfp4-no-rht", "nvfp4-no-sr", "nvfp4-no-2d", "nvfp4-all-fp4",
+        "nvfp4-sr-everywhere", "nvfp4-switch-fwd", "nvfp4-switch-bwd", "nvfp4-switch-both",
+    ),
+    "main": MAIN_RECIPES,
+    "quick": ("bf16", "nvfp4"),
+}  # fmt: skip
+
+
+@dataclass
+class CompareConfig:
+    """A comparison of recipes. ``train`` holds the TrainConfig fields shared by every run."""
+
+    recipes: list[str] | None = None
+    suite: str | None = None
+    out: str = "runs/compare"
+    seeds: list[int] = field(default_factory=lambda: [0])
+    # Seeds for recipes outside MAIN_RECIPES (ablations); None = the same as ``seeds``.
+    ablation_seeds: list[int] | None = None
+    reference: str = "bf16"
+    # MXFP4 runs this many times longer, to measure how many more tokens it needs (the paper: 1.36x).
+    mxfp4_token_multiplier: float | None = None
+    train: dict[str, Any] = field(default_factory=dict)
+    command: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.recipes is None) == (self.suite is None):
+            raise ValueError("give either --recipes or --suite (one of them lists the runs)")
+        if self.suite is not None and self.suite not in SUITES:
+            raise ValueError(f"unknown suite {self.suite!r}; valid suites: {', '.join(SUITES)}")
+        for name in self.recipe_names:
+            recipes.get(name)  # ValueError listing valid recipe names
+        if not self.seeds:
+            raise ValueError("--seeds needs at least one seed")
+        if self.reference not in self.recipe_names:
+            raise ValueError(f"the reference recipe {self.reference!r} is not among the compared recipes")
+        if self.mxfp4_token_multiplier is None:
+            self.mxfp4_token_multiplier = 1.5 if self.suite == "paper" else 1.0
+        if self.mxfp4_token_multiplier < 1.0:
+            raise ValueError("mxfp4_token_multiplier must be >= 1")
+        for key in ("recipe", "seed", "out", "resume"):
+            if key in self.train:
+                raise ValueError(f"train option {key!r} is set per run by compare; remove it")
+
+    @property
+    def recipe_names(self) -> list[str]:
+        return list(SUITES[self.suite]) if self.suite else list(self.recipes or [])
+
+    def runs(self) -> list[tuple[str, int]]:
+        plan = []
+        for name in self.recipe_names:
+            seeds = self.seeds if name in MAIN_RECIPES or self.ablation_seeds is None else self.ablation_seeds
+            plan += [(name, s) for s in seeds]
+        return plan
+
+
+def run_dir(out: str | Path, recipe: str, seed: int) -> Path:
+    return Path(out) / "runs" / recipe / f"seed{seed}"
+
+
+def _train_config(config: CompareConfig, recipe: str, seed: int):
+    from nvfp4.train import TrainConfig
+
+    options = dict(config.train)
+    if recipe == "mxfp4" and config.mxfp4_token_multiplier != 1.0:
+        for key in ("max_tokens", "max_steps"):
+            if options.get(key):
+                options[key] = int(round(options[key] * config.mxfp4_token_multiplier))
+    options.setdefault("quiet", False)
+    return TrainConfig(recipe=recipe, seed=seed, out=str(run_dir(config.out, recipe, seed)), **options)
+
+
+def compare(config: CompareConfig) -> dict:
+    """Run every missing run, then write summary.json, plots and report.md; returns the summary."""
+    from nvfp4.train import train
+
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2, default=str))
+    plan = config.runs()
+    started = time.time()
+    for i, (recipe, seed) in enumerate(plan, 1):
+        rdir = run_dir(out, recipe, seed)
+        if (rdir / "result.json").exists():
+            print(f"[{i}/{len(plan)}] {recipe} seed {seed}: complete, skipped", flush=True)
+            continue
+        resume = any((rdir / "checkpoints").glob("*.pt")) if (rdir / "checkpoints").exists() else False
+        elapsed = time.time() - started
+        print(
+            f"[{i}/{len(plan)}] {recipe} seed {seed}{' (resuming)' if resume else ''} — {elapsed / 60:.1f} min elapsed",
+            flush=True,
+        )
+        cfg = _train_config(config, recipe, seed)
+        cfg.resume = resume
+        result = train(cfg)
+        if result.interrupted:
+            print("interrupted: rerun the same command to continue", flush=True)
+            break
+        record = dataclasses.asdict(result)
+        _atomic_write(rdir / "result.json", json.dumps(record, indent=2))
+    return write_outputs(config)
+
+
+def collect_runs(config: CompareConfig) -> list[RunRecord]:
+    runs = []
+    for recipe, seed in config.runs():
+        rdir = run_dir(config.out, recipe, seed)
+        if (rdir / "result.json").exists():
+            runs.append(load_run(rdir, recipe, seed))
+    return runs
+
+
+def write_outputs(config: CompareConfig) -> dict:
+    """summary.json, the three plots and report.md from whatever runs are complete."""
+    out = Path(config.out)
+    runs = collect_runs(config)
+    if not runs:
+        raise ValueError(f"no complete runs in {out / 'runs'}; nothing to report")
+    meta = {
+        "model": config.train.get("model", "tiny"),
+        "max_tokens": config.train.get("max_tokens"),
+        "max_steps": config.train.get("max_steps"),
+        "mxfp4_token_multiplier": config.mxfp4_token_multiplier,
+        "git_commit": _git_commit(),
+        "hardware": _hardware(config.train.get("device", "auto")),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "complete_runs": len(runs),
+        "planned_runs": len(config.runs()),
+    }
+    summary = summarize(runs, config.reference, meta)
+    _atomic_write(out / "summary.json", json.dumps(summary, indent=2, default=float))
+    write_plots(runs, out, config.reference)
+    write_report(summary, out, config.command)
+    return summary
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _hardware(device: str) -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    text = f"{cpu} ({torch.get_num_threads()} threads), torch {torch.__version__}"
+    if device != "cpu" and torch.cuda.is_available():
+        text += f", {torch.cuda.get_device_name(0)}"
+    return text
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    return "nvfp4 " + shlex.join(sys.argv[1:] if argv is None else argv)

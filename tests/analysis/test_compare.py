@@ -1,0 +1,60 @@
+"""``compare`` end to end in quick mode: runs, skip-on-resume, summary, plots, report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from nvfp4.analysis.compare import CompareConfig, compare, run_dir
+
+TINY = dict(model="tiny", n_layer=2, max_steps=6, batch_size=4, seq_len=32, eval_interval=3, eval_batches=1,
+            log_interval=1, tokenizer="byte", quiet=True)
+
+
+def test_quick_compare_writes_everything_and_resumes(tmp_path, capsys):
+    cfg = CompareConfig(recipes=["bf16", "nvfp4"], out=str(tmp_path), seeds=[0], train=dict(TINY),
+                        command="nvfp4 compare --quick")
+    summary = compare(cfg)
+    assert set(summary["recipes"]) == {"bf16", "nvfp4"}
+    assert summary["recipes"]["bf16"]["val_gap_to_reference"] == 0.0
+    nv = summary["recipes"]["nvfp4"]
+    assert nv["val_gap_to_reference"] is not None and abs(nv["val_gap_to_reference"]) < 0.5
+    for name in ("summary.json", "report.md", "loss_curves.png", "relative_loss_difference.png",
+                 "final_val_loss.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk["hardware"] and "git_commit" in on_disk and on_disk["complete_runs"] == 2
+    # Same initialisation and data order: only the recipe differs, so the step-1 losses are close.
+    first = {}
+    for recipe in ("bf16", "nvfp4"):
+        rows = [json.loads(line) for line in open(run_dir(tmp_path, recipe, 0) / "metrics.jsonl")]
+        first[recipe] = next(r["train_loss"] for r in rows if "train_loss" in r)
+    assert abs(first["bf16"] - first["nvfp4"]) < 0.05
+    # A second call skips both complete runs.
+    capsys.readouterr()
+    compare(cfg)
+    assert capsys.readouterr().out.count("complete, skipped") == 2
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(recipes=["bf16"], suite="paper"), "either --recipes or --suite"),
+        (dict(suite="nope"), "unknown suite"),
+        (dict(recipes=["bf16", "nvfp5"]), "unknown recipe"),
+        (dict(recipes=["nvfp4"]), "reference recipe"),
+        (dict(recipes=["bf16"], train={"seed": 3}), "set per run"),
+    ],
+)
+def test_bad_compare_configs(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        CompareConfig(**kwargs)
+
+
+def test_paper_suite_plan_runs_mxfp4_longer():
+    cfg = CompareConfig(suite="paper", seeds=[1, 2], ablation_seeds=[1], train={"max_tokens": 1000})
+    plan = cfg.runs()
+    assert ("nvfp4", 2) in plan and ("nvfp4-no-sr", 2) not in plan and ("nvfp4-no-sr", 1) in plan
+    assert len(plan) == 4 * 2 + 8
+    assert cfg.mxfp4_token_multiplier == 1.5
