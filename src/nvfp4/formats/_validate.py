@@ -26,10 +26,12 @@ def check_float_input(x: object, name: str = "x") -> torch.Tensor:
 
 
 def check_tile(tile: object, accepted: tuple[tuple[int, int], ...]) -> tuple[int, int]:
-    try:
-        tile = tuple(int(t) for t in tile)  # type: ignore[union-attr]
-    except TypeError:
-        raise ValueError(f"tile must be a pair like {accepted[0]}, got {tile!r}") from None
+    if isinstance(tile, str) or not hasattr(tile, "__iter__"):
+        raise ValueError(f"tile must be a pair of ints like {accepted[0]}, got {tile!r}")
+    parts = tuple(tile)  # type: ignore[arg-type]
+    if len(parts) != 2 or not all(isinstance(t, int) and not isinstance(t, bool) for t in parts):
+        raise ValueError(f"tile must be a pair of ints like {accepted[0]}, got {tile!r}")
+    tile = parts
     if tile not in accepted:
         raise ValueError(f"tile={tile} is not supported; accepted tiles: {', '.join(map(str, accepted))}")
     return tile  # type: ignore[return-value]

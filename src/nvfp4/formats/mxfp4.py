@@ -59,13 +59,12 @@ class MXFP4Tensor:
 
 def _block_exponents(block_amax: torch.Tensor, scale_rule: str) -> torch.Tensor:
     """Exact integer exponents from frexp (no log2 rounding): amax_b = m·2^k with m in [0.5, 1)."""
+    mantissa, exp = torch.frexp(block_amax)
     if scale_rule == "ceil":
-        target = block_amax / E2M1_MAX
-        mantissa, exp = torch.frexp(target)
-        # ceil(log2(m·2^k)) is k, except for an exact power of two (m = 0.5) where it is k − 1.
-        e = torch.where(mantissa == 0.5, exp - 1, exp)
+        # Smallest e with 6·2^e >= amax = m·2^k: e = k − 3 when m <= 0.75, else k − 2. Working on amax
+        # itself (not amax/6, which rounds and can underflow) keeps this exact for every input.
+        e = torch.where(mantissa <= 0.75, exp - 3, exp - 2)
     else:
-        mantissa, exp = torch.frexp(block_amax)
         e = (exp - 1) - 2  # floor(log2 amax) − emax(E2M1)
     e = torch.where(block_amax > 0, e, torch.full_like(e, -E8M0_BIAS))
     return torch.clamp(e, -E8M0_BIAS, E8M0_BIAS)

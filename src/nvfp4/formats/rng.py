@@ -18,7 +18,7 @@ The generator (all arithmetic on unsigned 32-bit words, wrapping):
         h = mix32(mix32(i_lo ^ k1) ^ i_hi ^ k2)
         random byte r = h >> 24            (u = r / 256 in SPEC §3)
 
-``mix32`` is a bijective integer hash (Wellons' low-bias "triple32"-family finalizer); two
+``mix32`` is a bijective integer hash (Chris Wellons' two-round "lowbias32" finalizer); two
 rounds keyed by independent words decorrelate streams of different seeds and offsets.
 """
 
