@@ -1,0 +1,626 @@
+"""Triton backend: NVFP4 amax, quantize (1x16 / 16x16, RN / SR), fused RHT+quantize, scaled values.
+
+Every kernel reproduces ``nvfp4.formats.nvfp4.reference_quantize_nvfp4_2d`` (and the RHT of
+``nvfp4.hadamard``) bit for bit. How each FP32 step is kept exact on a GPU:
+
+* Divisions use ``tl.div_rn`` (IEEE ``div.rn.f32``): Triton's ``/`` on fp32 lowers to the
+  approximate ``div.full.f32`` on NVIDIA, which is off by up to 2 ulp.
+* Kernels launch with ``enable_fp_fusion=False`` so no multiply+add is contracted into an FMA.
+  The only multiply feeding an add is SR's ``t = a + u*step`` where ``u*step`` is exact
+  (r/256 times a power of two), so an FMA would give the same bits anyway; the RHT's sign
+  multiply is exact too. Disabling fusion just removes the need for that argument.
+* Clamps are ``tl.where`` comparisons, not ``tl.minimum``: ``minimum`` may lower to ``minnum``,
+  which drops NaN, while ``torch.clamp`` (the reference) propagates it.
+* Maxima are taken on the integer bit patterns of |x| (sign bit cleared): for non-negative
+  floats integer order equals float order and every NaN sorts above +Inf, so NaN propagates
+  through block maxima and the grid-wide atomic max without a separate NaN flag.
+* FP32 -> E4M3 (RNE, saturating) and FP32 -> BF16 (RNE) use integer/exact-float arithmetic,
+  independent of the hardware's conversion instructions and of the interpreter's emulation.
+* Denormals are kept: the PTX (checked by compiling for sm_90, see the slow test) has
+  ``div.rn.f32``, ``mul.rn.f32``, ``add.rn.f32`` without ``.ftz``; the only ``.ftz`` is floor
+  (``cvt.rmi.ftz``), whose inputs here are >= 0, where flushing a denormal to 0 keeps floor = 0.
+  No libdevice call is used (those honour nvvm-reflect-ftz).
+
+Layout for speed: each program loads a (BLOCK_M, 16*BLOCKS_K) tile with 16-byte vector loads,
+views it as (BLOCK_M, BLOCKS_K, 16) so block maxima are in-thread/in-warp reductions, packs two
+codes per byte in registers, and writes packed bytes and scale bytes with vector stores. The
+tensor amax is a per-tile max followed by one relaxed ``atomic_max`` per program.
+
+Tests run the same kernels on a CPU with ``TRITON_INTERPRET=1``, which must be set before this
+module is imported (the kernels are decorated then).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from nvfp4.formats.rng import derive_keys
+
+BLOCK = 16
+_HADAMARD_SIZE = 16
+
+# FP32 constants, each exactly representable, so Triton's fp32 literals hold the same values as
+# the reference's FP32 tensors (1/6 is the FP32 rounding of 1/6, written out exactly).
+_FLT_MAX: tl.constexpr = tl.constexpr(3.4028234663852886e38)
+_E4M3_MAX: tl.constexpr = tl.constexpr(448.0)
+_E4M3_TIMES_E2M1: tl.constexpr = tl.constexpr(2688.0)
+_ONE_SIXTH_F32: tl.constexpr = tl.constexpr(0.1666666716337204)  # float32(1/6) = 0x3E2AAAAB
+_E4M3_MIN_NORMAL: tl.constexpr = tl.constexpr(0.015625)  # 2^-6
+_E4M3_SUBNORMAL_STEP: tl.constexpr = tl.constexpr(0.001953125)  # 2^-9
+_ABS_MASK: tl.constexpr = tl.constexpr(0x7FFFFFFF)
+_INF_BITS: tl.constexpr = tl.constexpr(0x7F800000)
+_NAN: tl.constexpr = tl.constexpr(float("nan"))
+
+# Launch shapes: one program per (rows x 16-element blocks) tile. 32 x 128 elements with 4 warps
+# gives each thread 32 elements (two 16-byte loads per 8 bf16 / 4 fp32), and ~16K programs for an
+# 8192x8192 tensor, enough to fill 132 SMs many times over. Untuned: measure with benchmarks/gpu.py.
+_Q_BLOCK_M = 32
+_Q_BLOCKS_K = 8
+_Q_WARPS = 4
+# amax reads more per program (fewer atomics on the single output word).
+_A_BLOCK_M = 32
+_A_BLOCK_K = 256
+_A_WARPS = 8
+
+
+# ----------------------------------------------------------------------------------------------
+# Elementwise helpers
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _max_along(x, AXIS: tl.constexpr, KEEP_DIMS: tl.constexpr = False):
+    """tl.max, spelled as tl.reduce with Triton's own max combiner.
+
+    Why not tl.max: it is a @triton.jit library function, and the CPU interpreter can only run
+    those if TRITON_INTERPRET was set before Triton was imported, which importing torch._dynamo
+    (e.g. via torch.compiler.disable) does early. tl.reduce is a builtin, and with this combiner
+    the interpreter still takes its vectorised NumPy path. Compiled code is identical to tl.max.
+    """
+    return tl.reduce(x, AXIS, tl.standard._elementwise_max, keep_dims=KEEP_DIMS)
+
+
+@triton.jit
+def _sum_along(x, AXIS: tl.constexpr, KEEP_DIMS: tl.constexpr = False):
+    """tl.sum without dtype promotion (fp32 in, fp32 out), as tl.reduce for the reason above."""
+    return tl.reduce(x, AXIS, tl.standard._sum_combine, keep_dims=KEEP_DIMS)
+
+
+@triton.jit
+def _abs_bits(x):
+    """|x| as int32 bits: order-preserving for non-negative floats, NaN above Inf."""
+    return x.to(tl.int32, bitcast=True) & _ABS_MASK
+
+
+@triton.jit
+def _clamp_max(x, hi):
+    """min(x, hi) that keeps NaN (like torch.clamp)."""
+    return tl.where(x > hi, hi, x)
+
+
+@triton.jit
+def _round_to_bf16(x):
+    """FP32 -> nearest-even BF16, returned as FP32. Integer RNE on the top 16 bits; NaN passes
+    through untouched (the integer trick could turn a low-payload NaN into Inf)."""
+    bits = x.to(tl.uint32, bitcast=True)
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return tl.where(x != x, x, rounded.to(tl.float32, bitcast=True))
+
+
+@triton.jit
+def _e4m3_encode(s):
+    """FP32 -> E4M3 (fn) byte, round-to-nearest-even, saturating to ±448, NaN -> 0x7F|sign.
+
+    Normal range (|s| >= 2^-6): add the RNE bias to the 20 discarded mantissa bits and rebias
+    the exponent (127 -> 7). Subnormal range: |s|/2^-9 is exact, and is rounded to an integer
+    0..8 with an exact floor/fraction test (8 is the smallest normal, encoded 0x08 as well).
+    """
+    bits = s.to(tl.int32, bitcast=True)
+    sign = (bits >> 24) & 0x80
+    a = tl.abs(s)
+    a = tl.where(a > _E4M3_MAX, _E4M3_MAX, a)  # satfinite (NaN is handled below)
+    abits = a.to(tl.int32, bitcast=True)
+    normal = ((abits + 0x7FFFF + ((abits >> 20) & 1)) >> 20) - (120 << 3)
+    y = a * 512.0  # exact (power-of-two scaling); only used where a < 2^-6, i.e. y < 8
+    floor_y = tl.floor(y)
+    frac = y - floor_y  # exact (Sterbenz)
+    q = floor_y.to(tl.int32)
+    round_up = (frac > 0.5) | ((frac == 0.5) & ((q & 1) == 1))
+    subnormal = q + round_up.to(tl.int32)
+    mag = tl.where(a >= _E4M3_MIN_NORMAL, normal, subnormal)
+    mag = tl.where(s != s, 0x7F, mag)
+    return mag | sign
+
+
+@triton.jit
+def _e4m3_decode(byte):
+    """E4M3 (fn) byte (int32 0..255) -> FP32, exactly; 0x7F/0xFF -> NaN."""
+    exp = (byte >> 3) & 0xF
+    man = byte & 7
+    normal = (((exp + 120) << 23) | (man << 20)).to(tl.float32, bitcast=True)
+    subnormal = man.to(tl.float32) * _E4M3_SUBNORMAL_STEP
+    mag = tl.where(exp == 0, subnormal, normal)
+    mag = tl.where((byte & 0x7F) == 0x7F, _NAN, mag)
+    return tl.where((byte & 0x80) != 0, -mag, mag)
+
+
+@triton.jit
+def _e2m1_magnitude_rn(a):
+    """E2M1 magnitude index 0..7 of |v| by the RNE decision boundaries (as in e2m1.py)."""
+    return (
+        (a > 0.25).to(tl.int32)
+        + (a >= 0.75).to(tl.int32)
+        + (a > 1.25).to(tl.int32)
+        + (a >= 1.75).to(tl.int32)
+        + (a > 2.5).to(tl.int32)
+        + (a >= 3.5).to(tl.int32)
+        + (a > 5.0).to(tl.int32)
+    )
+
+
+@triton.jit
+def _grid_step(a):
+    return tl.where(a < 2.0, 0.5, tl.where(a < 4.0, 1.0, 2.0))
+
+
+@triton.jit
+def _mix32(h):
+    """The uint32 finalizer of nvfp4.formats.rng (wrapping multiplies)."""
+    h = h ^ (h >> 16)
+    h = h * 0x21F0AAAD
+    h = h ^ (h >> 15)
+    h = h * 0x735A2D97
+    return h ^ (h >> 15)
+
+
+@triton.jit
+def _random_bytes(index, key1, key2):
+    """Counter-based random byte for int64 element indices (nvfp4.formats.rng.random_bytes)."""
+    lo = index.to(tl.uint32)  # truncation keeps the low word
+    hi = (index >> 32).to(tl.uint32)
+    h = _mix32(_mix32(lo ^ key1) ^ hi ^ key2)
+    return (h >> 24).to(tl.int32)
+
+
+@triton.jit
+def _e2m1_value(code):
+    """Real value of a code 0..15 (exact in FP32); code 8 gives -0.0 like the reference table."""
+    m = code & 7
+    mf = m.to(tl.float32)
+    mag = tl.where(m < 4, mf * 0.5, tl.where(m < 6, mf - 2.0, (mf - 4.0) * 2.0))
+    return tl.where(code >= 8, -mag, mag)
+
+
+@triton.jit
+def _butterfly_stage(y, ROWS: tl.constexpr, H: tl.constexpr):
+    """One stage of hadamard._butterfly on rows of 16: pairs (j, j+H) -> (a + b, a - b).
+
+    Written with reductions over the size-2 pair axis instead of split/join/permute: Triton keeps
+    a reduce + broadcast over an in-thread axis in registers, whereas split/join chains made
+    it shuffle data through shared memory. A 2-element sum is the single FP32 addition a + b
+    (commutative, so it does not matter which lane adds), and IEEE defines a - b as a + (-b),
+    so every result is bit-identical to the reference's.
+    """
+    z = tl.reshape(y, (ROWS, 8 // H, 2, H))
+    second = (tl.arange(0, 2) == 1)[None, None, :, None]
+    total = _sum_along(z, 2, True)
+    difference = _sum_along(tl.where(second, -z, z), 2, True)
+    return tl.reshape(tl.where(second, difference, total), (ROWS, 16))
+
+
+@triton.jit
+def _rht16(x, signs_ptr, BLOCK_M: tl.constexpr, BK: tl.constexpr):
+    """16-point RHT of each 16-chunk of a (BLOCK_M, BK) fp32 tile, rounded to BF16 (kept as fp32).
+
+    Same FP32 operations in the same order as hadamard.random_hadamard_transform: sign multiply
+    (exact), stages h = 1, 2, 4, 8, then * 0.25, then RNE to BF16. (A tl.dot would
+    sum in a different order and not be bit-identical.)
+    """
+    ROWS: tl.constexpr = BLOCK_M * (BK // 16)
+    signs = tl.load(signs_ptr + tl.arange(0, 16))
+    y = tl.reshape(x, (ROWS, 16)) * signs[None, :]
+    y = _butterfly_stage(y, ROWS, 1)
+    y = _butterfly_stage(y, ROWS, 2)
+    y = _butterfly_stage(y, ROWS, 4)
+    y = _butterfly_stage(y, ROWS, 8)
+    y = _round_to_bf16(y * 0.25)
+    return tl.reshape(y, (BLOCK_M, BK))
+
+
+@triton.jit
+def _load_tile(x_ptr, rows, cols, M, K, stride_x, BF16_BITS: tl.constexpr):
+    """(rows, cols) tile as fp32; out-of-range elements read as 0 (the reference's zero padding).
+
+    BF16 input arrives as its int16 bits and is widened by a shift (exact for every value;
+    Triton's CPU interpreter mis-converts BF16 subnormals, the GPU's cvt would be exact too).
+    """
+    mask = (rows < M)[:, None] & (cols < K)[None, :]
+    offs = rows.to(tl.int64)[:, None] * stride_x + cols[None, :]
+    if BF16_BITS:
+        raw = tl.load(x_ptr + offs, mask=mask, other=0)
+        return (raw.to(tl.int32) << 16).to(tl.float32, bitcast=True)
+    return tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Kernels
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _amax_kernel(
+    x_ptr,
+    signs_ptr,
+    out_ptr,
+    M,
+    K,
+    stride_x,
+    BF16_BITS: tl.constexpr,
+    RHT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """Stage 1: max |x| bits of one tile; stage 2: atomic max into one int32 word (= fp32 bits)."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    x = _load_tile(x_ptr, rows, cols, M, K, stride_x, BF16_BITS)
+    if RHT:
+        x = _rht16(x, signs_ptr, BLOCK_M, BLOCK_K)
+    tile_max = _max_along(_max_along(_abs_bits(x), 1), 0)
+    tl.atomic_max(out_ptr, tile_max, sem="relaxed")
+
+
+@triton.jit(do_not_specialize=["key1", "key2"])
+def _quantize_kernel(
+    x_ptr,
+    amax_ptr,
+    signs_ptr,
+    packed_ptr,
+    scales_ptr,
+    M,
+    K,
+    NB,
+    stride_x,
+    stride_p,
+    stride_s,
+    key1,
+    key2,
+    BF16_BITS: tl.constexpr,
+    TILE_ROWS: tl.constexpr,
+    STOCHASTIC: tl.constexpr,
+    RHT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCKS_K: tl.constexpr,
+):
+    """One program quantizes BLOCK_M rows x BLOCKS_K 16-element blocks (SPEC §2, §3)."""
+    BK: tl.constexpr = BLOCKS_K * 16
+    pid_m = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = pid_k * BK + tl.arange(0, BK)
+    x = _load_tile(x_ptr, rows, cols, M, K, stride_x, BF16_BITS)
+    if RHT:
+        x = _rht16(x, signs_ptr, BLOCK_M, BK)
+    x3 = tl.reshape(x, (BLOCK_M, BLOCKS_K, 16))
+
+    # Block amax (bits; NaN sorts highest), 1x16 or 16x16 (repeated over the tile's rows).
+    amax_bits = _max_along(_abs_bits(x3), 2)
+    if TILE_ROWS == 16:
+        tile_bits = _max_along(tl.reshape(amax_bits, (BLOCK_M // 16, 16, BLOCKS_K)), 1)
+        amax_bits = tl.reshape(
+            tl.broadcast_to(tile_bits[:, None, :], (BLOCK_M // 16, 16, BLOCKS_K)), (BLOCK_M, BLOCKS_K)
+        )
+    block_amax = amax_bits.to(tl.float32, bitcast=True)
+
+    # Tensor scale, in the reference's order: S_enc = min(2688/amax, FLT_MAX), S_dec = 1/S_enc.
+    amax = tl.load(amax_ptr)
+    s_enc = _clamp_max(tl.div_rn(_E4M3_TIMES_E2M1, amax), _FLT_MAX)
+    s_dec = tl.div_rn(1.0, s_enc)
+    scale = block_amax * (s_enc * _ONE_SIXTH_F32)  # S_enc*(1/6) first, then * amax_b
+    scale = _clamp_max(scale, _E4M3_MAX)  # = clamp(FLT_MAX) then clamp(448)
+    scale_byte = _e4m3_encode(scale)
+    bad = (amax_bits >= _INF_BITS) | (_abs_bits(amax) >= _INF_BITS)
+    scale_byte = tl.where(bad, 0x7F, scale_byte)
+
+    # Encode with the ROUNDED scale, by a true division; zero scale -> 1/0 = inf -> FLT_MAX.
+    enc = _clamp_max(tl.div_rn(1.0, _e4m3_decode(scale_byte) * s_dec), _FLT_MAX)
+    v = x3 * enc[:, :, None]
+    v = tl.where(v < -6.0, -6.0, _clamp_max(v, 6.0))
+    a = tl.abs(v)
+    if STOCHASTIC:
+        # Element index in the ORIGINAL (M, K) tensor: row * K + col (padding columns alias the
+        # next row's indices as in the reference; they hold zeros and round to 0 for any byte).
+        index = rows.to(tl.int64)[:, None] * K + cols[None, :]
+        r = tl.reshape(
+            _random_bytes(index, key1.to(tl.uint32, bitcast=True), key2.to(tl.uint32, bitcast=True)),
+            (BLOCK_M, BLOCKS_K, 16),
+        )
+        u = r.to(tl.float32) * 0.00390625  # r/256, exact
+        t = a + u * _grid_step(a)  # u*step exact, so FMA or not gives the same t
+        step_t = _grid_step(t)
+        # t / step_t == t * (1/step_t) exactly: 1/step_t is a power of two, so both round the same
+        # real number once (and a multiply is far cheaper than div.rn on the GPU).
+        inv_step_t = tl.where(t < 2.0, 2.0, tl.where(t < 4.0, 1.0, 0.5))
+        q = _clamp_max(tl.floor(t * inv_step_t) * step_t, 6.0)
+        mag = _e2m1_magnitude_rn(q)
+    else:
+        mag = _e2m1_magnitude_rn(a)
+    codes = mag | ((v < 0).to(tl.int32) << 3)
+
+    # Pack two codes per byte, even element in the low nibble, in registers.
+    lo, hi = tl.split(tl.reshape(codes, (BLOCK_M, BLOCKS_K * 8, 2)))
+    packed = (lo | (hi << 4)).to(tl.uint8)
+    row_ok = (rows < M)[:, None]
+    pcols = pid_k * (BLOCKS_K * 8) + tl.arange(0, BLOCKS_K * 8)
+    tl.store(
+        packed_ptr + rows.to(tl.int64)[:, None] * stride_p + pcols[None, :],
+        packed,
+        mask=row_ok & (pcols < NB * 8)[None, :],
+    )
+    bcols = pid_k * BLOCKS_K + tl.arange(0, BLOCKS_K)
+    tl.store(
+        scales_ptr + rows.to(tl.int64)[:, None] * stride_s + bcols[None, :],
+        scale_byte.to(tl.uint8),
+        mask=row_ok & (bcols < NB)[None, :],
+    )
+
+
+@triton.jit
+def _scaled_values_kernel(
+    packed_ptr, scales_ptr, out_ptr, M, NB, stride_p, stride_s, stride_o, BLOCK_M: tl.constexpr, BLOCKS_K: tl.constexpr
+):
+    """value(code) * float(scale) for every (padded) element; exact in bf16/fp16/fp32."""
+    pid_k = tl.program_id(1)
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = (rows < M)[:, None]
+    roff = rows.to(tl.int64)[:, None]
+    pcols = pid_k * (BLOCKS_K * 8) + tl.arange(0, BLOCKS_K * 8)
+    packed = tl.load(
+        packed_ptr + roff * stride_p + pcols[None, :], mask=row_ok & (pcols < NB * 8)[None, :], other=0
+    ).to(tl.int32)
+    codes = tl.reshape(tl.join(packed & 15, packed >> 4), (BLOCK_M, BLOCKS_K, 16))
+    bcols = pid_k * BLOCKS_K + tl.arange(0, BLOCKS_K)
+    scale_bytes = tl.load(
+        scales_ptr + roff * stride_s + bcols[None, :], mask=row_ok & (bcols < NB)[None, :], other=0
+    ).to(tl.int32)
+    values = _e2m1_value(codes) * _e4m3_decode(scale_bytes)[:, :, None]
+    ocols = pid_k * (BLOCKS_K * 16) + tl.arange(0, BLOCKS_K * 16)
+    tl.store(
+        out_ptr + roff * stride_o + ocols[None, :],
+        tl.reshape(values, (BLOCK_M, BLOCKS_K * 16)).to(out_ptr.dtype.element_ty),
+        mask=row_ok & (ocols < NB * 16)[None, :],
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Backend
+# ----------------------------------------------------------------------------------------------
+
+_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _interpreted() -> bool:
+    """True when the kernels above were built by Triton's CPU interpreter (TRITON_INTERPRET=1 was
+    set when this module was imported; the kernels' type records what actually happened)."""
+    return type(_quantize_kernel).__name__ == "InterpretedFunction"
+
+
+def _as_int32(key: int) -> int:
+    """A uint32 key as the int32 with the same bits (Triton passes it as i32, bitcast in-kernel)."""
+    return key - (1 << 32) if key >= 1 << 31 else key
+
+
+def _bf16_as_bits(x: torch.Tensor) -> torch.Tensor:
+    """BF16 tensors go to the kernels as int16 bits (see _load_tile)."""
+    return x.view(torch.int16) if x.dtype == torch.bfloat16 else x
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+class TritonBackend:
+    """NVFP4 kernels in Triton for CUDA devices (and the CPU under TRITON_INTERPRET=1, for tests)."""
+
+    name = "triton"
+
+    @classmethod
+    def is_available(cls, device: torch.device) -> bool:
+        device = torch.device(device)
+        if device.type == "cuda":
+            return torch.cuda.is_available()
+        interpret = os.environ.get("TRITON_INTERPRET", "").lower() in ("1", "true", "on", "yes")
+        return device.type == "cpu" and interpret and _interpreted()
+
+    @classmethod
+    @functools.cache
+    def instance(cls) -> TritonBackend:
+        return cls()
+
+    def __init__(self) -> None:
+        self._signs_cache: dict[tuple[tuple[float, ...], str], torch.Tensor] = {}
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _check(self, x2d: torch.Tensor) -> torch.Tensor:
+        """Inputs the kernels handle; anything else raises NotImplementedError (-> reference)."""
+        if x2d.dim() != 2 or x2d.dtype not in _FLOAT_DTYPES or x2d.numel() == 0:
+            raise NotImplementedError("triton backend: needs a non-empty 2-D fp32/bf16/fp16 tensor")
+        if not self.is_available(x2d.device):
+            raise NotImplementedError(f"triton backend is not available on {x2d.device}")
+        return x2d if x2d.stride(1) == 1 else x2d.contiguous()
+
+    @staticmethod
+    def _device_guard(device: torch.device) -> contextlib.AbstractContextManager:
+        """Launch on the tensor's GPU; under the interpreter, silence NumPy's warnings about the
+        IEEE results the kernels rely on (1/0 = inf, NaN compares) — they are not errors."""
+        if device.type == "cuda":
+            return torch.cuda.device(device)
+        if _interpreted():
+            import numpy
+
+            return numpy.errstate(divide="ignore", invalid="ignore", over="ignore")
+        return contextlib.nullcontext()
+
+    def _device_signs(self, signs: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """The sign vector as fp32 on ``device``. Host-side vectors (the usual case) are checked and
+        their device copies cached, so a training step neither syncs nor copies; a vector that is
+        already on the GPU is used as is (checking it would cost a device sync)."""
+        if signs.device.type != "cpu":
+            return signs.to(device=device, dtype=torch.float32).contiguous()
+        values = tuple(float(v) for v in signs.reshape(-1).tolist())
+        if any(v not in (1.0, -1.0) for v in values):
+            raise NotImplementedError("triton backend: signs must be ±1 (the reference raises the error)")
+        key = (values, str(device))
+        cached = self._signs_cache.get(key)
+        if cached is None:
+            cached = self._signs_cache[key] = torch.tensor(values, dtype=torch.float32, device=device)
+        return cached
+
+    def _launch_amax(self, x2d: torch.Tensor, signs: torch.Tensor | None) -> torch.Tensor:
+        rows, cols = x2d.shape
+        out = torch.zeros(1, dtype=torch.int32, device=x2d.device)  # +0.0; every |x| bit pattern is >= 0
+        grid = (_cdiv(rows, _A_BLOCK_M), _cdiv(cols, _A_BLOCK_K))
+        with self._device_guard(x2d.device):
+            _amax_kernel[grid](
+                _bf16_as_bits(x2d),
+                signs if signs is not None else out,
+                out,
+                rows,
+                cols,
+                x2d.stride(0),
+                BF16_BITS=x2d.dtype == torch.bfloat16,
+                RHT=signs is not None,
+                BLOCK_M=_A_BLOCK_M,
+                BLOCK_K=_A_BLOCK_K,
+                num_warps=_A_WARPS,
+                enable_fp_fusion=False,
+            )
+        return out.view(torch.float32).reshape(())
+
+    def _launch_quantize(
+        self,
+        x2d: torch.Tensor,
+        amax: torch.Tensor,
+        tile_rows: int,
+        stochastic: bool,
+        seed: int,
+        offset: int,
+        signs: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        rows, cols = x2d.shape
+        nblk = _cdiv(cols, BLOCK)
+        packed = torch.empty(rows, nblk * 8, dtype=torch.uint8, device=x2d.device)
+        scales = torch.empty(rows, nblk, dtype=torch.uint8, device=x2d.device)
+        amax_buf = amax.to(device=x2d.device, dtype=torch.float32).reshape(1)
+        key1, key2 = derive_keys(seed, offset) if stochastic else (0, 0)
+        grid = (_cdiv(rows, _Q_BLOCK_M), _cdiv(nblk, _Q_BLOCKS_K))
+        with self._device_guard(x2d.device):
+            _quantize_kernel[grid](
+                _bf16_as_bits(x2d),
+                amax_buf,
+                signs if signs is not None else amax_buf,
+                packed,
+                scales,
+                rows,
+                cols,
+                nblk,
+                x2d.stride(0),
+                packed.stride(0),
+                scales.stride(0),
+                _as_int32(key1),
+                _as_int32(key2),
+                BF16_BITS=x2d.dtype == torch.bfloat16,
+                TILE_ROWS=tile_rows,
+                STOCHASTIC=bool(stochastic),
+                RHT=signs is not None,
+                BLOCK_M=_Q_BLOCK_M,
+                BLOCKS_K=_Q_BLOCKS_K,
+                num_warps=_Q_WARPS,
+                enable_fp_fusion=False,
+            )
+        return packed, scales.view(torch.float8_e4m3fn)
+
+    # -- the backend interface (see nvfp4.kernels.reference.ReferenceBackend) ------------------
+
+    def amax(self, x2d: torch.Tensor) -> torch.Tensor:
+        """max|x| as an FP32 0-d tensor (NaN if any NaN), one pass with a grid-wide atomic max."""
+        return self._launch_amax(self._check(x2d), None)
+
+    def quantize_nvfp4(
+        self,
+        x2d: torch.Tensor,
+        global_amax: torch.Tensor,
+        tile_rows: int,
+        stochastic: bool,
+        seed: int,
+        offset: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(packed uint8 (M, ceil(K/16)*8), scales e4m3 (M, ceil(K/16))), bit-equal to the reference."""
+        if tile_rows not in (1, 16):
+            raise NotImplementedError(f"triton backend: tile_rows={tile_rows}")
+        x2d = self._check(x2d)
+        return self._launch_quantize(x2d, torch.as_tensor(global_amax), tile_rows, stochastic, seed, offset, None)
+
+    def rht_quantize_nvfp4(
+        self,
+        x2d: torch.Tensor,
+        signs: torch.Tensor,
+        global_amax: torch.Tensor | None,
+        stochastic: bool,
+        seed: int,
+        offset: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """16-point RHT (recomputed in both passes instead of storing it) + 1x16 NVFP4.
+
+        Pass 1 (only without a given amax): amax of the BF16-rounded transform. Pass 2: transform
+        again and quantize. Re-reading x costs less traffic than writing and re-reading the BF16
+        intermediate. Other Hadamard sizes or K not a multiple of 16 go to the reference.
+        """
+        signs = torch.as_tensor(signs)
+        if signs.numel() != _HADAMARD_SIZE:
+            raise NotImplementedError(f"triton backend: RHT size {signs.numel()} (only {_HADAMARD_SIZE})")
+        x2d = self._check(x2d)
+        if x2d.shape[1] % _HADAMARD_SIZE:
+            raise NotImplementedError("triton backend: K must be a multiple of the Hadamard size")
+        signs = self._device_signs(signs, x2d.device)
+        amax = self._launch_amax(x2d, signs) if global_amax is None else global_amax
+        packed, scales = self._launch_quantize(x2d, torch.as_tensor(amax), 1, stochastic, seed, offset, signs)
+        return packed, scales, amax
+
+    def scaled_values(
+        self, packed: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.bfloat16
+    ) -> torch.Tensor:
+        """value(q) × block scale for every (padded) element: (M, ceil(K/16)*16), exact in BF16."""
+        if dtype not in _FLOAT_DTYPES or packed.dim() != 2 or packed.numel() == 0:
+            raise NotImplementedError("triton backend: scaled_values needs 2-D packed codes and a float dtype")
+        if not self.is_available(packed.device):
+            raise NotImplementedError(f"triton backend is not available on {packed.device}")
+        rows, nbytes = packed.shape
+        nblk = nbytes // 8
+        packed = packed.contiguous()
+        scale_bytes = scales.view(torch.uint8).to(packed.device).contiguous()
+        out = torch.empty(rows, nblk * BLOCK, dtype=dtype, device=packed.device)
+        grid = (_cdiv(rows, _Q_BLOCK_M), _cdiv(nblk, _Q_BLOCKS_K))
+        with self._device_guard(packed.device):
+            _scaled_values_kernel[grid](
+                packed,
+                scale_bytes,
+                out,
+                rows,
+                nblk,
+                packed.stride(0),
+                scale_bytes.stride(0),
+                out.stride(0),
+                BLOCK_M=_Q_BLOCK_M,
+                BLOCKS_K=_Q_BLOCKS_K,
+                num_warps=_Q_WARPS,
+                enable_fp_fusion=False,
+            )
+        return out

@@ -1,0 +1,379 @@
+"""The Triton backend must equal the PyTorch reference bit for bit (packed codes, scale bytes, amax).
+
+Without a GPU the kernels run in Triton's CPU interpreter, on small shapes. The kernels become
+interpreted functions only if TRITON_INTERPRET=1 is set when ``nvfp4.kernels.triton_backend`` is
+imported, so it is set at the top of this module (and the backend module re-imported if another
+test module imported it first). The variable is then removed again and only set while these
+tests run (fixture below): otherwise later tests that quantize on the CPU with ``backend="auto"``
+would pick the (slow) interpreted Triton backend.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import pytest
+import torch
+
+_USE_INTERPRETER = not torch.cuda.is_available()
+_SET_INTERPRET = _USE_INTERPRETER and "TRITON_INTERPRET" not in os.environ
+if _USE_INTERPRETER:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+triton = pytest.importorskip("triton")
+
+from nvfp4 import kernels  # noqa: E402
+from nvfp4.formats.nvfp4 import quantize_nvfp4  # noqa: E402
+from nvfp4.formats.rng import derive_keys, random_bytes  # noqa: E402
+from nvfp4.hadamard import default_signs  # noqa: E402
+from nvfp4.kernels import triton_backend  # noqa: E402
+from nvfp4.kernels.reference import ReferenceBackend  # noqa: E402
+
+if _USE_INTERPRETER and not triton_backend._interpreted():
+    # Imported earlier by another module, without the interpreter: decorate the kernels again.
+    triton_backend = importlib.reload(triton_backend)
+tl = triton.language
+
+
+@triton.jit
+def _random_bytes_probe(out_ptr, base, key1, key2, N: tl.constexpr):
+    """Runs the backend's in-kernel RNG on arbitrary int64 indices (decorated while interpreting)."""
+    index = base.to(tl.int64) + tl.arange(0, N).to(tl.int64)
+    tl.store(out_ptr + tl.arange(0, N), triton_backend._random_bytes(
+        index, key1.to(tl.uint32, bitcast=True), key2.to(tl.uint32, bitcast=True)))
+
+
+if _SET_INTERPRET:
+    del os.environ["TRITON_INTERPRET"]
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+REF = ReferenceBackend()
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+SHAPES = ((1, 1), (3, 17), (32, 64), (17, 48), (48, 33))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _interpreter_env():
+    """TRITON_INTERPRET=1 while this module runs (is_available reads it), as before afterwards."""
+    if _SET_INTERPRET:
+        os.environ["TRITON_INTERPRET"] = "1"
+    if not triton_backend.TritonBackend.is_available(DEVICE):
+        pytest.skip(f"Triton backend not available on {DEVICE}")
+    yield
+    if _SET_INTERPRET:
+        os.environ.pop("TRITON_INTERPRET", None)
+
+
+@pytest.fixture(scope="module")
+def tb():
+    return triton_backend.TritonBackend()
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs
+# ----------------------------------------------------------------------------------------------
+
+
+def make_input(kind: str, shape: tuple[int, int], dtype: torch.dtype, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g)
+    if kind == "random":
+        x = x * 3
+    elif kind == "heavy":  # log-normal magnitudes: a few huge outliers per block
+        x = x * torch.exp(2.5 * torch.randn(shape, generator=g))
+    elif kind == "tiny":
+        x = x * (1e-30 if dtype != torch.float16 else 1e-3)
+    elif kind == "huge":
+        x = x * (1e30 if dtype != torch.float16 else 1e4)
+    elif kind == "subnormal":  # FP32/BF16 subnormals (FP16: its own subnormal range)
+        x = x * (1e-40 if dtype != torch.float16 else 1e-6)
+    elif kind == "zeros":
+        x = torch.zeros(shape)
+    elif kind in ("nan", "inf"):
+        x = x * 3
+        flat = x.view(-1)
+        idx = torch.randperm(flat.numel(), generator=g)[: max(1, flat.numel() // 7)]
+        special = float("nan") if kind == "nan" else float("inf")
+        flat[idx] = special
+        if kind == "inf":
+            flat[idx[::2]] = -special
+    else:
+        raise ValueError(kind)
+    return x.to(dtype)
+
+
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return torch.equal(a.cpu().reshape(-1).view(torch.uint8), b.cpu().reshape(-1).view(torch.uint8))
+
+
+def assert_quantize_equal(tb, x: torch.Tensor, amax: torch.Tensor, tile_rows: int, sr: bool, seed=0, offset=0):
+    packed, scales = tb.quantize_nvfp4(x.to(DEVICE), amax.to(DEVICE), tile_rows, sr, seed, offset)
+    ref_packed, ref_scales = REF.quantize_nvfp4(x, amax, tile_rows, sr, seed, offset)
+    assert packed.dtype == torch.uint8 and scales.dtype == torch.float8_e4m3fn
+    assert packed.shape == ref_packed.shape and scales.shape == ref_scales.shape
+    where = f"tile_rows={tile_rows} sr={sr} seed={seed} offset={offset}"
+    assert same_bits(scales, ref_scales), f"scale bytes differ ({where})"
+    assert same_bits(packed, ref_packed), f"packed codes differ ({where})"
+
+
+def same_float(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit-equal, except that any NaN equals any NaN (payloads are not specified)."""
+    a, b = a.cpu(), b.cpu()
+    nan_a, nan_b = torch.isnan(a), torch.isnan(b)
+    if not torch.equal(nan_a, nan_b):
+        return False
+    return same_bits(torch.where(nan_a, torch.zeros_like(a), a), torch.where(nan_b, torch.zeros_like(b), b))
+
+
+# ----------------------------------------------------------------------------------------------
+# Tests
+# ----------------------------------------------------------------------------------------------
+
+
+def test_registered_and_selected():
+    assert "triton" in kernels.available_backends(DEVICE)
+    assert kernels.select("auto", DEVICE).name == "triton"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("kind", ["random", "heavy", "tiny", "huge", "subnormal", "zeros", "nan", "inf"])
+def test_amax_and_quantize_match_reference(tb, kind, dtype):
+    for i, shape in enumerate(SHAPES):
+        x = make_input(kind, shape, dtype, seed=i)
+        amax = tb.amax(x.to(DEVICE))
+        assert amax.shape == () and amax.dtype == torch.float32
+        assert same_float(amax, REF.amax(x)), f"amax {amax} vs {REF.amax(x)} for {shape}"
+        # Two of the four (tile, rounding) modes per shape, rotating, so every mode meets several
+        # shapes while the interpreter time stays low.
+        for tile_rows, sr in (((1, False), (16, True)), ((16, False), (1, True)))[i % 2]:
+            assert_quantize_equal(tb, x, REF.amax(x), tile_rows, sr, seed=i + 1, offset=3 * i)
+
+
+@pytest.mark.parametrize(
+    "global_amax", [0.5, 3.0, 1e6, 0.0, float("inf"), float("nan"), 1e-38, 2e-45], ids=lambda v: f"amax={v}"
+)
+def test_given_global_amax(tb, global_amax):
+    """Caller-given amax: saturating scales when it is too small, FLT_MAX S_enc at 0, NaN scales if non-finite."""
+    x = make_input("random", (17, 48), torch.float32)
+    x[3, 5] = float("inf")  # one bad block even when the tensor amax is finite
+    amax = torch.tensor(global_amax)
+    for tile_rows in (1, 16):
+        for sr in (False, True):
+            assert_quantize_equal(tb, x, amax, tile_rows, sr, seed=7)
+
+
+def test_e2m1_rounding_ties(tb):
+    """S_enc = 1 (amax 2688) and a block amax of 6 give enc = 1, so x lands exactly on E2M1 ties."""
+    ties = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 6.0, 0.0, -0.0, 0.5, 2.0, 3.0, 4.0, 1e-8, -1e-8])
+    x = torch.stack([ties, -ties, ties.flip(0), torch.roll(ties, 3)])
+    x = torch.cat([x, x * 1.0000001, x * 0.9999999], dim=1)  # just above / below each tie
+    x[:, 15::16] = 6.0
+    for dtype in DTYPES:
+        xd = x.to(dtype)
+        for tile_rows in (1, 16):
+            for sr in (False, True):
+                assert_quantize_equal(tb, xd, torch.tensor(2688.0), tile_rows, sr, seed=3)
+
+
+def test_e4m3_scale_ties(tb):
+    """Global amax 448 makes the FP32 scale equal the block amax: put block amaxes on E4M3 midpoints."""
+    midpoints = [1.0625, 1.1875, 432.0, 3 * 2.0**-10, 2.0**-10, 5 * 2.0**-10, 15 * 2.0**-11, 0.0146484375,
+                 448.0, 500.0, 464.0, 2.0**-12, 240.0, 0.3125, 17 * 2.0**-10]
+    x = torch.rand(len(midpoints), 16, generator=torch.Generator().manual_seed(1)) * 2.0**-12
+    x[:, 7] = torch.tensor(midpoints)
+    x = torch.cat([x, -x], dim=1)
+    for tile_rows in (1, 16):
+        assert_quantize_equal(tb, x, torch.tensor(448.0), tile_rows, False)
+        assert_quantize_equal(tb, x, torch.tensor(448.0), tile_rows, True, seed=11)
+
+
+@pytest.mark.parametrize("seed,offset", [(0, 0), (1, 0), (0, 1), (2**32 + 5, 2**33 + 1), (2**64 - 1, 2**63 + 9)])
+def test_stochastic_rounding_seeds(tb, seed, offset):
+    x = make_input("heavy", (48, 33), torch.bfloat16, seed=5)
+    amax = REF.amax(x)
+    assert_quantize_equal(tb, x, amax, 1, True, seed, offset)
+    assert_quantize_equal(tb, x, amax, 16, True, seed, offset)
+
+
+def test_stochastic_rounding_depends_on_seed(tb):
+    x = make_input("random", (32, 64), torch.float32)
+    amax = REF.amax(x)
+    a, _ = tb.quantize_nvfp4(x.to(DEVICE), amax.to(DEVICE), 1, True, 1, 0)
+    b, _ = tb.quantize_nvfp4(x.to(DEVICE), amax.to(DEVICE), 1, True, 2, 0)
+    c, _ = tb.quantize_nvfp4(x.to(DEVICE), amax.to(DEVICE), 1, True, 1, 1)
+    assert not torch.equal(a, b) and not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("base", [0, 2**32 - 9, 2**40 + 3, 2**62])
+def test_random_bytes_large_indices(base):
+    """Element indices past 2^32 (tensors with more than 4G elements) use the high word too."""
+    k1, k2 = derive_keys(123456789, 42)
+    out = torch.empty(16, dtype=torch.int32, device=DEVICE)
+    as32 = triton_backend._as_int32
+    with triton_backend.TritonBackend._device_guard(DEVICE):
+        _random_bytes_probe[(1,)](out, base, as32(k1), as32(k2), N=16)
+    index = torch.arange(16, dtype=torch.int64) + base
+    assert torch.equal(out.cpu().to(torch.int64), random_bytes(index, 123456789, 42))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_rht_quantize(tb, dtype):
+    custom = torch.where(torch.rand(16, generator=torch.Generator().manual_seed(4)) < 0.5, -1.0, 1.0)
+    for i, shape in enumerate([(1, 16), (17, 48), (33, 80)]):
+        for j, kind in enumerate(("random", "heavy", "nan")):
+            x = make_input(kind, shape, dtype, seed=i)
+            sr = (i + j) % 2 == 1
+            # Two configurations per input (the full product is too slow for the interpreter).
+            for signs, global_amax, stochastic in ((default_signs(16), None, sr), (custom, torch.tensor(5.0), not sr)):
+                got = tb.rht_quantize_nvfp4(x.to(DEVICE), signs, global_amax, stochastic, i, 2 * j)
+                want = REF.rht_quantize_nvfp4(x, signs, global_amax, stochastic, i, 2 * j)
+                where = f"{shape} {kind} amax={global_amax} sr={stochastic}"
+                assert same_float(got[2], want[2]), f"amax differs {where}"
+                assert same_bits(got[1], want[1]), f"scales differ {where}"
+                assert same_bits(got[0], want[0]), f"packed differs {where}"
+
+
+def test_rht_unsupported_cases_fall_back(tb):
+    x = make_input("random", (4, 32), torch.float32)
+    with pytest.raises(NotImplementedError):
+        tb.rht_quantize_nvfp4(x.to(DEVICE), default_signs(8), None, False, 0, 0)
+    with pytest.raises(NotImplementedError):
+        tb.rht_quantize_nvfp4(x[:, :24].to(DEVICE), default_signs(16), None, False, 0, 0)
+    # Through the registry the reference takes over: same answer for size 8, same error for K=24.
+    impl = kernels.select("triton", DEVICE)
+    got = impl.rht_quantize_nvfp4(x.to(DEVICE), default_signs(8), None, False, 0, 0)
+    want = REF.rht_quantize_nvfp4(x, default_signs(8), None, False, 0, 0)
+    assert same_bits(got[0], want[0]) and same_bits(got[1], want[1])
+    with pytest.raises(ValueError):
+        impl.rht_quantize_nvfp4(x[:, :24].to(DEVICE), default_signs(16), None, False, 0, 0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_scaled_values(tb, dtype):
+    for i, shape in enumerate(SHAPES):
+        for kind in ("random", "heavy", "nan", "tiny"):
+            x = make_input(kind, shape, torch.float32, seed=i)
+            packed, scales = REF.quantize_nvfp4(x, REF.amax(x), 1, False, 0, 0)
+            got = tb.scaled_values(packed.to(DEVICE), scales.to(DEVICE), dtype)
+            want = REF.scaled_values(packed, scales, dtype)
+            assert got.dtype == dtype and got.shape == want.shape
+            assert same_float(got, want), f"{shape} {kind}"
+
+
+def test_public_api_and_noncontiguous_input(tb):
+    w = make_input("heavy", (48, 40), torch.bfloat16, seed=9)
+    for x in (w, w.t()):  # w.t() is not contiguous along the block dim
+        for tile in ((1, 16), (16, 16)):
+            q = quantize_nvfp4(x.to(DEVICE), tile=tile, stochastic=True, seed=5, backend="triton")
+            r = quantize_nvfp4(x, tile=tile, stochastic=True, seed=5, backend="reference")
+            assert same_bits(q.packed, r.packed) and same_bits(q.scales, r.scales)
+            assert same_float(q.global_amax, r.global_amax)
+            assert same_float(q.dequantize(), r.dequantize())
+
+
+def test_weight_tiles_transpose_exactly(tb):
+    """SPEC §2: with 16x16 tiles, quantize(W)ᵀ == quantize(Wᵀ) (here on codes via scaled values)."""
+    w = make_input("random", (32, 48), torch.float32, seed=2)
+    q = quantize_nvfp4(w.to(DEVICE), tile=(16, 16), backend="triton")
+    qt = quantize_nvfp4(w.t().contiguous().to(DEVICE), tile=(16, 16), backend="triton")
+    assert same_float(q.scaled_values(torch.float32).t(), qt.scaled_values(torch.float32))
+
+
+# ----------------------------------------------------------------------------------------------
+# Large shapes: only on a real GPU (excluded by the default `-m 'not slow and not gpu'`).
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("shape", [(4096, 4096), (1000, 4100), (8192, 8192)])
+def test_large_shapes_on_gpu(tb, shape):
+    x = make_input("heavy", shape, torch.bfloat16, seed=1)
+    x[7, 100] = float("nan")
+    xg = x.cuda()
+    amax = tb.amax(xg)
+    assert same_float(amax, REF.amax(x))
+    clean = torch.nan_to_num(x)
+    clean_amax = REF.amax(clean)
+    for tile_rows in (1, 16):
+        for sr in (False, True):
+            assert_quantize_equal(tb, clean, clean_amax, tile_rows, sr, seed=99, offset=5)
+    assert_quantize_equal(tb, x, amax.cpu(), 1, False)
+    if shape[1] % 16 == 0:
+        got = tb.rht_quantize_nvfp4(clean.cuda(), default_signs(16), None, True, 3, 4)
+        want = REF.rht_quantize_nvfp4(clean, default_signs(16), None, True, 3, 4)
+        assert same_float(got[2], want[2]) and same_bits(got[1], want[1]) and same_bits(got[0], want[0])
+    packed, scales = tb.quantize_nvfp4(xg, amax, 1, False, 0, 0)
+    assert same_float(tb.scaled_values(packed, scales), REF.scaled_values(packed.cpu(), scales.cpu()))
+
+
+# ----------------------------------------------------------------------------------------------
+# GPU code generation, checked without a GPU: compile for sm_90 and inspect the PTX.
+# ----------------------------------------------------------------------------------------------
+
+_COMPILE_FOR_SM90 = r"""
+import json, re, sys
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource, compile as triton_compile
+from nvfp4.kernels import triton_backend as tb
+
+ALIGNED = {"x_ptr", "amax_ptr", "signs_ptr", "packed_ptr", "scales_ptr", "out_ptr",
+           "M", "K", "NB", "stride_x", "stride_p", "stride_s", "stride_o"}  # as a launch on 8192x8192 sees them
+
+def ptx(fn, signature, constexprs, warps):
+    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(signature) if name in ALIGNED}
+    src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
+    kernel = triton_compile(src, target=GPUTarget("cuda", 90, 32),
+                            options={"num_warps": warps, "enable_fp_fusion": False})
+    return kernel.asm["ptx"]
+
+quantize_sig = {"x_ptr": "*i16", "amax_ptr": "*fp32", "signs_ptr": "*fp32", "packed_ptr": "*u8", "scales_ptr": "*u8",
+                "M": "i32", "K": "i32", "NB": "i32", "stride_x": "i32", "stride_p": "i32", "stride_s": "i32",
+                "key1": "i32", "key2": "i32", "BF16_BITS": "constexpr", "TILE_ROWS": "constexpr",
+                "STOCHASTIC": "constexpr", "RHT": "constexpr", "BLOCK_M": "constexpr", "BLOCKS_K": "constexpr"}
+amax_sig = {"x_ptr": "*i16", "signs_ptr": "*fp32", "out_ptr": "*i32", "M": "i32", "K": "i32", "stride_x": "i32",
+            "BF16_BITS": "constexpr", "RHT": "constexpr", "BLOCK_M": "constexpr", "BLOCK_K": "constexpr"}
+values_sig = {"packed_ptr": "*u8", "scales_ptr": "*u8", "out_ptr": "*bf16", "M": "i32", "NB": "i32",
+              "stride_p": "i32", "stride_s": "i32", "stride_o": "i32", "BLOCK_M": "constexpr", "BLOCKS_K": "constexpr"}
+blocks = {"BLOCK_M": tb._Q_BLOCK_M, "BLOCKS_K": tb._Q_BLOCKS_K}
+out = {}
+for name, (tile_rows, sr, rht) in {"sr": (1, True, False), "2d": (16, False, False), "rht_sr": (1, True, True)}.items():
+    out["quantize_" + name] = ptx(tb._quantize_kernel, quantize_sig, {"BF16_BITS": True, "TILE_ROWS": tile_rows,
+                                  "STOCHASTIC": sr, "RHT": rht, **blocks}, tb._Q_WARPS)
+out["amax_rht"] = ptx(tb._amax_kernel, amax_sig, {"BF16_BITS": True, "RHT": True, "BLOCK_M": tb._A_BLOCK_M,
+                      "BLOCK_K": tb._A_BLOCK_K}, tb._A_WARPS)
+out["scaled_values"] = ptx(tb._scaled_values_kernel, values_sig, blocks, tb._Q_WARPS)
+json.dump(out, sys.stdout)
+"""
+
+
+@pytest.mark.slow
+def test_kernels_compile_for_sm90_with_exact_arithmetic():
+    """The interpreter cannot show what the GPU would run: compile for an H100 (no GPU needed) and
+    check the PTX: IEEE divisions only, no FMA contraction, no approximate or flush-to-zero
+    arithmetic (except floor, whose inputs here are >= 0, where FTZ cannot change the result),
+    and 16-byte vector loads."""
+    import json
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import nvfp4
+
+    if "nvidia" not in getattr(importlib.import_module("triton.backends"), "backends", {}):
+        pytest.skip("Triton's NVIDIA backend is not installed")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(Path(nvfp4.__file__).parents[1])
+    proc = subprocess.run([sys.executable, "-c", _COMPILE_FOR_SM90], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name, ptx in json.loads(proc.stdout).items():
+        assert "fma." not in ptx, f"{name}: FMA contraction"
+        assert not re.search(r"div\.(full|approx)", ptx), f"{name}: approximate division"
+        ftz = set(re.findall(r"\b[a-z]+(?:\.[a-z0-9]+)*\.ftz(?:\.[a-z0-9]+)*", ptx))
+        assert ftz <= {"cvt.rmi.ftz.f32.f32"}, f"{name}: flush-to-zero arithmetic {ftz}"
+        assert "ld.global.v4" in ptx, f"{name}: loads are not vectorised"
+        if name.startswith("quantize"):
+            assert "div.rn.f32" in ptx
