@@ -5,8 +5,9 @@ and turned back into "value × block scale" numbers, which are exact in BF16 (FP
 FP32); a BF16 matmul accumulates in FP32 and the two FP32 tensor scales are applied to the
 FP32 result before the output is rounded once. On CPU this uses ``addmm(alpha=scale)``, which
 scales the FP32 accumulator inside the GEMM. The weight-gradient GEMM outputs FP32 when the
-recipe's ``exact_gemm`` is True or on CUDA; on CPU it defaults to a BF16-rounded accumulator
-(as torch's own bf16 autocast does for nn.Linear), because an FP32 matmul costs 2x here.
+recipe's ``exact_gemm`` is True or on CUDA; on CPU it defaults to the scaled accumulator rounded
+once to BF16 (as torch's own bf16 autocast does for nn.Linear's dW), because an FP32 matmul
+costs 2x here.
 """
 
 from __future__ import annotations
@@ -132,15 +133,14 @@ def emulated_gemm(
         acc = av.float() @ bv.float().t()
     elif on_cuda and exact:
         acc = torch.mm(av, bv.t(), out_dtype=torch.float32)
-    elif out_dtype in (torch.bfloat16, torch.float16) and (scale is None or bool(torch.isfinite(scale))):
-        # The CPU BF16 GEMM applies alpha to its FP32 accumulator: one rounding, as SPEC §2 says.
+    elif (out_dtype != torch.float32 or not exact) and (scale is None or bool(torch.isfinite(scale))):
+        # The CPU BF16 GEMM applies alpha to its FP32 accumulator, then rounds once to BF16: exact
+        # for BF16 outputs (SPEC §2); for the FP32 weight gradient it is one BF16 rounding.
         alpha = 1.0 if scale is None else float(scale)
         zero = torch.zeros((), dtype=av.dtype, device=av.device)
         return torch.addmm(zero, av, bv.t(), beta=0, alpha=alpha).to(out_dtype)
-    elif exact:
-        acc = av.float() @ bv.float().t()
     else:
-        acc = (av @ bv.t()).float()
+        acc = av.float() @ bv.float().t()
     if scale is not None:
         acc = acc * scale
     return acc.to(out_dtype)
