@@ -168,3 +168,9 @@ def test_not_strict_does_not_raise_but_propagates_nan(name: str) -> None:
     x[0, 0] = float("nan")
     deq = QUANTIZERS[name](x).dequantize()
     assert deq[0, :16].isnan().all()
+
+
+@pytest.mark.parametrize("amax", [-1.0, -0.0])
+def test_negative_global_amax_is_rejected(amax: float) -> None:
+    with pytest.raises(ValueError, match="global_amax must be >= 0"):
+        quantize_nvfp4(torch.ones(2, 16), global_amax=amax)

@@ -176,5 +176,7 @@ def quantize_nvfp4(
         amax = impl.amax(x2d)
     else:
         amax = torch.as_tensor(global_amax, dtype=torch.float32, device=x2d.device).reshape(())
+        if bool(amax < 0) or bool(torch.signbit(amax) & (amax == 0)):
+            raise ValueError(f"global_amax must be >= 0 (a max of absolute values), got {float(amax)}")
     packed, scales = impl.quantize_nvfp4(x2d, amax, tile[0], bool(stochastic), int(seed), int(offset))
     return NVFP4Tensor(packed=packed, scales=scales, global_amax=amax, shape=x.shape, tile=tile, backend=backend)

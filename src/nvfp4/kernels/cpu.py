@@ -1,0 +1,319 @@
+"""Fast CPU backend: a small C kernel (``nvfp4_cpu.c``), compiled on first use and called through ctypes.
+
+Why a C kernel: the plain-PyTorch reference materialises a dozen full-size temporaries per quantization;
+the kernel reads the input twice (tensor amax, then a fused block-amax/scale/round/pack pass) and writes only
+the packed codes and scales. It reproduces the reference bit for bit (tests/kernels/test_cpu_backend.py).
+
+Build: ``$CC`` (else gcc, else cc) with OpenMP and ``-march=native``, falling back to plainer flags if those
+fail. The shared library is cached in ``$NVFP4_CACHE/kernels/`` (default ``~/.cache/nvfp4/kernels/``) under a
+name keyed by the source, the flags and the CPU, compiled to a temporary file and renamed atomically so that
+concurrent processes never load a half-written file. ``NVFP4_DISABLE_CPU_KERNEL=1`` turns the backend off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import math
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+
+from nvfp4.formats.nvfp4 import BLOCK
+from nvfp4.formats.rng import derive_keys
+
+_SOURCE = Path(__file__).with_name("nvfp4_cpu.c")
+_ABI_VERSION = 1
+_DT_F32, _DT_BF16 = 0, 1
+# Bit-exactness: no -ffast-math (it reassociates and flushes subnormals); -ffp-contract=off stops GCC from
+# fusing a*b+c into an FMA, which rounds once where the reference rounds twice.
+_COMMON_FLAGS = ("-O3", "-std=c11", "-shared", "-fPIC", "-fno-fast-math", "-ffp-contract=off")
+# Tried in order; the first that compiles is used.
+_VARIANTS = (
+    ("-fopenmp", "-march=native"),
+    ("-fopenmp",),
+    (),
+)
+
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_load_error: str | None = None
+_warned = False
+
+
+def _disabled() -> bool:
+    return os.environ.get("NVFP4_DISABLE_CPU_KERNEL", "").strip() not in ("", "0")
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("NVFP4_CACHE")
+    return Path(root) / "kernels" if root else Path.home() / ".cache" / "nvfp4" / "kernels"
+
+
+def _compiler() -> str | None:
+    cc = os.environ.get("CC")
+    if cc:
+        return shutil.which(cc)
+    return shutil.which("gcc") or shutil.which("cc")
+
+
+@functools.cache
+def _cpu_fingerprint() -> str:
+    """CPU model and feature flags: a -march=native library must not be reused on a different CPU."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor()
+    keep = [ln for ln in lines if ln.split(":")[0].strip() in ("vendor_id", "model name", "flags", "Features")]
+    return "\n".join(dict.fromkeys(keep))  # first processor's lines (all processors repeat them)
+
+
+def _library_path(cc: str, flags: tuple[str, ...]) -> Path:
+    key = hashlib.sha256()
+    key.update(_SOURCE.read_bytes())
+    key.update("\0".join((cc, *flags, platform.machine())).encode())
+    if "-march=native" in flags:
+        key.update(_cpu_fingerprint().encode())
+    return _cache_dir() / f"nvfp4_cpu-{key.hexdigest()[:20]}.so"
+
+
+def _compile(cc: str, flags: tuple[str, ...], target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.stem + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        cmd = [cc, *flags, str(_SOURCE), "-o", tmp, "-lm"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if proc.returncode != 0:
+            raise RuntimeError(f"`{' '.join(cmd)}` failed:\n{proc.stderr.strip()[-2000:]}")
+        os.replace(tmp, target)  # atomic: a concurrent process sees either no file or a complete one
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
+    p, i64, i32, u32, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_uint32, ctypes.c_float
+    sigs = {
+        "nvfp4_abi_version": (i32, []),
+        "nvfp4_simd_width": (i32, []),
+        "nvfp4_amax": (f32, [p, i32, i64, i32]),
+        "nvfp4_quantize": (i32, [p, i32, i64, i64, f32, i64, i32, u32, u32, p, p, i32]),
+        "nvfp4_rht_amax": (f32, [p, i32, i64, i64, p, i32]),
+        "nvfp4_rht_quantize": (i32, [p, i32, i64, i64, p, f32, i32, u32, u32, p, p, i32]),
+        "nvfp4_scaled_values": (None, [p, p, i64, i64, i32, p, i32]),
+        "nvfp4_e4m3_encode": (None, [p, i64, p]),
+        "nvfp4_random_bytes": (None, [ctypes.c_uint64, i64, u32, u32, p]),
+    }
+    for name, (restype, argtypes) in sigs.items():
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = restype, argtypes
+    if lib.nvfp4_abi_version() != _ABI_VERSION:
+        raise RuntimeError(f"{lib._name} has ABI version {lib.nvfp4_abi_version()}, expected {_ABI_VERSION}")
+    return lib
+
+
+def build_library(variants: tuple[tuple[str, ...], ...] = _VARIANTS) -> ctypes.CDLL:
+    """Compile (or reuse from the cache) and load the kernel; raises RuntimeError with the reasons if none builds.
+
+    ``variants`` are extra flag sets tried in order (tests pass ``(("-DNVFP4_PORTABLE",),)`` for the scalar path).
+    """
+    cc = _compiler()
+    if cc is None:
+        raise RuntimeError("no C compiler found (set $CC, or install gcc)")
+    errors = []
+    for extra in variants:
+        flags = (*_COMMON_FLAGS, *extra)
+        path = _library_path(cc, flags)
+        try:
+            if not path.exists():
+                _compile(cc, flags, path)
+            return _bind(ctypes.CDLL(str(path)))
+        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+            errors.append(f"[{' '.join(extra) or 'no extra flags'}] {exc}")
+    raise RuntimeError("\n".join(errors))
+
+
+def _library() -> ctypes.CDLL | None:
+    """The loaded kernel, or None (with one warning per process) when it cannot be built."""
+    global _lib, _load_error, _warned
+    with _lock:
+        if _lib is None and _load_error is None:
+            try:
+                _lib = build_library()
+            except RuntimeError as exc:
+                _load_error = str(exc)
+        if _lib is None and not _warned:
+            _warned = True
+            warnings.warn(
+                "nvfp4: the fast CPU quantization kernel could not be built, so the slower pure-PyTorch reference "
+                "is used instead (same results). Fix: install a C compiler with OpenMP support (e.g. "
+                "`apt install gcc`), or point $CC at one; set NVFP4_DISABLE_CPU_KERNEL=1 to silence this. "
+                f"Details:\n{_load_error}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return _lib
+
+
+def _ptr(t: torch.Tensor) -> int:
+    return t.data_ptr()
+
+
+def _as_kernel_input(x2d: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """A contiguous fp32 or bf16 CPU tensor (fp16 and others go through fp32, exactly as the reference)."""
+    if x2d.device.type != "cpu":
+        raise NotImplementedError("the cpu backend handles CPU tensors only")
+    if x2d.dim() != 2:
+        raise ValueError(f"expected a 2-D tensor, got shape {tuple(x2d.shape)}")
+    if x2d.numel() == 0:
+        raise NotImplementedError("empty tensors go to the reference")
+    if x2d.dtype == torch.bfloat16:
+        return x2d.contiguous(), _DT_BF16
+    return x2d.to(torch.float32).contiguous(), _DT_F32
+
+
+def _amax_value(global_amax: torch.Tensor) -> float:
+    """The FP32 tensor amax as a Python float; a negative (or -0) amax is outside the contract -> reference."""
+    value = float(torch.as_tensor(global_amax).to(torch.float32).reshape(()))
+    if not math.isnan(value) and math.copysign(1.0, value) < 0:
+        raise NotImplementedError("negative global_amax: left to the reference")
+    return value
+
+
+class CPUBackend:
+    """Bit-exact C implementation of the ``ReferenceBackend`` ops for CPU tensors."""
+
+    name = "cpu"
+
+    def __init__(self, lib: ctypes.CDLL | None = None):
+        lib = lib if lib is not None else _library()
+        if lib is None:
+            raise RuntimeError(f"the nvfp4 CPU kernel is unavailable: {_load_error}")
+        self.lib = lib
+
+    @classmethod
+    def is_available(cls, device: torch.device | str) -> bool:
+        if torch.device(device).type != "cpu" or _disabled():
+            return False
+        return _library() is not None
+
+    @classmethod
+    @functools.cache
+    def instance(cls) -> CPUBackend:
+        return cls()
+
+    @property
+    def vectorized(self) -> bool:
+        """True when the library was built with the AVX-512 path."""
+        return self.lib.nvfp4_simd_width() > 1
+
+    def amax(self, x2d: torch.Tensor) -> torch.Tensor:
+        """max|x| as an FP32 0-d tensor (NaN if any NaN)."""
+        x, dt = _as_kernel_input(x2d)
+        value = self.lib.nvfp4_amax(_ptr(x), dt, x.numel(), torch.get_num_threads())
+        return torch.tensor(value, dtype=torch.float32)
+
+    def quantize_nvfp4(
+        self,
+        x2d: torch.Tensor,
+        global_amax: torch.Tensor,
+        tile_rows: int,
+        stochastic: bool,
+        seed: int,
+        offset: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(packed uint8 (M, ceil(K/16)*8), scales e4m3 (M, ceil(K/16))) for a 2-D input."""
+        tile_rows = int(tile_rows)
+        if tile_rows < 1:
+            raise ValueError(f"tile_rows must be positive, got {tile_rows}")
+        x, dt = _as_kernel_input(x2d)
+        amax = _amax_value(global_amax)
+        rows, cols = x.shape
+        nblk = -(-cols // BLOCK)
+        packed = torch.empty((rows, nblk * BLOCK // 2), dtype=torch.uint8)
+        scales = torch.empty((rows, nblk), dtype=torch.uint8)
+        k1, k2 = derive_keys(int(seed), int(offset)) if stochastic else (0, 0)
+        rc = self.lib.nvfp4_quantize(
+            _ptr(x), dt, rows, cols, amax, tile_rows, int(bool(stochastic)), k1, k2,
+            _ptr(packed), _ptr(scales), torch.get_num_threads(),
+        )  # fmt: skip
+        if rc != 0:
+            raise MemoryError("nvfp4_quantize could not allocate its scratch buffers")
+        return packed, scales.view(torch.float8_e4m3fn)
+
+    def rht_quantize_nvfp4(
+        self,
+        x2d: torch.Tensor,
+        signs: torch.Tensor,
+        global_amax: torch.Tensor | None,
+        stochastic: bool,
+        seed: int,
+        offset: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """RHT16 along the last dim fused with 1x16 quantization; returns (packed, scales, amax used).
+
+        Only Hadamard size 16 with ±1 signs and K % 16 == 0 is fused; anything else raises NotImplementedError so
+        that the reference runs (and raises its own clear error where the input is invalid).
+        """
+        signs_t = torch.as_tensor(signs)
+        if signs_t.numel() != 16:
+            raise NotImplementedError("the fused RHT kernel supports Hadamard size 16 only")
+        signs_f = signs_t.detach().to(device="cpu", dtype=torch.float32).reshape(16)
+        if not bool(((signs_f == 1) | (signs_f == -1)).all()):
+            raise NotImplementedError("signs must be ±1; the reference reports the error")
+        x, dt = _as_kernel_input(x2d)
+        rows, cols = x.shape
+        if cols % 16:
+            raise NotImplementedError("K must be a multiple of 16; the reference reports the error")
+        signbits = torch.where(signs_f < 0, -(2**31), 0).to(torch.int32)
+        nthreads = torch.get_num_threads()
+        if global_amax is None:
+            amax_t = torch.tensor(self.lib.nvfp4_rht_amax(_ptr(x), dt, rows, cols, _ptr(signbits), nthreads),
+                                  dtype=torch.float32)  # fmt: skip
+        else:
+            amax_t = global_amax
+        amax = _amax_value(amax_t)
+        nblk = cols // BLOCK
+        packed = torch.empty((rows, nblk * BLOCK // 2), dtype=torch.uint8)
+        scales = torch.empty((rows, nblk), dtype=torch.uint8)
+        k1, k2 = derive_keys(int(seed), int(offset)) if stochastic else (0, 0)
+        rc = self.lib.nvfp4_rht_quantize(
+            _ptr(x), dt, rows, cols, _ptr(signbits), amax, int(bool(stochastic)), k1, k2,
+            _ptr(packed), _ptr(scales), nthreads,
+        )  # fmt: skip
+        if rc != 0:
+            raise MemoryError("nvfp4_rht_quantize could not allocate its scratch buffers")
+        return packed, scales.view(torch.float8_e4m3fn), amax_t
+
+    def scaled_values(
+        self, packed: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.bfloat16
+    ) -> torch.Tensor:
+        """value(q) × block scale for every (padded) element: (M, ceil(K/16)*16), exact in BF16."""
+        if packed.device.type != "cpu" or scales.device.type != "cpu":
+            raise NotImplementedError("the cpu backend handles CPU tensors only")
+        if packed.dim() != 2 or scales.dim() != 2 or packed.shape != (scales.shape[0], scales.shape[1] * 8):
+            raise ValueError(
+                f"packed {tuple(packed.shape)} and scales {tuple(scales.shape)} do not match: "
+                "expected packed (M, 8*nblk) uint8 and scales (M, nblk)"
+            )
+        if packed.numel() == 0:
+            raise NotImplementedError("empty tensors go to the reference")
+        rows, nblk = scales.shape
+        packed_c = packed.contiguous().view(torch.uint8)
+        scales_c = scales.contiguous().view(torch.uint8)
+        native = dtype if dtype in (torch.bfloat16, torch.float32) else torch.float32
+        out = torch.empty((rows, nblk * BLOCK), dtype=native)
+        out_dt = _DT_BF16 if native == torch.bfloat16 else _DT_F32
+        self.lib.nvfp4_scaled_values(
+            _ptr(packed_c), _ptr(scales_c), rows, nblk, out_dt, _ptr(out), torch.get_num_threads()
+        )
+        return out if native == dtype else out.to(dtype)  # the reference also rounds from FP32

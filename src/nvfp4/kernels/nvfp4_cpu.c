@@ -1,0 +1,695 @@
+/*
+ * NVFP4 quantization kernels for the CPU backend (nvfp4/kernels/cpu.py builds and loads this file).
+ *
+ * Every result must equal the plain-PyTorch reference (nvfp4/formats/nvfp4.py) bit for bit, so:
+ *   - all arithmetic is FP32 in the order of SPEC §2; divisions are true divisions;
+ *   - build WITHOUT -ffast-math and WITH -ffp-contract=off (a fused multiply-add rounds once, not twice);
+ *   - subnormals must not be flushed (1/S_enc is subnormal for an all-zero tensor).
+ * The AVX-512 path is used when the compiler targets it (-march=native on an AVX-512 CPU); the portable scalar
+ * path (also used for row tails) computes the same bits. Define NVFP4_PORTABLE to force the scalar path.
+ *
+ * Block amaxes are computed as an integer max over |x| bit patterns: equal to the float max for finite values,
+ * and >= 0x7F800000 (non-finite) as soon as the block holds a NaN or an Inf, which is all the reference needs.
+ */
+#include <float.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if (defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512DQ__) && \
+     !defined(NVFP4_PORTABLE))
+#define NVFP4_AVX512 1
+#include <immintrin.h>
+#endif
+
+#define NVFP4_ABI_VERSION 1
+#define BLOCK 16
+
+enum { DT_F32 = 0, DT_BF16 = 1 };
+
+/* Parallelise only when there is enough work to pay for waking the thread team. */
+#define PAR_MIN_ELEMS (1 << 15)
+
+/* ------------------------------------------------------------------------------------------------------------ */
+/* Scalar helpers (the portable path, and the tails of the vector path).                                       */
+/* ------------------------------------------------------------------------------------------------------------ */
+
+static inline uint32_t f2u(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+
+static inline float u2f(uint32_t u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static inline float load_f32(const void *x, int dtype, int64_t i) {
+    if (dtype == DT_BF16) return u2f((uint32_t)((const uint16_t *)x)[i] << 16);
+    return ((const float *)x)[i];
+}
+
+static inline uint32_t load_absbits(const void *x, int dtype, int64_t i) {
+    return f2u(load_f32(x, dtype, i)) & 0x7FFFFFFFu;
+}
+
+/* FP32 -> E4M3 (max 448), round to nearest even, saturating; also returns the rounded value as FP32. */
+static inline uint8_t e4m3_rne_satfinite(float f, float *rounded) {
+    uint32_t b = f2u(f);
+    const uint32_t sign = b & 0x80000000u;
+    uint32_t code, rb;
+    b ^= sign;
+    if (b > 0x7F800000u) { /* NaN */
+        *rounded = NAN;
+        return (uint8_t)(0x7Fu | (sign >> 24));
+    }
+    if (b >= (121u << 23)) { /* >= 2^-6, E4M3's smallest normal: keep 3 mantissa bits, RNE */
+        b += 0x7FFFFu + ((b >> 20) & 1u);
+        b &= 0xFFF00000u;
+        if (b > 0x43E00000u) b = 0x43E00000u; /* 448 */
+        code = (b >> 20) - (120u << 3);       /* rebias the exponent from 127 to 7 */
+        rb = b;
+    } else { /* subnormal: a multiple of 2^-9; rounding up to 8 * 2^-9 gives code 0x08 = 2^-6, as it must */
+        const float m = u2f(b) * 512.0f;                 /* exact */
+        const float r = (m + 8388608.0f) - 8388608.0f;   /* RNE to an integer 0..8 */
+        code = (uint32_t)r;
+        rb = f2u(r * (1.0f / 512.0f));
+    }
+    *rounded = u2f(rb | sign);
+    return (uint8_t)(code | (sign >> 24));
+}
+
+static inline float e4m3_to_f32(uint8_t c) {
+    const uint32_t e = (c >> 3) & 15u, m = c & 7u;
+    float v;
+    if (e == 15u && m == 7u) return NAN;
+    if (e == 0u)
+        v = (float)m * (1.0f / 512.0f);
+    else
+        v = u2f(((e + 120u) << 23) | (m << 20));
+    return (c & 0x80u) ? -v : v;
+}
+
+/* FP32 -> BF16 round to nearest even (as torch), returned widened back to FP32 bits. */
+static inline float round_bf16(float f) {
+    uint32_t b = f2u(f);
+    if ((b & 0x7FFFFFFFu) > 0x7F800000u) return u2f(0x7FC00000u);
+    b += 0x7FFFu + ((b >> 16) & 1u);
+    return u2f(b & 0xFFFF0000u);
+}
+
+/* E2M1 round-to-nearest-even code; thresholds of SPEC §2. NaN -> 0; the sign bit is set iff v < 0. */
+static inline uint32_t e2m1_rn(float v) {
+    const float a = fabsf(v);
+    const uint32_t m = (uint32_t)(a > 0.25f) + (a >= 0.75f) + (a > 1.25f) + (a >= 1.75f) + (a > 2.5f) +
+                       (a >= 3.5f) + (a > 5.0f);
+    return m | ((uint32_t)(v < 0.0f) << 3);
+}
+
+/* E2M1 stochastic rounding (SPEC §3): t = a + u*step(a); floor t to the grid; clamp at 6. */
+static inline uint32_t e2m1_sr(float v, uint32_t rbyte) {
+    float a = fabsf(v);
+    if (a > 6.0f) a = 6.0f;
+    const float step = a < 2.0f ? 0.5f : (a < 4.0f ? 1.0f : 2.0f);
+    const float u = (float)rbyte * (1.0f / 256.0f);
+    const float t = a + u * step;
+    /* floor(t / step(t)) * step(t) on the grid = the number of grid points <= t (NaN -> 0) */
+    const uint32_t m = (uint32_t)(t >= 0.5f) + (t >= 1.0f) + (t >= 1.5f) + (t >= 2.0f) + (t >= 3.0f) +
+                       (t >= 4.0f) + (t >= 6.0f);
+    return m | ((uint32_t)(v < 0.0f) << 3);
+}
+
+/* The counter-based generator of nvfp4/formats/rng.py. */
+static inline uint32_t mix32(uint32_t h) {
+    h ^= h >> 16;
+    h *= 0x21F0AAADu;
+    h ^= h >> 15;
+    h *= 0x735A2D97u;
+    h ^= h >> 15;
+    return h;
+}
+
+static inline uint32_t random_byte(uint64_t i, uint32_t k1, uint32_t k2) {
+    return mix32(mix32((uint32_t)i ^ k1) ^ (uint32_t)(i >> 32) ^ k2) >> 24;
+}
+
+/* The 16-point Walsh-Hadamard butterfly of nvfp4/hadamard.py: signs, stages h = 1, 2, 4, 8, x 1/4, BF16. */
+static inline void rht16_scalar(const float *in, const uint32_t *signbits, float *out) {
+    float x[16];
+    for (int i = 0; i < 16; i++) x[i] = u2f(f2u(in[i]) ^ signbits[i]);
+    for (int h = 1; h < 16; h *= 2)
+        for (int g = 0; g < 16; g += 2 * h)
+            for (int i = g; i < g + h; i++) {
+                const float a = x[i], b = x[i + h];
+                x[i] = a + b;
+                x[i + h] = a - b;
+            }
+    for (int i = 0; i < 16; i++) out[i] = round_bf16(x[i] * 0.25f);
+}
+
+/* ------------------------------------------------------------------------------------------------------------ */
+/* Quantization parameters shared by all blocks of a tensor (SPEC §2).                                          */
+/* ------------------------------------------------------------------------------------------------------------ */
+
+typedef struct {
+    float s_dec;    /* 1 / S_enc */
+    float k;        /* S_enc * (1/6), multiplied by the block amax */
+    int global_bad; /* the tensor amax is NaN/Inf: every block gets the NaN scale */
+    int stochastic;
+    uint32_t k1, k2; /* SR stream keys */
+} qparams;
+
+static qparams make_params(float global_amax, int stochastic, uint32_t k1, uint32_t k2) {
+    qparams p;
+    float s_enc = 2688.0f / global_amax; /* 448 * 6 */
+    if (s_enc > FLT_MAX) s_enc = FLT_MAX;
+    p.s_dec = 1.0f / s_enc;
+    p.k = s_enc * (float)(1.0 / 6.0);
+    p.global_bad = !isfinite(global_amax);
+    p.stochastic = stochastic;
+    p.k1 = k1;
+    p.k2 = k2;
+    return p;
+}
+
+/* Scale byte and encode factor of one block from its |x| max bits. */
+static inline uint8_t block_scale(uint32_t abits, const qparams *p, float *enc) {
+    float sr, e, sf;
+    uint8_t code;
+    if (p->global_bad || abits >= 0x7F800000u) {
+        *enc = NAN; /* every code of the block becomes 0 */
+        return 0x7F;
+    }
+    sf = u2f(abits) * p->k;
+    if (sf > 448.0f) sf = 448.0f;
+    code = e4m3_rne_satfinite(sf, &sr);
+    e = 1.0f / (sr * p->s_dec); /* from the ROUNDED scale, a true division */
+    if (e > FLT_MAX) e = FLT_MAX;
+    *enc = e;
+    return code;
+}
+
+#ifdef NVFP4_AVX512
+/* ------------------------------------------------------------------------------------------------------------ */
+/* AVX-512 helpers: one 16-element block is one zmm register.                                                   */
+/* ------------------------------------------------------------------------------------------------------------ */
+
+static inline __m512i vload_bits(const void *x, int dtype, int64_t i) {
+    if (dtype == DT_BF16)
+        return _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)x + i))),
+                                 16);
+    return _mm512_loadu_si512((const float *)x + i);
+}
+
+/* Load n <= 16 elements, zero-filling the rest (the logical zero padding). */
+static inline __m512i vload_bits_n(const void *x, int dtype, int64_t i, int n) {
+    const __mmask16 m = (__mmask16)((1u << n) - 1u);
+    if (dtype == DT_BF16)
+        return _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, (const uint16_t *)x + i)), 16);
+    return _mm512_maskz_loadu_epi32(m, (const float *)x + i);
+}
+
+/* out[j] = max over the 16 lanes of v[j]: a transposing reduction tree (15 max instead of 16 full reductions). */
+static inline __m512i transpose_max16(const __m512i *v) {
+    __m512i c[8], e[4], g, h, r;
+    for (int i = 0; i < 8; i++)
+        c[i] = _mm512_max_epu32(_mm512_shuffle_i32x4(v[2 * i], v[2 * i + 1], 0x44),
+                                _mm512_shuffle_i32x4(v[2 * i], v[2 * i + 1], 0xEE));
+    for (int i = 0; i < 4; i++)
+        e[i] = _mm512_max_epu32(_mm512_shuffle_i32x4(c[2 * i], c[2 * i + 1], 0x88),
+                                _mm512_shuffle_i32x4(c[2 * i], c[2 * i + 1], 0xDD));
+    /* within each 128-bit chunk k: g = [e0 pair maxes (2), e1 pair maxes (2)], h likewise for e2, e3 */
+    g = _mm512_max_epu32(_mm512_unpacklo_epi64(e[0], e[1]), _mm512_unpackhi_epi64(e[0], e[1]));
+    h = _mm512_max_epu32(_mm512_unpacklo_epi64(e[2], e[3]), _mm512_unpackhi_epi64(e[2], e[3]));
+    r = _mm512_max_epu32(
+        _mm512_castps_si512(_mm512_shuffle_ps(_mm512_castsi512_ps(g), _mm512_castsi512_ps(h), 0x88)),
+        _mm512_castps_si512(_mm512_shuffle_ps(_mm512_castsi512_ps(g), _mm512_castsi512_ps(h), 0xDD)));
+    /* lane 4k+p holds the max of v[4p+k]: put it back in order */
+    return _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), r);
+}
+
+/* block_scale for 16 blocks at once (same operations, lane by lane). */
+static inline void block_scales16(__m512i abits, const qparams *p, uint8_t *scale_out, float *enc_out) {
+    const __mmask16 bad = p->global_bad ? (__mmask16)0xFFFF
+                                        : _mm512_cmpge_epu32_mask(abits, _mm512_set1_epi32(0x7F800000));
+    __m512 sf = _mm512_mul_ps(_mm512_castsi512_ps(abits), _mm512_set1_ps(p->k));
+    sf = _mm512_min_ps(sf, _mm512_set1_ps(448.0f));
+    const __m512i b = _mm512_castps_si512(sf);
+    const __mmask16 normal = _mm512_cmpge_epu32_mask(b, _mm512_set1_epi32(121 << 23));
+    /* normal: RNE to 3 mantissa bits (sf <= 448 already, so no saturation step is needed) */
+    __m512i bn = _mm512_and_si512(_mm512_srli_epi32(b, 20), _mm512_set1_epi32(1));
+    bn = _mm512_add_epi32(_mm512_add_epi32(b, _mm512_set1_epi32(0x7FFFF)), bn);
+    bn = _mm512_and_si512(bn, _mm512_set1_epi32((int)0xFFF00000u));
+    const __m512i code_n = _mm512_sub_epi32(_mm512_srli_epi32(bn, 20), _mm512_set1_epi32(120 << 3));
+    /* subnormal: RNE to a multiple of 2^-9 */
+    const __m512 m = _mm512_mul_ps(sf, _mm512_set1_ps(512.0f));
+    const __m512 r = _mm512_sub_ps(_mm512_add_ps(m, _mm512_set1_ps(8388608.0f)), _mm512_set1_ps(8388608.0f));
+    const __m512i code_s = _mm512_cvttps_epi32(r);
+    const __m512 val_s = _mm512_mul_ps(r, _mm512_set1_ps(1.0f / 512.0f));
+    __m512i code = _mm512_mask_blend_epi32(normal, code_s, code_n);
+    const __m512 sr = _mm512_mask_blend_ps(normal, val_s, _mm512_castsi512_ps(bn));
+    __m512 enc = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_mul_ps(sr, _mm512_set1_ps(p->s_dec)));
+    enc = _mm512_min_ps(enc, _mm512_set1_ps(FLT_MAX));
+    code = _mm512_mask_mov_epi32(code, bad, _mm512_set1_epi32(0x7F));
+    enc = _mm512_mask_mov_ps(enc, bad, _mm512_set1_ps(NAN));
+    _mm_storeu_si128((__m128i *)scale_out, _mm512_cvtepi32_epi8(code));
+    _mm512_storeu_ps(enc_out, enc);
+}
+
+/*
+ * E2M1 codes by table lookup instead of 7 comparisons per element.
+ * RN: the decision thresholds (0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5) have at most 3 significant bits, so the code
+ * is constant on each "bucket" [s, next) of floats that share the exponent and the top 2 mantissa bits
+ * (bits >> 21), except exactly at s (where ties go to even). |v| clamped to [0.125, 30] spans 32 consecutive
+ * buckets, so the low 5 bits of bits >> 21 index two 32-entry tables: the code at s and the code above s.
+ * SR: t = |v| + u*step is floored to the grid, whose points (0.5, 1, 1.5, 2, 3, 4, 6) have 2 significant bits, so
+ * the code is constant on buckets of bits >> 22; t in [0.25, 8) spans 10 of them: one 16-entry table.
+ * The tables are filled from the scalar functions above, so both paths share one definition.
+ * Neither lookup handles NaN: blocks with a NaN scale are written as zeros by the caller.
+ */
+static int32_t rn_lut_at[32], rn_lut_above[32], sr_lut[16];
+
+__attribute__((constructor)) static void nvfp4_init_luts(void) {
+    for (uint32_t i = 0; i < 32; i++) {
+        const uint32_t bucket = 496u + ((i - 16u) & 31u); /* 496 = bits(0.125) >> 21, whose low 5 bits are 16 */
+        rn_lut_at[i] = (int32_t)e2m1_rn(u2f(bucket << 21));
+        rn_lut_above[i] = (int32_t)e2m1_rn(u2f((bucket << 21) + 1u));
+    }
+    for (uint32_t i = 0; i < 16; i++) {
+        const uint32_t bucket = 250u + ((i - 10u) & 15u); /* 250 = bits(0.25) >> 22, whose low 4 bits are 10 */
+        sr_lut[i] = (int32_t)e2m1_sr(u2f(bucket << 22), 0); /* u = 0: t = a, floored to the grid */
+    }
+}
+
+static inline __m512i e2m1_rn16(__m512 v) {
+    const __m512i vb = _mm512_castps_si512(v);
+    __m512i a = _mm512_and_si512(vb, _mm512_set1_epi32(0x7FFFFFFF));
+    a = _mm512_min_epu32(_mm512_max_epu32(a, _mm512_set1_epi32(0x3E000000)), _mm512_set1_epi32(0x41F00000));
+    const __m512i idx = _mm512_srli_epi32(a, 21);
+    const __m512i above = _mm512_permutex2var_epi32(_mm512_loadu_si512(rn_lut_above), idx,
+                                                    _mm512_loadu_si512(rn_lut_above + 16));
+    const __m512i at = _mm512_permutex2var_epi32(_mm512_loadu_si512(rn_lut_at), idx, _mm512_loadu_si512(rn_lut_at + 16));
+    const __m512i m = _mm512_mask_blend_epi32(_mm512_testn_epi32_mask(a, _mm512_set1_epi32(0x1FFFFF)), above, at);
+    /* sign bit iff v < 0: -0 (bits 0x80000000) stays code 0 */
+    return _mm512_mask_or_epi32(m, _mm512_cmpgt_epu32_mask(vb, _mm512_set1_epi32((int)0x80000000u)), m,
+                                _mm512_set1_epi32(8));
+}
+
+static inline __m512i mix32_16(__m512i h) {
+    h = _mm512_xor_si512(h, _mm512_srli_epi32(h, 16));
+    h = _mm512_mullo_epi32(h, _mm512_set1_epi32(0x21F0AAAD));
+    h = _mm512_xor_si512(h, _mm512_srli_epi32(h, 15));
+    h = _mm512_mullo_epi32(h, _mm512_set1_epi32(0x735A2D97));
+    return _mm512_xor_si512(h, _mm512_srli_epi32(h, 15));
+}
+
+/* Random bytes of elements i0 .. i0+15. */
+static inline __m512i random_bytes16(uint64_t i0, uint32_t k1, uint32_t k2) {
+    const __m512i base = _mm512_set1_epi32((int)(uint32_t)i0);
+    const __m512i lo = _mm512_add_epi32(base, _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+    const __mmask16 carry = _mm512_cmplt_epu32_mask(lo, base);
+    const __m512i hi0 = _mm512_set1_epi32((int)(uint32_t)(i0 >> 32));
+    const __m512i hi = _mm512_mask_add_epi32(hi0, carry, hi0, _mm512_set1_epi32(1));
+    __m512i h = mix32_16(_mm512_xor_si512(lo, _mm512_set1_epi32((int)k1)));
+    h = mix32_16(_mm512_xor_si512(_mm512_xor_si512(h, hi), _mm512_set1_epi32((int)k2)));
+    return _mm512_srli_epi32(h, 24);
+}
+
+static inline __m512i e2m1_sr16(__m512 v, __m512i rbytes) {
+    const __m512 a = _mm512_min_ps(_mm512_abs_ps(v), _mm512_set1_ps(6.0f));
+    /* u * step(a) = r * (step(a) / 256), both exact */
+    __m512 step = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, _mm512_set1_ps(2.0f), _CMP_LT_OQ),
+                                       _mm512_set1_ps(1.0f / 256.0f), _mm512_set1_ps(0.5f / 256.0f));
+    step = _mm512_mask_mov_ps(step, _mm512_cmp_ps_mask(a, _mm512_set1_ps(4.0f), _CMP_GE_OQ),
+                              _mm512_set1_ps(2.0f / 256.0f));
+    const __m512 t = _mm512_add_ps(a, _mm512_mul_ps(_mm512_cvtepi32_ps(rbytes), step));
+    const __m512i idx = _mm512_srli_epi32(_mm512_max_epu32(_mm512_castps_si512(t), _mm512_set1_epi32(0x3E800000)), 22);
+    const __m512i m = _mm512_permutexvar_epi32(idx, _mm512_loadu_si512(sr_lut));
+    return _mm512_mask_or_epi32(m, _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ), m, _mm512_set1_epi32(8));
+}
+
+/* 16 codes (one per 32-bit lane) -> 8 bytes, even element in the low nibble. */
+static inline void store_packed16(uint8_t *out, __m512i codes) {
+    const __m512i q = _mm512_or_si512(codes, _mm512_srli_epi64(codes, 28));
+    _mm_storel_epi64((__m128i *)out, _mm512_cvtepi64_epi8(q));
+}
+
+/* Signs and the four butterfly stages of rht16_scalar, without the final x 1/4 and BF16 rounding. */
+static inline __m512 rht16_butterfly(__m512 x, __m512i signbits) {
+    __m512 s;
+    x = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(x), signbits));
+    /* stage h: lanes with bit h clear get a + b, lanes with it set get a - b (a = lane i - h, b = lane i) */
+    s = _mm512_permute_ps(x, 0xB1);
+    x = _mm512_mask_sub_ps(_mm512_add_ps(x, s), 0xAAAA, s, x);
+    s = _mm512_permute_ps(x, 0x4E);
+    x = _mm512_mask_sub_ps(_mm512_add_ps(x, s), 0xCCCC, s, x);
+    s = _mm512_shuffle_f32x4(x, x, 0xB1);
+    x = _mm512_mask_sub_ps(_mm512_add_ps(x, s), 0xF0F0, s, x);
+    s = _mm512_shuffle_f32x4(x, x, 0x4E);
+    return _mm512_mask_sub_ps(_mm512_add_ps(x, s), 0xFF00, s, x);
+}
+
+static inline __m512 rht16_vec(__m512 x, __m512i signbits) {
+    __m512i b = _mm512_castps_si512(_mm512_mul_ps(rht16_butterfly(x, signbits), _mm512_set1_ps(0.25f)));
+    /* BF16 RNE; NaN -> canonical NaN */
+    const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(b, _mm512_set1_epi32(0x7FFFFFFF)),
+                                                  _mm512_set1_epi32(0x7F800000));
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
+    b = _mm512_add_epi32(_mm512_add_epi32(b, _mm512_set1_epi32(0x7FFF)), lsb);
+    b = _mm512_and_si512(b, _mm512_set1_epi32((int)0xFFFF0000u));
+    b = _mm512_mask_mov_epi32(b, nan, _mm512_set1_epi32(0x7FC00000));
+    return _mm512_castsi512_ps(b);
+}
+#endif /* NVFP4_AVX512 */
+
+/* ------------------------------------------------------------------------------------------------------------ */
+/* Row-level building blocks.                                                                                   */
+/* ------------------------------------------------------------------------------------------------------------ */
+
+/* bam[b] = |x| max bits of block b of one row (or the max with bam[b] when merge: 16x16 tiles). */
+static void row_block_amax(const void *row, int dtype, int64_t cols, int64_t nblk, uint32_t *bam, int merge) {
+    int64_t b = 0;
+#ifdef NVFP4_AVX512
+    const __m512i absm = _mm512_set1_epi32(0x7FFFFFFF);
+    for (; (b + 16) * BLOCK <= cols; b += 16) {
+        __m512i v[16], m;
+        for (int j = 0; j < 16; j++) v[j] = _mm512_and_si512(vload_bits(row, dtype, (b + j) * BLOCK), absm);
+        m = transpose_max16(v);
+        if (merge) m = _mm512_max_epu32(m, _mm512_loadu_si512(bam + b));
+        _mm512_storeu_si512(bam + b, m);
+    }
+    for (; b < nblk; b++) {
+        const int64_t c0 = b * BLOCK;
+        const int n = cols - c0 < BLOCK ? (int)(cols - c0) : BLOCK;
+        const uint32_t m = _mm512_reduce_max_epu32(_mm512_and_si512(vload_bits_n(row, dtype, c0, n), absm));
+        bam[b] = (merge && bam[b] > m) ? bam[b] : m;
+    }
+#else
+    for (; b < nblk; b++) {
+        const int64_t c0 = b * BLOCK, c1 = c0 + BLOCK < cols ? c0 + BLOCK : cols;
+        uint32_t m = merge ? bam[b] : 0u;
+        for (int64_t c = c0; c < c1; c++) {
+            const uint32_t a = load_absbits(row, dtype, c);
+            m = a > m ? a : m;
+        }
+        bam[b] = m;
+    }
+#endif
+}
+
+static void block_scales(const uint32_t *bam, int64_t nblk, const qparams *p, uint8_t *scales, float *enc) {
+    int64_t b = 0;
+#ifdef NVFP4_AVX512
+    for (; b + 16 <= nblk; b += 16) block_scales16(_mm512_loadu_si512(bam + b), p, scales + b, enc + b);
+#endif
+    for (; b < nblk; b++) scales[b] = block_scale(bam[b], p, enc + b);
+}
+
+/*
+ * Codes of one row with per-block encode factors; idx0 = index of the row's first element in the (M, K) tensor.
+ * pf/pf_bytes: the next row, prefetched into L2 one cache line per block so that its DRAM reads overlap the
+ * arithmetic here (the block-amax pass over it then streams from L2).
+ */
+static void quantize_row(const void *row, int dtype, int64_t cols, int64_t nblk, const float *enc, const qparams *p,
+                         uint64_t idx0, uint8_t *out, const char *pf, int64_t pf_bytes) {
+    int64_t b = 0;
+#ifdef NVFP4_AVX512
+    for (; b < nblk; b++) {
+        const int64_t c0 = b * BLOCK;
+        const float e = enc[b];
+        __m512i bits, codes;
+        __m512 v;
+        if (b * 64 < pf_bytes) _mm_prefetch(pf + b * 64, _MM_HINT_T1);
+        if (e != e) { /* NaN scale: every code is 0 */
+            memset(out + b * 8, 0, 8);
+            continue;
+        }
+        bits = c0 + BLOCK <= cols ? vload_bits(row, dtype, c0) : vload_bits_n(row, dtype, c0, (int)(cols - c0));
+        v = _mm512_mul_ps(_mm512_castsi512_ps(bits), _mm512_set1_ps(e));
+        codes = p->stochastic ? e2m1_sr16(v, random_bytes16(idx0 + (uint64_t)c0, p->k1, p->k2)) : e2m1_rn16(v);
+        store_packed16(out + b * 8, codes);
+    }
+#else
+    (void)pf;
+    (void)pf_bytes;
+    for (; b < nblk; b++) {
+        const int64_t c0 = b * BLOCK;
+        const float e = enc[b];
+        for (int j = 0; j < BLOCK; j += 2) {
+            uint32_t q[2];
+            for (int h = 0; h < 2; h++) {
+                const int64_t c = c0 + j + h;
+                if (c >= cols) { /* logical zero padding: 0 * enc rounds to code 0 in RN and SR alike */
+                    q[h] = 0;
+                    continue;
+                }
+                const float v = load_f32(row, dtype, c) * e;
+                q[h] = p->stochastic ? e2m1_sr(v, random_byte(idx0 + (uint64_t)c, p->k1, p->k2)) : e2m1_rn(v);
+            }
+            out[b * 8 + j / 2] = (uint8_t)(q[0] | (q[1] << 4));
+        }
+    }
+#endif
+}
+
+/* RHT of one row (cols % 16 == 0) into buf, as BF16-rounded FP32 values. */
+static void rht_row(const void *row, int dtype, int64_t cols, const uint32_t *signbits, float *buf) {
+#ifdef NVFP4_AVX512
+    const __m512i sb = _mm512_loadu_si512(signbits);
+    for (int64_t c = 0; c < cols; c += 16)
+        _mm512_storeu_ps(buf + c, rht16_vec(_mm512_castsi512_ps(vload_bits(row, dtype, c)), sb));
+#else
+    float in[16];
+    for (int64_t c = 0; c < cols; c += 16) {
+        for (int i = 0; i < 16; i++) in[i] = load_f32(row, dtype, c + i);
+        rht16_scalar(in, signbits, buf + c);
+    }
+#endif
+}
+
+static size_t elem_size(int dtype) { return dtype == DT_BF16 ? 2 : 4; }
+
+/* ------------------------------------------------------------------------------------------------------------ */
+/* Exported entry points (see cpu.py for the Python side).                                                      */
+/* ------------------------------------------------------------------------------------------------------------ */
+
+int nvfp4_abi_version(void) { return NVFP4_ABI_VERSION; }
+
+int nvfp4_simd_width(void) {
+#ifdef NVFP4_AVX512
+    return 16;
+#else
+    return 1;
+#endif
+}
+
+/* max |x| over n elements; NaN if any element is NaN (as torch's amax). */
+float nvfp4_amax(const void *x, int dtype, int64_t n, int nthreads) {
+    uint32_t best = 0;
+    const int64_t chunk = 1 << 14;
+    const int64_t nchunks = (n + chunk - 1) / chunk;
+#pragma omp parallel for num_threads(nthreads) schedule(static) reduction(max : best) if (n >= PAR_MIN_ELEMS)
+    for (int64_t ch = 0; ch < nchunks; ch++) {
+        const int64_t i0 = ch * chunk, i1 = i0 + chunk < n ? i0 + chunk : n;
+        int64_t i = i0;
+        uint32_t m = 0;
+#ifdef NVFP4_AVX512
+        const __m512i absm = _mm512_set1_epi32(0x7FFFFFFF);
+        __m512i m0 = _mm512_setzero_si512(), m1 = m0, m2 = m0, m3 = m0;
+        for (; i + 64 <= i1; i += 64) {
+            m0 = _mm512_max_epu32(m0, _mm512_and_si512(vload_bits(x, dtype, i), absm));
+            m1 = _mm512_max_epu32(m1, _mm512_and_si512(vload_bits(x, dtype, i + 16), absm));
+            m2 = _mm512_max_epu32(m2, _mm512_and_si512(vload_bits(x, dtype, i + 32), absm));
+            m3 = _mm512_max_epu32(m3, _mm512_and_si512(vload_bits(x, dtype, i + 48), absm));
+        }
+        for (; i + 16 <= i1; i += 16) m0 = _mm512_max_epu32(m0, _mm512_and_si512(vload_bits(x, dtype, i), absm));
+        if (i < i1) m1 = _mm512_max_epu32(m1, _mm512_and_si512(vload_bits_n(x, dtype, i, (int)(i1 - i)), absm));
+        m = _mm512_reduce_max_epu32(_mm512_max_epu32(_mm512_max_epu32(m0, m1), _mm512_max_epu32(m2, m3)));
+#else
+        for (; i < i1; i++) {
+            const uint32_t a = load_absbits(x, dtype, i);
+            m = a > m ? a : m;
+        }
+#endif
+        best = m > best ? m : best;
+    }
+    return best > 0x7F800000u ? NAN : u2f(best);
+}
+
+/*
+ * NVFP4 quantization of a row-major (rows, cols) tensor. tile_rows = 1 (1x16 blocks) or 16 (16x16 tiles; any
+ * positive value works: the block amax is taken over tile_rows rows). packed: (rows, nblk*8), scales: (rows, nblk)
+ * E4M3 bytes, nblk = ceil(cols/16). Returns 0, or -1 if scratch memory could not be allocated.
+ */
+int nvfp4_quantize(const void *x, int dtype, int64_t rows, int64_t cols, float global_amax, int64_t tile_rows,
+                   int stochastic, uint32_t k1, uint32_t k2, uint8_t *packed, uint8_t *scales, int nthreads) {
+    const qparams p = make_params(global_amax, stochastic, k1, k2);
+    const int64_t nblk = (cols + BLOCK - 1) / BLOCK;
+    const int64_t ngroups = (rows + tile_rows - 1) / tile_rows;
+    const size_t esz = elem_size(dtype);
+    int failed = 0;
+#pragma omp parallel num_threads(nthreads) if (rows * cols >= PAR_MIN_ELEMS)
+    {
+        uint32_t *bam = (uint32_t *)malloc((size_t)nblk * (sizeof(uint32_t) + sizeof(float)));
+        float *enc = (float *)(bam + nblk);
+        if (!bam) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(static)
+        for (int64_t g = 0; g < ngroups; g++) {
+            if (!bam) continue;
+            const int64_t r0 = g * tile_rows, r1 = r0 + tile_rows < rows ? r0 + tile_rows : rows;
+            for (int64_t r = r0; r < r1; r++)
+                row_block_amax((const char *)x + (size_t)(r * cols) * esz, dtype, cols, nblk, bam, r > r0);
+            block_scales(bam, nblk, &p, scales + r0 * nblk, enc);
+            for (int64_t r = r0; r < r1; r++) {
+                if (r > r0) memcpy(scales + r * nblk, scales + r0 * nblk, (size_t)nblk);
+                const char *row = (const char *)x + (size_t)(r * cols) * esz;
+                quantize_row(row, dtype, cols, nblk, enc, &p, (uint64_t)(r * cols), packed + r * nblk * 8,
+                             row + cols * esz, r + 1 < rows ? (int64_t)(cols * esz) : 0);
+            }
+        }
+        free(bam);
+    }
+    return failed ? -1 : 0;
+}
+
+/*
+ * max |RHT(x)| (BF16-rounded) over a (rows, cols) tensor, cols % 16 == 0; NaN if any NaN.
+ * x 1/4 and the BF16 rounding are monotone and symmetric, so they are applied once, to the max of the raw
+ * butterfly outputs: max_i bf16(|y_i| / 4) == bf16(max_i |y_i| / 4).
+ */
+float nvfp4_rht_amax(const void *x, int dtype, int64_t rows, int64_t cols, const uint32_t *signbits, int nthreads) {
+    uint32_t best = 0;
+    const int64_t n = rows * cols;
+    const int64_t chunk = 1 << 14;
+    const int64_t nchunks = (n + chunk - 1) / chunk;
+#pragma omp parallel for num_threads(nthreads) schedule(static) reduction(max : best) if (n >= PAR_MIN_ELEMS)
+    for (int64_t ch = 0; ch < nchunks; ch++) {
+        const int64_t i0 = ch * chunk, i1 = i0 + chunk < n ? i0 + chunk : n; /* multiples of 16 */
+        uint32_t m = 0;
+#ifdef NVFP4_AVX512
+        const __m512i sb = _mm512_loadu_si512(signbits), absm = _mm512_set1_epi32(0x7FFFFFFF);
+        __m512i acc0 = _mm512_setzero_si512(), acc1 = acc0;
+        int64_t i = i0;
+        for (; i + 32 <= i1; i += 32) {
+            const __m512 h0 = rht16_butterfly(_mm512_castsi512_ps(vload_bits(x, dtype, i)), sb);
+            const __m512 h1 = rht16_butterfly(_mm512_castsi512_ps(vload_bits(x, dtype, i + 16)), sb);
+            acc0 = _mm512_max_epu32(acc0, _mm512_and_si512(_mm512_castps_si512(h0), absm));
+            acc1 = _mm512_max_epu32(acc1, _mm512_and_si512(_mm512_castps_si512(h1), absm));
+        }
+        for (; i < i1; i += 16) {
+            const __m512 h = rht16_butterfly(_mm512_castsi512_ps(vload_bits(x, dtype, i)), sb);
+            acc0 = _mm512_max_epu32(acc0, _mm512_and_si512(_mm512_castps_si512(h), absm));
+        }
+        m = _mm512_reduce_max_epu32(_mm512_max_epu32(acc0, acc1));
+        if (m <= 0x7F800000u) m = f2u(round_bf16(u2f(m) * 0.25f));
+#else
+        float in[16], out[16];
+        for (int64_t i = i0; i < i1; i += 16) {
+            for (int j = 0; j < 16; j++) in[j] = load_f32(x, dtype, i + j);
+            rht16_scalar(in, signbits, out);
+            for (int j = 0; j < 16; j++) {
+                const uint32_t a = f2u(out[j]) & 0x7FFFFFFFu;
+                m = a > m ? a : m;
+            }
+        }
+#endif
+        best = m > best ? m : best;
+    }
+    return best > 0x7F800000u ? NAN : u2f(best);
+}
+
+/* RHT16 along the rows (cols % 16 == 0), BF16-rounded, then 1x16 NVFP4 with the given tensor amax. */
+int nvfp4_rht_quantize(const void *x, int dtype, int64_t rows, int64_t cols, const uint32_t *signbits,
+                       float global_amax, int stochastic, uint32_t k1, uint32_t k2, uint8_t *packed, uint8_t *scales,
+                       int nthreads) {
+    const qparams p = make_params(global_amax, stochastic, k1, k2);
+    const int64_t nblk = cols / BLOCK;
+    const size_t esz = elem_size(dtype);
+    int failed = 0;
+#pragma omp parallel num_threads(nthreads) if (rows * cols >= PAR_MIN_ELEMS)
+    {
+        uint32_t *bam = (uint32_t *)malloc((size_t)nblk * (sizeof(uint32_t) + sizeof(float)) +
+                                           (size_t)cols * sizeof(float));
+        float *enc = (float *)(bam + nblk);
+        float *buf = enc + nblk;
+        if (!bam) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < rows; r++) {
+            if (!bam) continue;
+            rht_row((const char *)x + (size_t)(r * cols) * esz, dtype, cols, signbits, buf);
+            row_block_amax(buf, DT_F32, cols, nblk, bam, 0);
+            block_scales(bam, nblk, &p, scales + r * nblk, enc);
+            quantize_row(buf, DT_F32, cols, nblk, enc, &p, (uint64_t)(r * cols), packed + r * nblk * 8,
+                         (const char *)x + (size_t)((r + 1) * cols) * esz, r + 1 < rows ? (int64_t)(cols * esz) : 0);
+        }
+        free(bam);
+    }
+    return failed ? -1 : 0;
+}
+
+/* value(code) x block scale for every (padded) element: out (rows, nblk*16) as FP32 or BF16 (exact either way). */
+void nvfp4_scaled_values(const uint8_t *packed, const uint8_t *scales, int64_t rows, int64_t nblk, int out_dtype,
+                         void *out, int nthreads) {
+    static const float e2m1[16] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f,
+                                   -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
+#pragma omp parallel for num_threads(nthreads) schedule(static) if (rows * nblk * BLOCK >= PAR_MIN_ELEMS)
+    for (int64_t r = 0; r < rows; r++) {
+        const uint8_t *prow = packed + r * nblk * 8;
+        const int64_t o0 = r * nblk * BLOCK;
+#ifdef NVFP4_AVX512
+        const __m512 table = _mm512_loadu_ps(e2m1);
+        const __m512i shifts = _mm512_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4);
+        for (int64_t b = 0; b < nblk; b++) {
+            const float s = e4m3_to_f32(scales[r * nblk + b]);
+            const __m128i bytes = _mm_loadl_epi64((const __m128i *)(prow + b * 8));
+            __m512i c = _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(bytes, bytes));
+            c = _mm512_and_si512(_mm512_srlv_epi32(c, shifts), _mm512_set1_epi32(15));
+            __m512 v = _mm512_mul_ps(_mm512_permutexvar_ps(c, table), _mm512_set1_ps(s));
+            if (s != s) v = _mm512_set1_ps(NAN);
+            if (out_dtype == DT_BF16) /* exact in BF16: truncation is the rounding */
+                _mm256_storeu_si256((__m256i *)((uint16_t *)out + o0 + b * BLOCK),
+                                    _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(v), 16)));
+            else
+                _mm512_storeu_ps((float *)out + o0 + b * BLOCK, v);
+        }
+#else
+        for (int64_t b = 0; b < nblk; b++) {
+            const float s = e4m3_to_f32(scales[r * nblk + b]);
+            for (int j = 0; j < BLOCK; j++) {
+                float v = e2m1[(prow[b * 8 + j / 2] >> (4 * (j & 1))) & 15] * s;
+                if (s != s) v = NAN;
+                if (out_dtype == DT_BF16)
+                    ((uint16_t *)out)[o0 + b * BLOCK + j] = (uint16_t)(f2u(v) >> 16);
+                else
+                    ((float *)out)[o0 + b * BLOCK + j] = v;
+            }
+        }
+#endif
+    }
+}
+
+/* Random bytes of elements i0 .. i0+n-1, through the vector generator when built (exported for the tests: the
+ * 32-bit carry of the element index cannot be reached with test-sized tensors). */
+void nvfp4_random_bytes(uint64_t i0, int64_t n, uint32_t k1, uint32_t k2, uint8_t *out) {
+    int64_t i = 0;
+#ifdef NVFP4_AVX512
+    for (; i + 16 <= n; i += 16)
+        _mm_storeu_si128((__m128i *)(out + i), _mm512_cvtepi32_epi8(random_bytes16(i0 + (uint64_t)i, k1, k2)));
+#endif
+    for (; i < n; i++) out[i] = (uint8_t)random_byte(i0 + (uint64_t)i, k1, k2);
+}
+
+/* E4M3 RNE-satfinite of n floats (exported for the exhaustive conversion test). */
+void nvfp4_e4m3_encode(const float *x, int64_t n, uint8_t *out) {
+    float r;
+    for (int64_t i = 0; i < n; i++) out[i] = e4m3_rne_satfinite(x[i], &r);
+}
