@@ -57,4 +57,5 @@ def test_paper_suite_plan_runs_mxfp4_longer():
     plan = cfg.runs()
     assert ("nvfp4", 2) in plan and ("nvfp4-no-sr", 2) not in plan and ("nvfp4-no-sr", 1) in plan
     assert len(plan) == 4 * 2 + 8
+    assert plan.index(("nvfp4-switch-both", 1)) < plan.index(("bf16", 2))  # seed-major order
     assert cfg.mxfp4_token_multiplier == 1.5

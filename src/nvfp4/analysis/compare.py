@@ -73,10 +73,15 @@ class CompareConfig:
         return list(SUITES[self.suite]) if self.suite else list(self.recipes or [])
 
     def runs(self) -> list[tuple[str, int]]:
+        """(recipe, seed) pairs, seed-major: every recipe's first seed comes before any second seed, so a
+        partly finished comparison already covers every recipe."""
         plan = []
-        for name in self.recipe_names:
-            seeds = self.seeds if name in MAIN_RECIPES or self.ablation_seeds is None else self.ablation_seeds
-            plan += [(name, s) for s in seeds]
+        all_seeds = list(dict.fromkeys(self.seeds + (self.ablation_seeds or [])))
+        for seed in all_seeds:
+            for name in self.recipe_names:
+                seeds = self.seeds if name in MAIN_RECIPES or self.ablation_seeds is None else self.ablation_seeds
+                if seed in seeds:
+                    plan.append((name, seed))
         return plan
 
 

@@ -1,0 +1,76 @@
+"""Time of one full training step (forward, backward, AdamW) of a GPT preset, per recipe vs bf16.
+
+    python benchmarks/train_step.py --model small --batch-size 8 --seq-len 256 --recipes bf16,nvfp4
+
+Recipes are timed in alternation in the same process (medians), so machine load affects all alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import machine  # noqa: E402
+
+import nvfp4  # noqa: E402
+from nvfp4.model import GPT  # noqa: E402
+
+
+def make_step(recipe: str, model_name: str, batch: int, seq: int, device: str, backend: str):
+    torch.manual_seed(0)
+    model = GPT.from_preset(model_name, seq_len=max(seq, 64)).to(device)
+    nvfp4.convert(model, recipe, backend=backend)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    vocab = model.config.vocab_size
+    x = torch.randint(0, vocab, (batch, seq), device=device)
+
+    def step():
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+            _, loss = model(x, x)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="small")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--recipes", default="bf16,nvfp4")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--backend", default="auto")
+    args = parser.parse_args()
+    names = args.recipes.split(",")
+    steps = {n: make_step(n, args.model, args.batch_size, args.seq_len, args.device, args.backend) for n in names}
+    for step in steps.values():  # warm-up (kernel compilation, allocator)
+        step()
+        step()
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for _ in range(args.repeats):
+        for n, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[n].append((time.perf_counter() - start) * 1e3)
+    tokens = args.batch_size * args.seq_len
+    base = statistics.median(times[names[0]])
+    print(f"# {machine()}; model {args.model}, {tokens} tokens/step, device {args.device}, backend {args.backend}")
+    print(f"{'recipe':>22s} {'step ms':>9s} {'tokens/s':>9s} {'ratio vs ' + names[0]:>14s}")
+    for n in names:
+        med = statistics.median(times[n])
+        print(f"{n:>22s} {med:9.1f} {tokens / med * 1e3:9.0f} {med / base:14.2f}")
+
+
+if __name__ == "__main__":
+    main()
