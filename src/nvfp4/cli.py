@@ -1,9 +1,148 @@
-"""Command line: ``nvfp4 <command>``. Each command's flags map one to one onto a config dataclass."""
+"""Command line: ``nvfp4 <command>``. Each command's flags map one to one onto a config dataclass.
+
+    nvfp4 train --recipe nvfp4 --model tiny --max-steps 300 --out runs/quickstart
+    nvfp4 recipes
+    nvfp4 prepare --data corpus/ --out data/mine --tokenizer bpe --vocab-size 8192
+    nvfp4 demo
+
+Bad input ends with one ``error: ...`` line on stderr and exit status 2, never a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+import typing
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+from nvfp4.data import DEFAULT_VAL_FRACTION
+
+EXIT_USAGE = 2
+EXIT_DIVERGED = 1
+EXIT_INTERRUPTED = 130
+
+
+class UsageError(Exception):
+    """Bad command-line input: reported as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but errors become a UsageError (one line, no usage dump, no SystemExit from main())."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One ``--dash-case`` flag per dataclass field, typed from its annotation, help from its metadata.
+
+    Flags default to "not given" (SUPPRESS) so that only what the user typed overrides the
+    dataclass defaults or a config file.
+    """
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        hint = hints[f.name]
+        args = typing.get_args(hint)
+        base = next((a for a in args if a is not type(None)), hint) if args and type(None) in args else hint
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": f.metadata.get("help")}
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            kwargs["required"] = True
+        if "choices" in f.metadata:
+            kwargs["choices"] = f.metadata["choices"]
+        origin = typing.get_origin(base)
+        if base is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif origin is list:
+            kwargs.update(nargs="+", type=typing.get_args(base)[0], metavar=f.name.upper())
+        elif origin is tuple:
+            item_types = typing.get_args(base)
+            kwargs.update(nargs=len(item_types), type=item_types[0], metavar=f.name.upper())
+        else:
+            kwargs.update(type=base, metavar=f.name.upper() if "choices" not in f.metadata else None)
+        if f.default is not dataclasses.MISSING and base is not bool and kwargs["help"]:
+            kwargs["help"] += f" (default: {f.default})" if f.default is not None else ""
+        parser.add_argument(flag, **kwargs)
+
+
+# -- train ----------------------------------------------------------------------------------------------
+
+
+def _train(args: argparse.Namespace) -> int:
+    from nvfp4.train import TrainConfig, train
+
+    values = {f: getattr(args, f) for f in TrainConfig.field_names() if hasattr(args, f)}
+    config = TrainConfig.from_toml(args.config, **values) if args.config else TrainConfig(**values)
+    result = train(config)
+    if not config.quiet and result.rank == 0:
+        print(result.summary())
+    if result.diverged:
+        return EXIT_DIVERGED
+    return EXIT_INTERRUPTED if result.interrupted else 0
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from nvfp4.train import TrainConfig
+
+    p = sub.add_parser(
+        "train",
+        help="pretrain a GPT with a precision recipe",
+        description="Pretrain a GPT with a precision recipe. Writes OUT/config.json, OUT/metrics.jsonl, "
+        "OUT/checkpoints/. Flags override the --config file; every flag is a TrainConfig field.",
+    )
+    p.add_argument("--config", metavar="FILE.toml", help="TOML file of TrainConfig fields (flags win)")
+    _add_dataclass_flags(p, TrainConfig)
+    p.set_defaults(func=_train)
+
+
+# -- recipes --------------------------------------------------------------------------------------------
+
+
+def _recipes(args: argparse.Namespace) -> int:
+    import nvfp4
+
+    print(nvfp4.recipes.describe())
+    return 0
+
+
+# -- prepare --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PrepareConfig:
+    """Arguments of ``nvfp4 prepare``: tokenize text into a dataset directory of token shards."""
+
+    out: str = field(metadata={"help": "output directory (train_*.bin, val_*.bin, tokenizer.json, dataset.json)"})
+    data: list[str] | None = field(
+        default=None, metadata={"help": ".txt/.jsonl files or directories (default: the built-in corpus)"}
+    )
+    tokenizer: str = field(default="bpe", metadata={"help": "bpe, byte, or the path of a tokenizer JSON file"})
+    vocab_size: int = field(default=8192, metadata={"help": "BPE vocabulary size"})
+    val_fraction: float = field(
+        default=DEFAULT_VAL_FRACTION, metadata={"help": "fraction of the documents held out for validation"}
+    )
+    overwrite: bool = field(default=False, metadata={"help": "replace a dataset already in --out"})
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from nvfp4.data import prepare_dataset
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(PrepareConfig) if hasattr(args, f.name)}
+    cfg = PrepareConfig(**values)
+    info = prepare_dataset(
+        cfg.data, cfg.out, tokenizer=cfg.tokenizer, vocab_size=cfg.vocab_size, val_fraction=cfg.val_fraction,
+        overwrite=cfg.overwrite,
+    )  # fmt: skip
+    print(
+        f"wrote {info.path}: {info.train_tokens:,} train + {info.val_tokens:,} val tokens, "
+        f"vocab {info.vocab_size} ({info.tokenizer_name})"
+    )
+    return 0
+
+
+# -- demo -----------------------------------------------------------------------------------------------
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -36,7 +175,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nvfp4", description=__doc__)
+    parser = _Parser(prog="nvfp4", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="quantization error of every format on a random matrix")
     demo.add_argument("--rows", type=int, default=1024)
@@ -44,13 +183,35 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--heavy-tailed", action="store_true", help="Student-t (3 dof) instead of normal")
     demo.set_defaults(func=_demo)
+    _add_train(sub)
+    sub.add_parser("recipes", help="list the precision recipes, one per line").set_defaults(func=_recipes)
+    prepare = sub.add_parser("prepare", help="tokenize text files (or the built-in corpus) into token shards")
+    _add_dataclass_flags(prepare, PrepareConfig)
+    prepare.set_defaults(func=_prepare)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    return args.func(args)
+    """Entry point; returns the exit status (0 ok, 1 diverged, 2 bad input, 130 interrupted)."""
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        return args.func(args)
+    except UsageError as e:
+        return _fail(str(e))
+    except SystemExit as e:  # --help
+        return e.code if isinstance(e.code, int) else 0
+    except (ValueError, OSError, ImportError) as e:
+        # Bad configs, unknown recipes/presets, missing or corrupt data: all raise these with a full message.
+        return _fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 if __name__ == "__main__":

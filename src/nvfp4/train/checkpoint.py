@@ -1,0 +1,183 @@
+"""Checkpoints that survive crashes: atomic writes, finite-only contents, corrupt files skipped.
+
+A checkpoint is one ``torch.save`` file, ``step_XXXXXXXX.pt``, holding everything an exact resume
+needs. It is written to a temp file in the same directory, fsynced and renamed over the final
+name, so a reader sees either the previous state or the complete new one. Loading walks the
+checkpoints from the newest down and skips any that fail to load (with a warning), so a bad
+disk write costs at most one checkpoint interval of work, never the run.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import uuid
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+CHECKPOINT_VERSION = 1
+LATEST = "latest"
+_NAME = re.compile(r"^step_(\d{8})\.pt$")
+REQUIRED_KEYS = ("version", "step", "tokens", "model", "optimizer", "rng", "sr", "loader", "config")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that must not be written (non-finite values) or cannot be used."""
+
+
+def checkpoint_path(directory: str | Path, step: int) -> Path:
+    return Path(directory) / f"step_{step:08d}.pt"
+
+
+def list_checkpoints(directory: str | Path) -> list[tuple[int, Path]]:
+    """(step, path) of every checkpoint file in ``directory``, oldest first (temp files excluded)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _NAME.match(p.name))]
+    return sorted(found)
+
+
+def _float_tensors(obj: Any) -> Iterator[tuple[str, torch.Tensor]]:
+    if isinstance(obj, torch.Tensor):
+        if obj.is_floating_point():
+            yield "", obj
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            for name, t in _float_tensors(value):
+                yield f"{key}.{name}" if name else str(key), t
+    elif isinstance(obj, list | tuple):
+        for i, value in enumerate(obj):
+            for name, t in _float_tensors(value):
+                yield f"{i}.{name}" if name else str(i), t
+
+
+def first_non_finite(obj: Any) -> str | None:
+    """Name of the first floating tensor in a (nested) state with a NaN or Inf, else None."""
+    for name, t in _float_tensors(obj):
+        if not bool(torch.isfinite(t).all()):
+            return name
+    return None
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # not supported on every platform/filesystem: the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` all at once (temp file, fsync, rename): readers never see a part."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(directory: str | Path, step: int, state: dict[str, Any], keep: int) -> Path:
+    """Atomically write ``state`` as the checkpoint of ``step``, point ``latest`` at it, keep the last ``keep``.
+
+    Refuses (CheckpointError) a state whose model or optimizer holds a NaN/Inf: resuming from it
+    could only reproduce the divergence.
+    """
+    for part in ("model", "optimizer"):
+        bad = first_non_finite(state.get(part))
+        if bad is not None:
+            raise CheckpointError(f"refusing to save checkpoint at step {step}: {part} tensor {bad!r} is not finite")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temp_files(directory)
+    final = checkpoint_path(directory, step)
+    tmp = directory / f".{final.name}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(directory)
+    atomic_write_bytes(directory / LATEST, f"{final.name}\n".encode())
+    for _, old in list_checkpoints(directory)[:-keep]:
+        old.unlink(missing_ok=True)
+    return final
+
+
+def _remove_stale_temp_files(directory: Path) -> None:
+    """Temp files are only left behind by a crash mid-write (one writer per run): delete them."""
+    for p in directory.glob(".step_*.tmp"):
+        p.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load and sanity-check one checkpoint file (tensors on CPU); raises CheckpointError if unusable."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, bad pickle, I/O error: all mean "unusable"
+        raise CheckpointError(f"{path}: cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+    if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS):
+        raise CheckpointError(f"{path}: not an nvfp4 training checkpoint (missing keys)")
+    if state["version"] != CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {state['version']}, this nvfp4 reads {CHECKPOINT_VERSION}")
+    return state
+
+
+def load_latest(directory: str | Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint that loads, skipping (with a warning) corrupt or partial ones; None if none."""
+    for _, path in reversed(list_checkpoints(directory)):
+        try:
+            return path, load_checkpoint(path)
+        except CheckpointError as e:
+            warnings.warn(f"ignoring checkpoint {e}; trying the previous one", stacklevel=2)
+    return None
+
+
+# -- random number generator states ----------------------------------------------------------------
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG a training step could draw from, in a form ``torch.load(weights_only=True)`` accepts."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": random.getstate(),
+    }  # fmt: skip
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,530 @@
+"""The pretraining loop: data -> model -> convert -> (DDP/FSDP) -> AdamW steps, evals, logs, checkpoints.
+
+Reproducibility rules this file keeps, because ``nvfp4 compare`` and ``--resume`` depend on them:
+
+* the model is built and initialized from ``seed`` alone, *then* converted, so every recipe
+  starts from the same weights; the data order depends on ``seed`` alone too;
+* everything a step reads (parameters, AdamW moments, step, data position, stochastic-rounding
+  counters, RNGs) is in the checkpoint, so a resumed run repeats the uninterrupted one bit for bit;
+* no global state: ``train()`` can run many times in one process (a signal handler is installed
+  for the duration of the run only, and only in the main thread).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import nvfp4
+from nvfp4 import kernels
+from nvfp4.convert import quantized_layers
+from nvfp4.data import DatasetInfo, TokenLoader, default_dataset, load_dataset, val_batches
+from nvfp4.model import GPT, config_from_preset, count_parameters
+from nvfp4.recipe import Recipe
+from nvfp4.train import distributed as D
+from nvfp4.train.checkpoint import (
+    CHECKPOINT_VERSION,
+    CheckpointError,
+    atomic_write_bytes,
+    list_checkpoints,
+    load_latest,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from nvfp4.train.config import IDENTITY_FIELDS, TrainConfig
+from nvfp4.train.metrics import MetricsLog, Progress
+from nvfp4.train.schedule import LRSchedule
+
+StepCallback = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class TrainResult:
+    """What a run achieved; ``diverged``/``interrupted`` say why it stopped early, if it did."""
+
+    final_train_loss: float | None
+    final_val_loss: float | None
+    steps: int
+    tokens: int
+    wall_time_s: float
+    tokens_per_s: float
+    out_dir: str
+    diverged: bool = False
+    diverged_step: int | None = None
+    interrupted: bool = False
+    resumed_from: int | None = None
+    message: str = ""
+    rank: int = 0  # the process that returned this (only rank 0 prints the summary)
+
+    def summary(self) -> str:
+        """The lines ``nvfp4 train`` prints at the end."""
+        val = "-" if self.final_val_loss is None else f"{self.final_val_loss:.4f}"
+        train = "-" if self.final_train_loss is None else f"{self.final_train_loss:.4f}"
+        lines = [
+            f"final train loss {train} | val loss {val} | steps {self.steps} | tokens {self.tokens:,}",
+            f"{self.tokens_per_s:,.0f} tokens/s | wall time {self.wall_time_s:.1f} s | outputs in {self.out_dir}",
+        ]
+        if self.message:
+            lines.append(self.message)
+        return "\n".join(lines)
+
+
+def train(config: TrainConfig, on_step: StepCallback | None = None) -> TrainResult:
+    """Run (or resume) the training ``config`` describes; returns when done, diverged or interrupted.
+
+    ``on_step`` is called on rank 0 after every step with that step's metrics record.
+    Raises ValueError (with a one-line message) for bad data, configs or resume mismatches.
+    """
+    ctx, device = D.setup(config.distributed, config.device)
+    try:
+        return _run(config, ctx, device, on_step)
+    finally:
+        D.teardown(ctx)
+
+
+def _run(config: TrainConfig, ctx: D.DistContext, device: torch.device, on_step: StepCallback | None) -> TrainResult:
+    # A separate frame, so that nothing holds the trainer (and its DDP reducer) when the process group
+    # is destroyed: see distributed.teardown.
+    trainer = Trainer(config, ctx, device, on_step)
+    try:
+        return trainer.run()
+    finally:
+        trainer.close()
+
+
+def build_model(config: TrainConfig, vocab_size: int, device: torch.device) -> GPT:
+    """The GPT the config names, initialized from ``config.seed`` only (not yet converted)."""
+    torch.manual_seed(config.seed)
+    gpt_config = config_from_preset(config.model, vocab_size=vocab_size, **config.model_overrides())
+    return GPT(gpt_config).to(device)
+
+
+def load_data(config: TrainConfig) -> DatasetInfo:
+    if config.data is None:
+        info = default_dataset(tokenizer=config.tokenizer, vocab_size=config.vocab_size)
+        return info if config.val_data is None else load_dataset(info.path, config.val_data)
+    return load_dataset(config.data, config.val_data)
+
+
+def precision_state(model: nn.Module, recipe: Recipe) -> dict[str, str]:
+    """The number format the forward and backward GEMMs run in right now (after any late switch)."""
+    layers = quantized_layers(model)
+    if not layers:
+        return {"forward": "bf16", "backward": "bf16"}
+    now = layers[0][1].precision
+    return {
+        "forward": recipe.fprop_x.format if now["forward"] == "recipe" else "bf16",
+        "backward": recipe.dgrad_dy.format if now["backward"] == "recipe" else "bf16",
+    }
+
+
+def drop_weight_caches(model: nn.Module) -> None:
+    """Forget the quantized copies of the weights (called after every optimizer step and evaluation).
+
+    ``nvfp4.Linear`` keys its cache on the weight's version counter and storage address. FSDP2
+    re-gathers each weight into storage that often has the same address while it preserves the
+    version counter, so without this the layers would keep quantizing a stale weight (the FSDP
+    test catches it). And a weight quantized with stochastic rounding during an evaluation must
+    not be reused by the next training step, or a run resumed from that step's checkpoint (which
+    has no cache) would differ. Weights change every optimizer step anyway, so this costs nothing.
+    """
+    for _, layer in quantized_layers(model):
+        layer._weight_cache.clear()
+
+
+class Trainer:
+    """One run: owns the model, optimizer, data loader, logs and checkpoints of ``config``."""
+
+    def __init__(
+        self, config: TrainConfig, ctx: D.DistContext, device: torch.device, on_step: StepCallback | None = None
+    ) -> None:
+        self.config, self.ctx, self.device, self.on_step = config, ctx, device, on_step
+        self.out = Path(config.out)
+        self.ckpt_dir = self.out / "checkpoints"
+        self.recipe = nvfp4.recipes.get(config.recipe)
+        self.verbose = ctx.is_main and not config.quiet
+        self.stop_requested = False
+
+        if self.recipe.quantized:
+            kernels.select(config.backend, device)  # an unavailable backend fails here, not mid-run
+        self.data = load_data(config)
+        self.total_steps = config.total_steps(ctx.world_size)
+        self.tokens_per_step = config.tokens_per_step(ctx.world_size)
+        self.schedule = LRSchedule(
+            config.schedule, config.lr, self.total_steps, config.warmup(self.total_steps),
+            config.min_lr_ratio, config.decay_fraction,
+        )  # fmt: skip
+
+        # Seed every RNG before anything draws from one; the model init then depends on seed only.
+        random.seed(config.seed)
+        np.random.seed(config.seed)
+        self.model = build_model(config, self.data.vocab_size, device)
+        self.model_config = self.model.config
+        nvfp4.convert(self.model, self.recipe, seed=config.seed, backend=config.backend)
+        self.train_model = D.wrap_model(self.model, ctx, device)
+        if config.compile:
+            self.train_model = torch.compile(self.train_model)
+        self.optimizer = self._build_optimizer()
+        self.loader = TokenLoader(
+            self.data.train, config.batch_size, config.seq_len, config.seed, ctx.rank, ctx.world_size
+        )
+        self.autocast_device = device.type
+        self.use_autocast = config.autocast == "bf16"
+
+        self.step = 0
+        self.tokens = 0
+        self.bad_steps = 0
+        self.resumed_from: int | None = None
+        self.last_losses: tuple[float | None, float | None] = (None, None)  # (train, val) at the latest step
+        self.progress: Progress | None = None
+        self.train_time, self.train_tokens, self.window_time, self.window_tokens = 0.0, 0, 0.0, 0
+        metrics_offset = self._maybe_resume()
+        if ctx.is_main:
+            self._write_run_files()
+        self.metrics = MetricsLog(
+            self.out, enabled=ctx.is_main, truncate_to=metrics_offset, tensorboard=config.tensorboard,
+            purge_step=self.step + 1 if self.resumed_from is not None else None,
+        )  # fmt: skip
+
+    # -- set-up ------------------------------------------------------------------------------------
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        """AdamW on the FP32 master weights; only matrices (2-D) are decayed, not norms' gains."""
+        params = [p for p in self.train_model.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        groups = [
+            {"params": decay, "weight_decay": self.config.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        c = self.config
+        return torch.optim.AdamW(groups, lr=c.lr, betas=c.betas, eps=c.eps)
+
+    def _maybe_resume(self) -> int:
+        """Restore the latest checkpoint if asked to; returns the metrics.jsonl offset to continue from."""
+        existing = list_checkpoints(self.ckpt_dir)
+        if not self.config.resume:
+            if existing:
+                raise ValueError(
+                    f"{self.ckpt_dir} already holds checkpoints (up to step {existing[-1][0]}); "
+                    "pass --resume to continue that run, or choose another --out"
+                )
+            return 0
+        found = load_latest(self.ckpt_dir)
+        if found is None:
+            self._say(f"no usable checkpoint in {self.ckpt_dir}: starting from scratch")
+            return 0
+        path, state = found
+        self._check_compatible(path, state)
+        if int(state["step"]) > self.total_steps:
+            raise ValueError(
+                f"cannot resume from {path}: its step {state['step']} is past this run's {self.total_steps} steps"
+            )
+        D.load_model_state_dict(self.model, state["model"], self.ctx)
+        D.load_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], self.ctx)
+        nvfp4.load_sr_state_dict(self.model, state["sr"])
+        self.loader.load_state_dict(state["loader"])
+        set_rng_state(state["rng"])
+        self.step, self.tokens, self.bad_steps = int(state["step"]), int(state["tokens"]), int(state["bad_steps"])
+        self.last_losses = (state["last_train_loss"], state["last_val_loss"])
+        self.resumed_from = self.step
+        drop_weight_caches(self.model)
+        self._say(f"resumed from {path} (step {self.step}, {self.tokens:,} tokens)")
+        return int(state["metrics_offset"])
+
+    def _check_compatible(self, path: Path, state: dict[str, Any]) -> None:
+        saved = state["config"]
+        for name in IDENTITY_FIELDS:
+            mine = getattr(self.config, name)
+            if saved.get(name) != mine:
+                raise ValueError(
+                    f"cannot resume from {path}: it was trained with {name}={saved.get(name)!r} but this run has "
+                    f"{name}={mine!r}; use the same setting or another --out"
+                )
+        if state["model_config"] != dataclasses.asdict(self.model_config):
+            raise ValueError(f"cannot resume from {path}: its model architecture differs from this run's")
+        if state["optimizer_format"] != D.optimizer_state_format(self.ctx):
+            raise ValueError(
+                f"cannot resume from {path}: it was written with distributed={saved.get('distributed')!r}; "
+                f"FSDP and non-FSDP checkpoints do not mix"
+            )
+
+    def _write_run_files(self) -> None:
+        """config.json (reloadable with TrainConfig.from_dict) and run.json (derived facts, for tools)."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.out / "config.json", (json.dumps(self.config.to_dict(), indent=2) + "\n").encode())
+        report = nvfp4.conversion_report(self.model)
+        run = {
+            "total_steps": self.total_steps,
+            "tokens_per_step": self.tokens_per_step,
+            "world_size": self.ctx.world_size,
+            "device": str(self.device),
+            "model_config": dataclasses.asdict(self.model_config),
+            "non_embedding_params": count_parameters(self.model),
+            "params": count_parameters(self.model, non_embedding=False),
+            "quantized_layers": sum(r.treatment.startswith("quantized") for r in report),
+            "linear_layers": len(report),
+            "recipe": self.recipe.to_dict(),
+            "dataset": str(self.data.path) if self.data.path else None,
+            "train_tokens": self.data.train_tokens,
+            "val_tokens": self.data.val_tokens,
+        }
+        atomic_write_bytes(self.out / "run.json", (json.dumps(run, indent=2, default=str) + "\n").encode())
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        """Train up to ``total_steps``; stop early on divergence, or on Ctrl-C after a checkpoint."""
+        self._say(self._banner())
+        self.progress = Progress(self.total_steps, self.step, enabled=self.verbose)
+        previous_handler = self._install_sigint()
+        start = time.perf_counter()
+        self.train_time, self.train_tokens = 0.0, 0  # this invocation only, for tokens/s
+        self.window_time, self.window_tokens = 0.0, 0  # since the last metrics record
+        diverged_step: int | None = None
+        interrupted = False
+        message = ""
+        if self.step == self.total_steps:
+            message = f"nothing to do: the run in {self.out} is already complete at step {self.step}"
+        try:
+            if self.step == 0 and self.resumed_from is None:
+                self.last_losses = (None, self.evaluate())
+                self.metrics.write({"step": 0, "tokens": 0, "val_loss": self.last_losses[1]})
+                self.progress.message(f"step 0 | val {self.last_losses[1]:.4f}")
+            while self.step < self.total_steps:
+                self._step_and_log()
+                if self.bad_steps >= self.config.max_bad_steps:
+                    diverged_step = self.step
+                    message = (
+                        f"training diverged: {self.bad_steps} non-finite steps in a row (last at step {self.step}); "
+                        "stopped without saving a checkpoint. Try a lower --lr or a higher-precision recipe."
+                    )
+                    break
+                stop = D.any_rank(self.stop_requested, self.ctx)
+                if (stop or self._checkpoint_due()) and not self.save_checkpoint():
+                    diverged_step = self.step
+                    message = f"parameters became non-finite at step {self.step}; checkpoint refused, stopping"
+                    break
+                if stop:
+                    interrupted = True
+                    message = (
+                        f"interrupted at step {self.step}: checkpoint saved; "
+                        "run the same command with --resume to continue"
+                    )
+                    break
+        finally:
+            self.progress.close()
+            self.progress = None
+            self._restore_sigint(previous_handler)
+        if message:
+            self._say(message)
+        return TrainResult(
+            final_train_loss=self.last_losses[0],
+            final_val_loss=self.last_losses[1],
+            steps=self.step,
+            tokens=self.tokens,
+            wall_time_s=time.perf_counter() - start,
+            tokens_per_s=self.train_tokens / self.train_time if self.train_time > 0 else 0.0,
+            out_dir=str(self.out),
+            diverged=diverged_step is not None,
+            diverged_step=diverged_step,
+            interrupted=interrupted,
+            resumed_from=self.resumed_from,
+            message=message,
+            rank=self.ctx.rank,
+        )
+
+    def _step_and_log(self) -> None:
+        """One training step, plus the evaluation, metrics record and progress update it is due."""
+        c = self.config
+        t0 = time.perf_counter()
+        loss, grad_norm, lr, precision = self.train_step()
+        dt = time.perf_counter() - t0
+        self.train_time, self.train_tokens = self.train_time + dt, self.train_tokens + self.tokens_per_step
+        self.window_time, self.window_tokens = self.window_time + dt, self.window_tokens + self.tokens_per_step
+        record: dict[str, Any] = {
+            "step": self.step, "tokens": self.tokens, "train_loss": loss, "lr": lr, "grad_norm": grad_norm,
+            "tokens_per_s": self.window_tokens / max(self.window_time, 1e-9), "precision": precision,
+        }  # fmt: skip
+        finite = math.isfinite(loss) and math.isfinite(grad_norm)
+        if finite:
+            self.last_losses = (loss, self.last_losses[1])
+        else:
+            record["event"] = "skipped_nonfinite"
+            self._say(f"step {self.step}: non-finite loss/grad norm ({loss}, {grad_norm}); step skipped")
+        final = self.step == self.total_steps
+        evaluate = final or (c.eval_interval > 0 and self.step % c.eval_interval == 0)
+        if evaluate:
+            record["val_loss"] = self.evaluate()
+            self.last_losses = (self.last_losses[0], record["val_loss"])
+        logged = evaluate or not finite or self.step == 1 or self.step % c.log_interval == 0
+        if logged:
+            self.metrics.write(record)
+            self.window_time, self.window_tokens = 0.0, 0
+        self.progress.step(record, logged)
+        if self.on_step is not None and self.ctx.is_main:
+            self.on_step(record)
+
+    def _checkpoint_due(self) -> bool:
+        every = self.config.checkpoint_interval
+        return self.step == self.total_steps or (every > 0 and self.step % every == 0)
+
+    def train_step(self) -> tuple[float, float, float, dict[str, str]]:
+        """One optimizer step over grad_accum micro-batches; returns (loss, pre-clip grad norm, lr, precision).
+
+        A non-finite loss or gradient norm skips the update (the gradients are dropped).
+        """
+        c = self.config
+        nvfp4.apply_precision_schedule(self.model, self.recipe, self.step / self.total_steps, self.tokens)
+        precision = precision_state(self.model, self.recipe)
+        lr = self.schedule(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=self.device)
+        for micro in range(c.grad_accum):
+            x, y = next(self.loader)
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            with D.gradient_sync(self.train_model, self.ctx, sync=micro == c.grad_accum - 1), self._autocast():
+                _, loss = self.train_model(x, y)
+            (loss / c.grad_accum).backward()
+            loss_sum += loss.detach().float()
+        loss_value = float(D.mean(loss_sum / c.grad_accum, self.ctx))
+        max_norm = c.grad_clip if c.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.train_model.parameters(), max_norm)
+        if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP2
+            grad_norm = grad_norm.full_tensor()
+        grad_norm_value = float(grad_norm)
+        if math.isfinite(loss_value) and math.isfinite(grad_norm_value):
+            self.optimizer.step()
+            self.bad_steps = 0
+        else:
+            self.bad_steps += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        drop_weight_caches(self.model)
+        self.step += 1
+        self.tokens += self.tokens_per_step
+        return loss_value, grad_norm_value, lr, precision
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean validation loss per token over the first ``eval_batches`` fixed global batches.
+
+        The batches are the same on every call and for any number of ranks: each rank evaluates its
+        rows of each global batch and the sums are combined.
+        """
+        c, rank = self.config, self.ctx.rank
+        self.model.eval()
+        total, count = 0.0, 0.0
+        try:
+            for x, y in val_batches(self.data.val, c.batch_size * self.ctx.world_size, c.seq_len, c.eval_batches):
+                rows = slice(rank * c.batch_size, (rank + 1) * c.batch_size)
+                xs, ys = x[rows], y[rows]
+                weight = 1.0
+                if len(xs) == 0:  # a short last batch: a zero-weight row keeps every rank's forwards in step
+                    xs, ys, weight = x[:1], y[:1], 0.0
+                with self._autocast():
+                    _, loss = self.model(xs.to(self.device), ys.to(self.device))
+                total += float(loss) * ys.numel() * weight
+                count += ys.numel() * weight
+        finally:
+            self.model.train()
+            drop_weight_caches(self.model)
+        total, count = D.sum_floats([total, count], self.ctx)
+        return total / count
+
+    def save_checkpoint(self) -> bool:
+        """Write a checkpoint (rank 0) after checking every parameter is finite; False if refused."""
+        model_state = D.model_state_dict(self.model, self.ctx)
+        optim_state = D.optimizer_state_dict(self.model, self.optimizer, self.ctx)
+        ok = True
+        if self.ctx.is_main:
+            state = {
+                "version": CHECKPOINT_VERSION,
+                "step": self.step,
+                "tokens": self.tokens,
+                "bad_steps": self.bad_steps,
+                "model": model_state,
+                "optimizer": optim_state,
+                "optimizer_format": D.optimizer_state_format(self.ctx),
+                "rng": rng_state(),
+                "sr": nvfp4.sr_state_dict(self.model),
+                "loader": self.loader.state_dict(),
+                "config": self.config.to_dict(),
+                "model_config": dataclasses.asdict(self.model_config),
+                "recipe": self.recipe.to_dict(),
+                "metrics_offset": self.metrics.offset(),
+                "last_train_loss": self.last_losses[0],
+                "last_val_loss": self.last_losses[1],
+                "world_size": self.ctx.world_size,
+            }
+            try:
+                save_checkpoint(self.ckpt_dir, self.step, state, keep=self.config.keep_checkpoints)
+            except CheckpointError as e:
+                self._say(str(e))
+                ok = False
+        ok = bool(D.broadcast_object(ok, self.ctx))
+        D.barrier(self.ctx)
+        return ok
+
+    # -- helpers -----------------------------------------------------------------------------------
+    def _autocast(self):
+        if not self.use_autocast:
+            return nullcontext()
+        return torch.autocast(self.autocast_device, dtype=torch.bfloat16)
+
+    def _banner(self) -> str:
+        report = nvfp4.conversion_report(self.model)
+        quantized = sum(r.treatment.startswith("quantized") for r in report)
+        data = str(self.data.path) if self.data.path else ", ".join(self.config.data or [])
+        return (
+            f"recipe {self.recipe.name} | model {self.config.model} "
+            f"({count_parameters(self.model) / 1e6:.2f}M non-embedding params, {quantized}/{len(report)} linears "
+            f"quantized) | data {data} ({self.data.train_tokens:,} train tokens, vocab {self.data.vocab_size}) | "
+            f"{self.total_steps} steps x {self.tokens_per_step:,} tokens | {self.device}"
+            + (f" x {self.ctx.world_size} ranks ({self.ctx.mode})" if self.ctx.world_size > 1 else "")
+        )
+
+    def _say(self, text: str) -> None:
+        if self.progress is not None:
+            self.progress.message(text)
+        elif self.verbose:
+            print(text, flush=True)
+
+    def _install_sigint(self) -> Any:
+        """Ctrl-C finishes the current step, saves a checkpoint and returns; a second Ctrl-C aborts."""
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        previous = signal.getsignal(signal.SIGINT)
+
+        def handler(signum: int, frame: Any) -> None:
+            if self.stop_requested:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                raise KeyboardInterrupt
+            self.stop_requested = True
+            self._say("\ninterrupt: finishing this step and saving a checkpoint (Ctrl-C again to abort)")
+
+        signal.signal(signal.SIGINT, handler)
+        return previous
+
+    @staticmethod
+    def _restore_sigint(previous: Any) -> None:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+    def close(self) -> None:
+        """Close the logs and let go of the model, optimizer and wrappers (see distributed.teardown)."""
+        self.metrics.close()
+        self.train_model = self.model = self.optimizer = None  # type: ignore[assignment]
