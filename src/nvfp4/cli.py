@@ -1,6 +1,7 @@
 """Command line: ``nvfp4 <command>``. Each command's flags map one to one onto a config dataclass.
 
     nvfp4 train --recipe nvfp4 --model tiny --max-steps 300 --out runs/quickstart
+    nvfp4 compare --suite paper --model small --max-tokens 2000000 --seeds 1,2 --out runs/paper
     nvfp4 recipes
     nvfp4 prepare --data corpus/ --out data/mine --tokenizer bpe --vocab-size 8192
     nvfp4 demo
@@ -35,7 +36,7 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
-def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
     """One ``--dash-case`` flag per dataclass field, typed from its annotation, help from its metadata.
 
     Flags default to "not given" (SUPPRESS) so that only what the user typed overrides the
@@ -43,6 +44,8 @@ def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type) -> None:
     """
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
         flag = "--" + f.name.replace("_", "-")
         hint = hints[f.name]
         args = typing.get_args(hint)
@@ -95,6 +98,78 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", metavar="FILE.toml", help="TOML file of TrainConfig fields (flags win)")
     _add_dataclass_flags(p, TrainConfig)
     p.set_defaults(func=_train)
+
+
+# -- compare --------------------------------------------------------------------------------------------
+
+# What compare sets per run; every other TrainConfig flag is shared by all runs.
+_PER_RUN_FIELDS = ("recipe", "seed", "out", "resume")
+# --quick: the CI-sized end-to-end check (tiny model, two recipes, a few steps).
+QUICK_TRAIN = dict(model="tiny", n_layer=4, max_steps=20, batch_size=8, seq_len=64, eval_interval=10,
+                   eval_batches=2, log_interval=2, tokenizer="byte")
+
+
+def _comma_list(kind: type) -> Any:
+    def parse(text: str) -> list:
+        try:
+            return [kind(t) for t in text.split(",") if t.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a comma-separated list of {kind.__name__}, got {text!r}"
+            ) from None
+    return parse
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from nvfp4.analysis.compare import CompareConfig, command_line, compare
+    from nvfp4.train import TrainConfig
+
+    train_fields = [f for f in TrainConfig.field_names() if f not in _PER_RUN_FIELDS]
+    train = dict(QUICK_TRAIN) if args.quick else {}
+    if args.config:
+        import tomllib
+
+        with open(args.config, "rb") as f:
+            train.update(tomllib.load(f))
+    train.update({f: getattr(args, f) for f in train_fields if hasattr(args, f)})
+    suite = "quick" if args.quick and not args.recipes and not args.suite else args.suite
+    config = CompareConfig(
+        recipes=args.recipes, suite=suite, out=args.out, seeds=args.seeds, ablation_seeds=args.ablation_seeds,
+        reference=args.reference, mxfp4_token_multiplier=args.mxfp4_token_multiplier, train=train,
+        command=command_line(args.argv),
+    )  # fmt: skip
+    summary = compare(config)
+    for name, r in summary["recipes"].items():
+        gap = r["val_gap_to_reference"]
+        gap_text = "-" if gap is None else f"{100 * gap:+.2f}%"
+        print(f"{name:22s} val {r['final_val_loss_mean']:.4f} ± {r['final_val_loss_std']:.4f}  gap {gap_text}"
+              f"{'  DIVERGED' if r['diverged'] else ''}")
+    print(f"report: {config.out}/report.md")
+    return 0
+
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    from nvfp4.train import TrainConfig
+
+    p = sub.add_parser(
+        "compare",
+        help="train several recipes identically and report (the paper's comparisons)",
+        description="Train each recipe with identical data order, initialisation and schedule, skipping runs "
+        "already complete in OUT, then write OUT/summary.json, plots and OUT/report.md. Other flags are "
+        "TrainConfig fields shared by every run.",
+    )
+    p.add_argument("--recipes", type=_comma_list(str), help="comma-separated recipe names")
+    p.add_argument("--suite", help="a named set of recipes: paper, main or quick")
+    p.add_argument("--out", required=True, help="output directory (runs/<recipe>/seed<k>/ inside)")
+    p.add_argument("--seeds", type=_comma_list(int), default=[0], help="comma-separated seeds (default 0)")
+    p.add_argument("--ablation-seeds", type=_comma_list(int), help="seeds for non-main recipes (default: --seeds)")
+    p.add_argument("--reference", default="bf16", help="recipe the relative gaps refer to (default bf16)")
+    p.add_argument("--mxfp4-token-multiplier", type=float,
+                   help="MXFP4 trains this many times longer (default 1.5 for --suite paper, else 1)")
+    p.add_argument("--quick", action="store_true", help="CI-sized run: tiny 4-layer model, bf16 vs nvfp4, 20 steps")
+    p.add_argument("--config", metavar="FILE.toml", help="TOML file of shared TrainConfig fields (flags win)")
+    _add_dataclass_flags(p, TrainConfig, skip=_PER_RUN_FIELDS)
+    p.set_defaults(func=_compare)
 
 
 # -- recipes --------------------------------------------------------------------------------------------
@@ -184,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--heavy-tailed", action="store_true", help="Student-t (3 dof) instead of normal")
     demo.set_defaults(func=_demo)
     _add_train(sub)
+    _add_compare(sub)
     sub.add_parser("recipes", help="list the precision recipes, one per line").set_defaults(func=_recipes)
     prepare = sub.add_parser("prepare", help="tokenize text files (or the built-in corpus) into token shards")
     _add_dataclass_flags(prepare, PrepareConfig)
@@ -196,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
+        args.argv = sys.argv[1:] if argv is None else list(argv)
         return args.func(args)
     except UsageError as e:
         return _fail(str(e))

@@ -8,7 +8,7 @@ import pytest
 
 from nvfp4.analysis.compare import CompareConfig, compare, run_dir
 
-TINY = dict(model="tiny", n_layer=2, max_steps=6, batch_size=4, seq_len=32, eval_interval=3, eval_batches=1,
+TINY = dict(model="tiny", n_layer=4, max_steps=6, batch_size=4, seq_len=32, eval_interval=3, eval_batches=1,
             log_interval=1, tokenizer="byte", quiet=True)
 
 
@@ -19,7 +19,8 @@ def test_quick_compare_writes_everything_and_resumes(tmp_path, capsys):
     assert set(summary["recipes"]) == {"bf16", "nvfp4"}
     assert summary["recipes"]["bf16"]["val_gap_to_reference"] == 0.0
     nv = summary["recipes"]["nvfp4"]
-    assert nv["val_gap_to_reference"] is not None and abs(nv["val_gap_to_reference"]) < 0.5
+    # 4 blocks: nvfp4 keeps blocks 0 and 3 in BF16 and quantizes 1 and 2, so the runs must differ.
+    assert nv["val_gap_to_reference"] is not None and 0 < abs(nv["val_gap_to_reference"]) < 0.5
     for name in ("summary.json", "report.md", "loss_curves.png", "relative_loss_difference.png",
                  "final_val_loss.png"):
         assert (tmp_path / name).stat().st_size > 0
@@ -59,3 +60,16 @@ def test_paper_suite_plan_runs_mxfp4_longer():
     assert len(plan) == 4 * 2 + 8
     assert plan.index(("nvfp4-switch-both", 1)) < plan.index(("bf16", 2))  # seed-major order
     assert cfg.mxfp4_token_multiplier == 1.5
+
+
+def test_cli_quick_compare_and_errors(tmp_path, capsys):
+    from nvfp4.cli import main
+
+    out = tmp_path / "q"
+    assert main(["compare", "--quick", "--max-steps", "4", "--eval-interval", "2", "--out", str(out)]) == 0
+    assert (out / "report.md").exists() and (out / "final_val_loss.png").exists()
+    assert "nvfp4" in capsys.readouterr().out
+    assert main(["compare", "--recipes", "bf16,nvfp5", "--out", str(out)]) == 2
+    assert "unknown recipe 'nvfp5'" in capsys.readouterr().err
+    assert main(["compare", "--suite", "paper", "--seeds", "a,b", "--out", str(out)]) == 2
+    assert "comma-separated list of int" in capsys.readouterr().err

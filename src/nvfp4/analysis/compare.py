@@ -98,7 +98,8 @@ def _train_config(config: CompareConfig, recipe: str, seed: int):
             if options.get(key):
                 options[key] = int(round(options[key] * config.mxfp4_token_multiplier))
     options.setdefault("quiet", False)
-    return TrainConfig(recipe=recipe, seed=seed, out=str(run_dir(config.out, recipe, seed)), **options)
+    out = str(run_dir(config.out, recipe, seed))
+    return TrainConfig.from_dict({**options, "recipe": recipe, "seed": seed, "out": out})
 
 
 def compare(config: CompareConfig) -> dict:
