@@ -121,7 +121,7 @@ def _comma_list(kind: type) -> Any:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from nvfp4.analysis.compare import CompareConfig, command_line, compare
+    from nvfp4.analysis.compare import CompareConfig, command_line, compare, write_outputs
     from nvfp4.train import TrainConfig
 
     train_fields = [f for f in TrainConfig.field_names() if f not in _PER_RUN_FIELDS]
@@ -138,7 +138,7 @@ def _compare(args: argparse.Namespace) -> int:
         reference=args.reference, mxfp4_token_multiplier=args.mxfp4_token_multiplier, train=train,
         command=command_line(args.argv),
     )  # fmt: skip
-    summary = compare(config)
+    summary = write_outputs(config) if args.report_only else compare(config)
     for name, r in summary["recipes"].items():
         gap = r["val_gap_to_reference"]
         gap_text = "-" if gap is None else f"{100 * gap:+.2f}%"
@@ -167,6 +167,8 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mxfp4-token-multiplier", type=float,
                    help="MXFP4 trains this many times longer (default 1.5 for --suite paper, else 1)")
     p.add_argument("--quick", action="store_true", help="CI-sized run: tiny 4-layer model, bf16 vs nvfp4, 20 steps")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: rewrite summary, plots and report from the runs complete so far")
     p.add_argument("--config", metavar="FILE.toml", help="TOML file of shared TrainConfig fields (flags win)")
     _add_dataclass_flags(p, TrainConfig, skip=_PER_RUN_FIELDS)
     p.set_defaults(func=_compare)
