@@ -319,3 +319,26 @@ def test_bad_input_shape_is_a_clear_error():
     layer = _layer("nvfp4")
     with pytest.raises(ValueError, match="expects 64"):
         layer(torch.randn(4, 63))
+
+
+def test_sr_rank_changes_gradient_noise_but_not_the_weight():
+    x = torch.randn(32, 64)
+    dy = torch.randn(32, 48)
+    grads, weights = [], []
+    for rank in (0, 1):
+        layer = _layer("nvfp4-sr-everywhere")
+        layer.sr_rank = rank
+        xi = x.clone().requires_grad_()
+        layer(xi).backward(dy)
+        grads.append(xi.grad)
+        weights.append(layer._weight_operand("fprop_w").values())
+    assert not torch.equal(grads[0], grads[1])  # SR on dy differs per rank
+    assert torch.equal(weights[0], weights[1])  # every rank quantizes W identically
+
+
+def test_invalidate_weight_cache_forces_requantization():
+    layer = _layer("nvfp4")
+    first = layer._weight_operand("fprop_w")
+    assert layer._weight_operand("fprop_w") is first
+    nvfp4.invalidate_weight_caches(nn.Sequential(layer))
+    assert layer._weight_operand("fprop_w") is not first

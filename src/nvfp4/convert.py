@@ -174,6 +174,20 @@ def set_amax_reducer(model: nn.Module, reducer: AmaxReducer | None) -> None:
         layer.amax_reducer = reducer
 
 
+def invalidate_weight_caches(model: nn.Module) -> None:
+    """Drop every quantized-weight cache (see ``Linear.invalidate_weight_cache``)."""
+    for _, layer in quantized_layers(model):
+        layer.invalidate_weight_cache()
+
+
+def set_sr_rank(model: nn.Module, rank: int) -> None:
+    """Give each data-parallel rank its own stochastic-rounding stream for activations and gradients."""
+    if rank < 0 or rank >= 1 << 15:
+        raise ValueError(f"rank must be in [0, 32768), got {rank}")
+    for _, layer in quantized_layers(model):
+        layer.sr_rank = int(rank)
+
+
 def sr_state_dict(model: nn.Module) -> dict[str, int]:
     """The stochastic-rounding call counters, for exact resume (save with the checkpoint)."""
     return {name: layer.sr_calls for name, layer in quantized_layers(model)}

@@ -228,7 +228,14 @@ class Linear(nn.Linear):
         self.backend = backend
         self.precision = {"forward": "recipe", "backward": "recipe"}
         self.amax_reducer: AmaxReducer | None = None
+        self.sr_rank = 0  # data-parallel rank: decorrelates SR noise of activations/gradients across ranks
         self._weight_cache: dict[str, tuple[tuple, QuantizedOperand]] = {}
+
+    def invalidate_weight_cache(self) -> None:
+        """Forget the quantized weight. The cache is keyed on the weight's version counter and address,
+        which catches in-place optimizer steps; call this when weights change behind autograd's back
+        (e.g. FSDP2 re-gathering into the same storage)."""
+        self._weight_cache.clear()
 
     @classmethod
     def from_linear(
@@ -259,8 +266,10 @@ class Linear(nn.Linear):
         )
 
     def _stream(self, operand: str, call: int) -> tuple[int, int]:
-        """(seed, offset) of an operand's SR stream: unique per layer, call and operand."""
-        return self.sr_seed, call * len(OPERANDS) + _OPERAND_ID[operand]
+        """(seed, offset) of an operand's SR stream: unique per layer, call, operand and (for activations and
+        gradients) data-parallel rank; weight streams ignore the rank so every rank quantizes W alike."""
+        rank = 0 if operand in ("fprop_w", "dgrad_w") else self.sr_rank
+        return self.sr_seed, (rank << 48) | (call * len(OPERANDS) + _OPERAND_ID[operand])
 
     def _weight_operand(self, operand: str) -> QuantizedOperand:
         """The quantized weight for Fprop ("fprop_w") or Dgrad ("dgrad_w"), cached per weight version."""

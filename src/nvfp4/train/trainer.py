@@ -143,8 +143,7 @@ def drop_weight_caches(model: nn.Module) -> None:
     not be reused by the next training step, or a run resumed from that step's checkpoint (which
     has no cache) would differ. Weights change every optimizer step anyway, so this costs nothing.
     """
-    for _, layer in quantized_layers(model):
-        layer._weight_cache.clear()
+    nvfp4.invalidate_weight_caches(model)
 
 
 class Trainer:
@@ -176,6 +175,7 @@ class Trainer:
         self.model = build_model(config, self.data.vocab_size, device)
         self.model_config = self.model.config
         nvfp4.convert(self.model, self.recipe, seed=config.seed, backend=config.backend)
+        nvfp4.set_sr_rank(self.model, ctx.rank)  # independent SR noise per data-parallel rank
         self.train_model = D.wrap_model(self.model, ctx, device)
         if config.compile:
             self.train_model = torch.compile(self.train_model)
