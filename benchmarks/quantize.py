@@ -2,6 +2,7 @@
 
     PYTHONPATH=src python benchmarks/quantize.py                       # 4096x4096, backends cpu and reference
     PYTHONPATH=src python benchmarks/quantize.py --size 2048 --repeats 21 --backends cpu
+    THP_MEM_ALLOC_ENABLE=1 PYTHONPATH=src python benchmarks/quantize.py --backends cpu --ops "fused,quantize+,t()"
 
 Every NVFP4 row is a full call as training makes it: tensor amax pass + quantization into freshly allocated
 outputs. "ratio" divides by the median time of ``y.copy_(x)`` into a preallocated ``y`` of the same tensor (a copy
@@ -9,11 +10,19 @@ reads and writes the tensor once: a memory-bandwidth yardstick), timed alternate
 both see the same load on a shared machine; the copy row shows the median of those per-row copy medians. "min"
 columns are the fastest run of each (and min over min): on a busy shared machine they show the unloaded speed.
 MXFP4 and FP8 have only reference implementations; they are listed for comparison.
+
+The "fused" rows (non-reference backends only) time what a linear layer needs per operand, the GEMM operand
+value(q)·s_b in BF16 with fresh outputs, two ways: ``fake_quantize_nvfp4`` (one op) against the composition it
+replaces (quantize, then ``scaled_values``; for the Wgrad operand also the ``x.t().contiguous()`` copy first).
+"T" = quantize ``x.t()`` (the Wgrad operands are quantized along the token dim). Fresh 32 MB outputs pay the
+kernel's zero-filling of new pages on first touch; ``THP_MEM_ALLOC_ENABLE=1`` (read by torch at its first
+allocation) makes torch use transparent huge pages, which removes most of that cost: run the script both ways.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -62,7 +71,33 @@ def cases(x: torch.Tensor, backend: str) -> dict[str, Callable[[], object]]:
     if backend == "reference":
         ops["MXFP4 1x32 RN"] = lambda: quantize_mxfp4(x)
         ops["FP8 1x128"] = lambda: quantize_fp8_blockwise(x)
+    else:
+        ops.update(fused_cases(x, impl, signs))
     return ops
+
+
+def fused_cases(x: torch.Tensor, impl, signs: torch.Tensor) -> dict[str, Callable[[], object]]:
+    """GEMM operands (BF16 values) straight from the input: the fused op vs the composition it replaces."""
+
+    def composed(stochastic: bool) -> torch.Tensor:
+        packed, scales = impl.quantize_nvfp4(x, impl.amax(x), 1, stochastic, 1, 0)
+        return impl.scaled_values(packed, scales, torch.bfloat16)
+
+    def composed_wgrad() -> torch.Tensor:
+        packed, scales, _ = impl.rht_quantize_nvfp4(x.t().contiguous(), signs, None, True, 1, 0)
+        return impl.scaled_values(packed, scales, torch.bfloat16)
+
+    return {
+        "x.t().contiguous()": lambda: x.t().contiguous(),
+        "fused RN": lambda: impl.fake_quantize_nvfp4(x, None, 1, False, 1, 0),
+        "quantize+values RN": lambda: composed(False),
+        "fused SR": lambda: impl.fake_quantize_nvfp4(x, None, 1, True, 1, 0),
+        "quantize+values SR": lambda: composed(True),
+        "fused T RHT SR": lambda: impl.fake_quantize_nvfp4(x, None, 1, True, 1, 0, transpose=True, rht_signs=signs),
+        "t()+rht_q+values SR": composed_wgrad,
+        "fused T RHT RN (packed)": lambda: impl.rht_quantize_nvfp4(x, signs, None, False, 0, 0, transpose=True),
+        "t()+rht_quantize RN": lambda: impl.rht_quantize_nvfp4(x.t().contiguous(), signs, None, False, 0, 0),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -71,16 +106,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=15, help="timed runs per row (reference rows: a third)")
     parser.add_argument("--backends", default="cpu,reference", help="comma-separated (default cpu,reference)")
     parser.add_argument("--threads", type=int, default=None, help="torch/OpenMP threads (default: torch's)")
+    parser.add_argument("--ops", default="", help="comma-separated substrings: time only the rows whose name has one")
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    wanted = [w.strip() for w in args.ops.split(",") if w.strip()]
     available = kernels.available_backends("cpu")
     for b in backends:
         if b not in available:
             parser.error(f"backend {b!r} is not available on this machine (available: {', '.join(available)})")
 
-    print(f"machine: {machine()}")
+    print(f"machine: {machine()}; THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', '(unset)')}")
     print(f"input: {args.size}x{args.size}; {args.repeats} runs per row (reference: {max(3, args.repeats // 3)})")
     print()
     print(f"| input | {'operation':24} | backend   | median ms | ratio to copy | min ms | min ratio |")
@@ -95,6 +132,8 @@ def main(argv: list[str] | None = None) -> None:
         for backend in backends:
             repeats = args.repeats if backend != "reference" else max(3, args.repeats // 3)
             for op, fn in cases(x, backend).items():
+                if wanted and not any(w in op for w in wanted):
+                    continue
                 med, low, copy_med, copy_low = pair_stats(fn, lambda x=x, y=y: y.copy_(x), repeats)
                 rows.append((op, backend, med, med / copy_med, low, low / copy_low))
                 copy_medians.append(copy_med)

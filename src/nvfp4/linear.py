@@ -23,7 +23,7 @@ from torch import nn
 from nvfp4 import kernels, recipes
 from nvfp4.formats.fp8 import FP8Tensor, quantize_fp8_blockwise
 from nvfp4.formats.mxfp4 import MXFP4Tensor, quantize_mxfp4
-from nvfp4.formats.nvfp4 import NVFP4Tensor, quantize_nvfp4, tensor_amax
+from nvfp4.formats.nvfp4 import NVFP4Tensor, global_decode_scale, quantize_nvfp4, tensor_amax
 from nvfp4.formats.rng import derive_keys
 from nvfp4.hadamard import default_signs, random_hadamard_transform
 from nvfp4.recipe import OPERANDS, OperandConfig, Recipe
@@ -39,6 +39,7 @@ class QuantizedOperand:
 
     data: NVFP4Tensor | MXFP4Tensor | FP8Tensor | torch.Tensor
     cols: int  # K of the GEMM (after any Hadamard padding)
+    decode: torch.Tensor | None = None  # tensor scale of pre-dequantized NVFP4 values (fused path)
 
     def values(self) -> torch.Tensor:
         """value × block scale: BF16 (exact) for FP4 formats, FP32 for FP8, the tensor itself for BF16."""
@@ -53,6 +54,8 @@ class QuantizedOperand:
 
     @property
     def decode_scale(self) -> torch.Tensor | None:
+        if self.decode is not None:
+            return self.decode
         return self.data.decode_scale if isinstance(self.data, NVFP4Tensor) else None
 
     @property
@@ -73,7 +76,7 @@ class QuantizedOperand:
 
 class _TransposedOperand(QuantizedOperand):
     def __init__(self, data, cols, source: QuantizedOperand):
-        super().__init__(data, cols)
+        super().__init__(data, cols, source.decode)
         self.source = source
 
     def values(self) -> torch.Tensor:
@@ -88,8 +91,19 @@ def quantize_operand(
     offset: int = 0,
     global_amax: torch.Tensor | None = None,
     backend: str = "auto",
+    transpose: bool = False,
+    keep_packed: bool = False,
 ) -> QuantizedOperand:
-    """Quantize a 2-D operand along its last (reduction) dim as ``cfg`` says."""
+    """Quantize a 2-D operand along its last (reduction) dim as ``cfg`` says.
+
+    ``transpose``: quantize ``t2d.t()`` (the Wgrad operands are x and dy transposed) without a copy
+    where the backend can. ``keep_packed``: keep NVFP4 codes + scales (4.5 bits/value, for tensors
+    saved for backward) instead of the BF16 GEMM values that the fused path writes directly.
+    """
+    if cfg.format == "nvfp4" and (cfg.hadamard is None or (cfg.hadamard == 16 and cfg.tile == (1, 16))):
+        return _quantize_nvfp4_operand(t2d, cfg, seed, offset, global_amax, backend, transpose, keep_packed)
+    if transpose:
+        t2d = t2d.t().contiguous()
     if not cfg.quantized and not cfg.hadamard:
         return QuantizedOperand(t2d.to(torch.bfloat16), t2d.shape[1])
     cols = t2d.shape[1]
@@ -99,24 +113,58 @@ def quantize_operand(
         if padded != cols:
             t2d = F.pad(t2d, (0, padded - cols))
         cols = padded
-        if cfg.format == "nvfp4" and cfg.tile == (1, 16) and size == 16 and global_amax is None:
-            impl = kernels.select(backend, t2d.device)
-            signs = default_signs(16).to(t2d.device)
-            packed, scales, amax = impl.rht_quantize_nvfp4(t2d, signs, None, cfg.stochastic, seed, offset)
-            q = NVFP4Tensor(packed, scales, amax, t2d.shape, cfg.tile, backend)
-            return QuantizedOperand(q, cols)
         t2d = random_hadamard_transform(t2d, dim=-1, size=size)
     if not cfg.quantized:  # RHT alone (a BF16 operand): used to check that the transform cancels
         return QuantizedOperand(t2d, cols)
     if cfg.format == "nvfp4":
-        q = quantize_nvfp4(
-            t2d, cfg.tile, cfg.stochastic, seed, global_amax, offset=offset, backend=backend
-        )
+        q = quantize_nvfp4(t2d, cfg.tile, cfg.stochastic, seed, global_amax, offset=offset, backend=backend)
     elif cfg.format == "mxfp4":
         q = quantize_mxfp4(t2d, cfg.stochastic, seed, offset=offset)
     else:
         q = quantize_fp8_blockwise(t2d, cfg.tile)
     return QuantizedOperand(q, cols)
+
+
+def _quantize_nvfp4_operand(
+    t2d: torch.Tensor,
+    cfg: OperandConfig,
+    seed: int,
+    offset: int,
+    global_amax: torch.Tensor | None,
+    backend: str,
+    transpose: bool,
+    keep_packed: bool,
+) -> QuantizedOperand:
+    """NVFP4 through the backend's fused ops: (RHT +) quantize (+ dequantize to BF16) in one pass."""
+    impl = kernels.select(backend, t2d.device)
+    if t2d.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        t2d = t2d.float()
+    signs = None
+    if cfg.hadamard:  # the RHT runs along the logical last dim; zero-pad it to a multiple of 16
+        k_dim = 0 if transpose else 1
+        pad = -t2d.shape[k_dim] % 16
+        if pad:
+            t2d = F.pad(t2d, (0, 0, 0, pad) if transpose else (0, pad))
+        signs = default_signs(16).to(t2d.device)
+    rows, cols = (t2d.shape[1], t2d.shape[0]) if transpose else t2d.shape
+    amax = None if global_amax is None else global_amax.to(torch.float32)
+    if keep_packed:
+        if signs is not None:
+            packed, scales, amax = impl.rht_quantize_nvfp4(
+                t2d, signs, amax, cfg.stochastic, seed, offset, transpose=transpose
+            )
+        else:
+            if amax is None:
+                amax = impl.amax(t2d)
+            packed, scales = impl.quantize_nvfp4(
+                t2d, amax, cfg.tile[0], cfg.stochastic, seed, offset, transpose=transpose
+            )
+        q = NVFP4Tensor(packed, scales, amax, torch.Size((rows, cols)), cfg.tile, backend)
+        return QuantizedOperand(q, cols)
+    values, amax = impl.fake_quantize_nvfp4(
+        t2d, amax, cfg.tile[0], cfg.stochastic, seed, offset, transpose=transpose, rht_signs=signs
+    )
+    return QuantizedOperand(values, cols, decode=global_decode_scale(amax))
 
 
 def emulated_gemm(
@@ -164,7 +212,7 @@ class _QuantizedLinearFn(torch.autograd.Function):
         ctx.x_shape, ctx.x_dtype, ctx.has_bias = x.shape, x.dtype, bias is not None
         if quantize_bwd:
             # Keep only the quantized (RHT'd) copy of x that Wgrad needs: ~4.5 bits per element.
-            ctx.x_saved = layer._quantize(x2.t().contiguous(), "wgrad_x", call)
+            ctx.x_saved = layer._quantize(x2, "wgrad_x", call, transpose=True, keep_packed=True)
             ctx.w_saved = layer._weight_operand("dgrad_w")
             ctx.save_for_backward(weight)
         else:
@@ -183,7 +231,7 @@ class _QuantizedLinearFn(torch.autograd.Function):
                 dyq = layer._quantize(dy2, "dgrad_dy", call)
                 grad_x = emulated_gemm(dyq, ctx.w_saved, ctx.x_dtype, exact).reshape(ctx.x_shape)
             if ctx.needs_input_grad[1]:
-                dytq = layer._quantize(dy2.t().contiguous(), "wgrad_dy", call)
+                dytq = layer._quantize(dy2, "wgrad_dy", call, transpose=True)
                 grad_w = emulated_gemm(dytq, ctx.x_saved, torch.float32, exact).to(weight.dtype)
             ctx.x_saved = ctx.w_saved = None
         else:
@@ -259,11 +307,14 @@ class Linear(nn.Linear):
         self.sr_calls += 1
         return call
 
-    def _quantize(self, t2d: torch.Tensor, operand: str, call: int, global_amax=None) -> QuantizedOperand:
+    def _quantize(
+        self, t2d: torch.Tensor, operand: str, call: int, global_amax=None, *, transpose=False, keep_packed=False
+    ) -> QuantizedOperand:
         seed, offset = self._stream(operand, call)
         return quantize_operand(
-            t2d, self.recipe.operand(operand), seed=seed, offset=offset, global_amax=global_amax, backend=self.backend
-        )
+            t2d, self.recipe.operand(operand), seed=seed, offset=offset, global_amax=global_amax,
+            backend=self.backend, transpose=transpose, keep_packed=keep_packed,
+        )  # fmt: skip
 
     def _stream(self, operand: str, call: int) -> tuple[int, int]:
         """(seed, offset) of an operand's SR stream: unique per layer, call, operand and (for activations and
@@ -284,11 +335,12 @@ class Linear(nn.Linear):
             # 2D tiles: quantize(W)ᵀ == quantize(Wᵀ) bit for bit (SPEC §2), so Dgrad reuses Fprop's W.
             result = self._weight_operand("fprop_w").transposed_2d()
         else:
-            w2 = w.detach() if operand == "fprop_w" else w.detach().t().contiguous()
+            w2 = w.detach()
             amax = None
             if self.amax_reducer is not None and cfg.format == "nvfp4":
                 amax = self.amax_reducer(tensor_amax(w2))
-            result = self._quantize(w2, operand, call=self.sr_calls, global_amax=amax)
+            transpose = operand == "dgrad_w"  # Dgrad reduces over `out`: quantize Wᵀ
+            result = self._quantize(w2, operand, call=self.sr_calls, global_amax=amax, transpose=transpose)
         self._weight_cache[operand] = (key, result)
         return result
 

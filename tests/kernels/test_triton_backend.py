@@ -377,3 +377,18 @@ def test_kernels_compile_for_sm90_with_exact_arithmetic():
         assert "ld.global.v4" in ptx, f"{name}: loads are not vectorised"
         if name.startswith("quantize"):
             assert "div.rn.f32" in ptx
+
+
+def test_transpose_keyword_matches_reference(tb) -> None:
+    """The layer calls quantize/rht_quantize with transpose=True; the Triton backend must accept it."""
+    from nvfp4.hadamard import default_signs
+
+    x = torch.randn(48, 32, device=DEVICE)
+    signs = default_signs(16).to(DEVICE)
+    amax = REF.amax(x)
+    got = tb.quantize_nvfp4(x, amax, 1, True, 3, 5, transpose=True)
+    want = REF.quantize_nvfp4(x, amax, 1, True, 3, 5, transpose=True)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1].view(torch.uint8), want[1].view(torch.uint8))
+    got = tb.rht_quantize_nvfp4(x, signs, None, False, 3, 5, transpose=True)
+    want = REF.rht_quantize_nvfp4(x, signs, None, False, 3, 5, transpose=True)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1].view(torch.uint8), want[1].view(torch.uint8))

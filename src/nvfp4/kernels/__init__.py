@@ -1,7 +1,8 @@
 """Backends behind the reference quantizers, selected per device.
 
 Every backend implements the interface of ``ReferenceBackend`` (amax, quantize_nvfp4,
-rht_quantize_nvfp4, scaled_values) and must match the plain-PyTorch reference bit for bit;
+rht_quantize_nvfp4, fake_quantize_nvfp4, scaled_values; ``transpose=True`` reads x2d.t())
+and must match the plain-PyTorch reference bit for bit;
 the tests enforce it. ``select("auto", device)`` picks the first available backend in
 ``_PREFERENCE`` order; ``backend="reference"`` forces the oracle. A backend may raise
 ``NotImplementedError`` for an op, and then the reference runs instead.

@@ -2,7 +2,13 @@
 
 Why a C kernel: the plain-PyTorch reference materialises a dozen full-size temporaries per quantization;
 the kernel reads the input twice (tensor amax, then a fused block-amax/scale/round/pack pass) and writes only
-the packed codes and scales. It reproduces the reference bit for bit (tests/kernels/test_cpu_backend.py).
+the packed codes and scales. It reproduces the reference bit for bit (tests/kernels/test_cpu_backend.py,
+tests/kernels/test_fused_ops.py).
+
+Two layouts: blocks along the rows of the input, or (``transpose=True``) along its columns, i.e. quantizing
+``x.t()`` without a transposed copy: the kernel loads 16x16 tiles, in which a block of ``x.t()`` is one lane across
+16 registers. ``fake_quantize_nvfp4`` writes the GEMM operand value(q)·s_b directly (no packed intermediate).
+A transposed view given as input is read in place through the other layout instead of being copied.
 
 Build: ``$CC`` (else gcc, else cc) with OpenMP and ``-march=native``, falling back to plainer flags if those
 fail. The shared library is cached in ``$NVFP4_CACHE/kernels/`` (default ``~/.cache/nvfp4/kernels/``) under a
@@ -31,8 +37,9 @@ from nvfp4.formats.nvfp4 import BLOCK
 from nvfp4.formats.rng import derive_keys
 
 _SOURCE = Path(__file__).with_name("nvfp4_cpu.c")
-_ABI_VERSION = 1
+_ABI_VERSION = 2
 _DT_F32, _DT_BF16 = 0, 1
+_OUT_PACKED, _OUT_F32, _OUT_BF16 = 0, 1, 2
 # Bit-exactness: no -ffast-math (it reassociates and flushes subnormals); -ffp-contract=off stops GCC from
 # fusing a*b+c into an FMA, which rounds once where the reference rounds twice.
 _COMMON_FLAGS = ("-O3", "-std=c11", "-shared", "-fPIC", "-fno-fast-math", "-ffp-contract=off")
@@ -109,9 +116,12 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
         "nvfp4_quantize": (i32, [p, i32, i64, i64, f32, i64, i32, u32, u32, p, p, i32]),
         "nvfp4_rht_amax": (f32, [p, i32, i64, i64, p, i32]),
         "nvfp4_rht_quantize": (i32, [p, i32, i64, i64, p, f32, i32, u32, u32, p, p, i32]),
+        "nvfp4_rht_amax_t": (f32, [p, i32, i64, i64, p, i32]),
+        "nvfp4_quantize_ex": (i32, [p, i32, i64, i64, i32, p, f32, i64, i32, u32, u32, i32, p, p, i32]),
         "nvfp4_scaled_values": (None, [p, p, i64, i64, i32, p, i32]),
         "nvfp4_e4m3_encode": (None, [p, i64, p]),
         "nvfp4_random_bytes": (None, [ctypes.c_uint64, i64, u32, u32, p]),
+        "nvfp4_random_bytes_lanes": (None, [p, u32, u32, u32, p]),
     }
     for name, (restype, argtypes) in sigs.items():
         fn = getattr(lib, name)
@@ -168,8 +178,14 @@ def _ptr(t: torch.Tensor) -> int:
     return t.data_ptr()
 
 
-def _as_kernel_input(x2d: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """A contiguous fp32 or bf16 CPU tensor (fp16 and others go through fp32, exactly as the reference)."""
+def _kernel_layout(x2d: torch.Tensor, transpose: bool) -> tuple[torch.Tensor, int, bool]:
+    """(x, dtype code, kernel_transpose): a row-major fp32/bf16 tensor that the kernel reads, and whether it must
+    quantize its transpose, so that the logical tensor is ``x2d.t()`` if ``transpose`` else ``x2d``.
+
+    A logical tensor that is a transposed view of row-major memory (``x2d.t()`` of a contiguous ``x2d``, or a
+    ``.t()`` view passed with ``transpose=False``) is read in place through the transposed path; any other
+    layout is copied to row-major first.
+    """
     if x2d.device.type != "cpu":
         raise NotImplementedError("the cpu backend handles CPU tensors only")
     if x2d.dim() != 2:
@@ -177,8 +193,28 @@ def _as_kernel_input(x2d: torch.Tensor) -> tuple[torch.Tensor, int]:
     if x2d.numel() == 0:
         raise NotImplementedError("empty tensors go to the reference")
     if x2d.dtype == torch.bfloat16:
-        return x2d.contiguous(), _DT_BF16
-    return x2d.to(torch.float32).contiguous(), _DT_F32
+        dt = _DT_BF16
+    else:
+        x2d, dt = x2d.to(torch.float32), _DT_F32  # keeps the strides of a dense tensor
+    t = x2d.t() if transpose else x2d
+    if t.is_contiguous():
+        return t, dt, False
+    if t.t().is_contiguous():
+        return t.t(), dt, True
+    return t.contiguous(), dt, False
+
+
+def _signbits(signs: torch.Tensor | None) -> torch.Tensor | None:
+    """The RHT16 sign vector as the kernel's sign-bit words; NotImplementedError (-> the reference) if not 16 x ±1."""
+    if signs is None:
+        return None
+    signs_t = torch.as_tensor(signs)
+    if signs_t.numel() != 16:
+        raise NotImplementedError("the fused RHT kernel supports Hadamard size 16 only")
+    signs_f = signs_t.detach().to(device="cpu", dtype=torch.float32).reshape(16)
+    if not bool(((signs_f == 1) | (signs_f == -1)).all()):
+        raise NotImplementedError("signs must be ±1; the reference reports the error")
+    return torch.where(signs_f < 0, -(2**31), 0).to(torch.int32)
 
 
 def _amax_value(global_amax: torch.Tensor) -> float:
@@ -218,9 +254,44 @@ class CPUBackend:
 
     def amax(self, x2d: torch.Tensor) -> torch.Tensor:
         """max|x| as an FP32 0-d tensor (NaN if any NaN)."""
-        x, dt = _as_kernel_input(x2d)
+        x, dt, _ = _kernel_layout(x2d, False)  # the layout does not matter for a max
         value = self.lib.nvfp4_amax(_ptr(x), dt, x.numel(), torch.get_num_threads())
         return torch.tensor(value, dtype=torch.float32)
+
+    def _prepare(self, x2d: torch.Tensor, transpose: bool, tile_rows: int) -> tuple[torch.Tensor, int, bool]:
+        tile_rows = int(tile_rows)
+        if tile_rows < 1:
+            raise ValueError(f"tile_rows must be positive, got {tile_rows}")
+        x, dt, kernel_t = _kernel_layout(x2d, bool(transpose))
+        if kernel_t and tile_rows not in (1, 16):  # the transposed path forms 16x16 tiles only
+            x, kernel_t = x.t().contiguous(), False
+        return x, dt, kernel_t
+
+    def _tensor_amax(self, x: torch.Tensor, dt: int, kernel_t: bool, signbits: torch.Tensor | None) -> torch.Tensor:
+        """max|t| (after the RHT if signbits) of the logical tensor t (x, or x.t() if kernel_t), FP32 0-d."""
+        rows, cols = x.shape
+        nthreads = torch.get_num_threads()
+        if signbits is None:
+            value = self.lib.nvfp4_amax(_ptr(x), dt, x.numel(), nthreads)
+        elif kernel_t:
+            value = self.lib.nvfp4_rht_amax_t(_ptr(x), dt, rows, cols, _ptr(signbits), nthreads)
+        else:
+            value = self.lib.nvfp4_rht_amax(_ptr(x), dt, rows, cols, _ptr(signbits), nthreads)
+        return torch.tensor(value, dtype=torch.float32)
+
+    def _run(
+        self, x: torch.Tensor, dt: int, kernel_t: bool, signbits: torch.Tensor | None, amax: float, tile_rows: int,
+        stochastic: bool, seed: int, offset: int, out_kind: int, out: torch.Tensor, scales: torch.Tensor | None,
+    ) -> None:  # fmt: skip
+        rows, cols = x.shape
+        k1, k2 = derive_keys(int(seed), int(offset)) if stochastic else (0, 0)
+        rc = self.lib.nvfp4_quantize_ex(
+            _ptr(x), dt, rows, cols, int(kernel_t), None if signbits is None else _ptr(signbits), amax,
+            int(tile_rows), int(bool(stochastic)), k1, k2, out_kind, _ptr(out),
+            None if scales is None else _ptr(scales), torch.get_num_threads(),
+        )  # fmt: skip
+        if rc != 0:
+            raise MemoryError("nvfp4_quantize_ex could not allocate its scratch buffers")
 
     def quantize_nvfp4(
         self,
@@ -230,24 +301,17 @@ class CPUBackend:
         stochastic: bool,
         seed: int,
         offset: int,
+        *,
+        transpose: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(packed uint8 (M, ceil(K/16)*8), scales e4m3 (M, ceil(K/16))) for a 2-D input."""
-        tile_rows = int(tile_rows)
-        if tile_rows < 1:
-            raise ValueError(f"tile_rows must be positive, got {tile_rows}")
-        x, dt = _as_kernel_input(x2d)
+        """(packed uint8 (M, ceil(K/16)*8), scales e4m3 (M, ceil(K/16))) of t = x2d (or x2d.t() if transpose)."""
+        x, dt, kernel_t = self._prepare(x2d, transpose, tile_rows)
         amax = _amax_value(global_amax)
-        rows, cols = x.shape
+        rows, cols = x.shape[::-1] if kernel_t else x.shape
         nblk = -(-cols // BLOCK)
         packed = torch.empty((rows, nblk * BLOCK // 2), dtype=torch.uint8)
         scales = torch.empty((rows, nblk), dtype=torch.uint8)
-        k1, k2 = derive_keys(int(seed), int(offset)) if stochastic else (0, 0)
-        rc = self.lib.nvfp4_quantize(
-            _ptr(x), dt, rows, cols, amax, tile_rows, int(bool(stochastic)), k1, k2,
-            _ptr(packed), _ptr(scales), torch.get_num_threads(),
-        )  # fmt: skip
-        if rc != 0:
-            raise MemoryError("nvfp4_quantize could not allocate its scratch buffers")
+        self._run(x, dt, kernel_t, None, amax, tile_rows, stochastic, seed, offset, _OUT_PACKED, packed, scales)
         return packed, scales.view(torch.float8_e4m3fn)
 
     def rht_quantize_nvfp4(
@@ -258,41 +322,58 @@ class CPUBackend:
         stochastic: bool,
         seed: int,
         offset: int,
+        *,
+        transpose: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """RHT16 along the last dim fused with 1x16 quantization; returns (packed, scales, amax used).
+        """RHT16 along the last dim of t = x2d (or x2d.t()) fused with 1x16 quantization: (packed, scales, amax used).
 
         Only Hadamard size 16 with ±1 signs and K % 16 == 0 is fused; anything else raises NotImplementedError so
         that the reference runs (and raises its own clear error where the input is invalid).
         """
-        signs_t = torch.as_tensor(signs)
-        if signs_t.numel() != 16:
-            raise NotImplementedError("the fused RHT kernel supports Hadamard size 16 only")
-        signs_f = signs_t.detach().to(device="cpu", dtype=torch.float32).reshape(16)
-        if not bool(((signs_f == 1) | (signs_f == -1)).all()):
-            raise NotImplementedError("signs must be ±1; the reference reports the error")
-        x, dt = _as_kernel_input(x2d)
-        rows, cols = x.shape
+        signbits = _signbits(signs)
+        x, dt, kernel_t = self._prepare(x2d, transpose, 1)
+        rows, cols = x.shape[::-1] if kernel_t else x.shape
         if cols % 16:
             raise NotImplementedError("K must be a multiple of 16; the reference reports the error")
-        signbits = torch.where(signs_f < 0, -(2**31), 0).to(torch.int32)
-        nthreads = torch.get_num_threads()
-        if global_amax is None:
-            amax_t = torch.tensor(self.lib.nvfp4_rht_amax(_ptr(x), dt, rows, cols, _ptr(signbits), nthreads),
-                                  dtype=torch.float32)  # fmt: skip
-        else:
-            amax_t = global_amax
+        amax_t = self._tensor_amax(x, dt, kernel_t, signbits) if global_amax is None else global_amax
         amax = _amax_value(amax_t)
-        nblk = cols // BLOCK
-        packed = torch.empty((rows, nblk * BLOCK // 2), dtype=torch.uint8)
-        scales = torch.empty((rows, nblk), dtype=torch.uint8)
-        k1, k2 = derive_keys(int(seed), int(offset)) if stochastic else (0, 0)
-        rc = self.lib.nvfp4_rht_quantize(
-            _ptr(x), dt, rows, cols, _ptr(signbits), amax, int(bool(stochastic)), k1, k2,
-            _ptr(packed), _ptr(scales), nthreads,
-        )  # fmt: skip
-        if rc != 0:
-            raise MemoryError("nvfp4_rht_quantize could not allocate its scratch buffers")
+        packed = torch.empty((rows, cols // 2), dtype=torch.uint8)
+        scales = torch.empty((rows, cols // BLOCK), dtype=torch.uint8)
+        self._run(x, dt, kernel_t, signbits, amax, 1, stochastic, seed, offset, _OUT_PACKED, packed, scales)
         return packed, scales.view(torch.float8_e4m3fn), amax_t
+
+    def fake_quantize_nvfp4(
+        self,
+        x2d: torch.Tensor,
+        global_amax: torch.Tensor | None,
+        tile_rows: int,
+        stochastic: bool,
+        seed: int,
+        offset: int,
+        *,
+        transpose: bool = False,
+        rht_signs: torch.Tensor | None = None,
+        out_dtype: torch.dtype = torch.bfloat16,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(values (M, K) = value(q)·s_b in out_dtype, amax FP32 0-d) of t = x2d (or x2d.t()), RHT16'd if rht_signs.
+
+        One fused pass after the amax pass (if global_amax is None): no transposed copy, no packed codes.
+        """
+        x, dt, kernel_t = self._prepare(x2d, transpose, tile_rows)
+        rows, cols = x.shape[::-1] if kernel_t else x.shape
+        if rht_signs is not None and cols % 16:
+            raise ValueError(f"the RHT needs K % 16 == 0 (K = {cols}); zero-pad the tensor first")
+        signbits = _signbits(rht_signs)
+        if global_amax is None:
+            amax_t = self._tensor_amax(x, dt, kernel_t, signbits)
+        else:
+            amax_t = torch.as_tensor(global_amax).to(device="cpu", dtype=torch.float32).reshape(())
+        amax = _amax_value(amax_t)
+        native = out_dtype if out_dtype in (torch.bfloat16, torch.float32) else torch.float32
+        values = torch.empty((rows, cols), dtype=native)
+        out_kind = _OUT_BF16 if native == torch.bfloat16 else _OUT_F32
+        self._run(x, dt, kernel_t, signbits, amax, tile_rows, stochastic, seed, offset, out_kind, values, None)
+        return (values if native == out_dtype else values.to(out_dtype)), amax_t
 
     def scaled_values(
         self, packed: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.bfloat16

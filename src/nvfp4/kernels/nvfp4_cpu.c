@@ -10,6 +10,10 @@
  *
  * Block amaxes are computed as an integer max over |x| bit patterns: equal to the float max for finite values,
  * and >= 0x7F800000 (non-finite) as soon as the block holds a NaN or an Inf, which is all the reference needs.
+ *
+ * Two drivers share the arithmetic: run_rows (blocks along the rows of the input) and run_tiles_t (blocks along its
+ * columns, i.e. quantizing x^T without a transposed copy, from 16x16 tiles). Both can write packed codes + scales,
+ * or directly the GEMM operand value(q) x s_b in FP32 or BF16 ("fake quantization": no packed intermediate).
  */
 #include <float.h>
 #include <math.h>
@@ -23,13 +27,23 @@
 #include <immintrin.h>
 #endif
 
-#define NVFP4_ABI_VERSION 1
+#define NVFP4_ABI_VERSION 2
+#if defined(__GNUC__) && !defined(__clang__)
+#define NVFP4_UNROLL _Pragma("GCC unroll 16")
+#else
+#define NVFP4_UNROLL
+#endif
 #define BLOCK 16
 
 enum { DT_F32 = 0, DT_BF16 = 1 };
+/* What a quantization writes: packed codes + scales, or the values value(q) x s_b (FP32 or BF16). */
+enum { OUT_PACKED = 0, OUT_F32 = 1, OUT_BF16 = 2 };
 
 /* Parallelise only when there is enough work to pay for waking the thread team. */
 #define PAR_MIN_ELEMS (1 << 15)
+/* Outputs at least this large (well beyond L2) are written with streaming stores where the layout allows: they
+ * skip the read-for-ownership of every output line, and the data would not stay in cache for the GEMM anyway. */
+#define NT_MIN_BYTES (4 << 20)
 
 /* ------------------------------------------------------------------------------------------------------------ */
 /* Scalar helpers (the portable path, and the tails of the vector path).                                       */
@@ -122,6 +136,18 @@ static inline uint32_t e2m1_sr(float v, uint32_t rbyte) {
     return m | ((uint32_t)(v < 0.0f) << 3);
 }
 
+/* E2M1 values by code (code 8 is -0). */
+static const float e2m1_table[16] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f,
+                                     -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
+
+/* Store one value (exact in BF16: truncation is the rounding) as FP32 or BF16. */
+static inline void store_value(void *out, int out_kind, int64_t i, float v) {
+    if (out_kind == OUT_BF16)
+        ((uint16_t *)out)[i] = (uint16_t)(f2u(v) >> 16);
+    else
+        ((float *)out)[i] = v;
+}
+
 /* The counter-based generator of nvfp4/formats/rng.py. */
 static inline uint32_t mix32(uint32_t h) {
     h ^= h >> 16;
@@ -175,12 +201,13 @@ static qparams make_params(float global_amax, int stochastic, uint32_t k1, uint3
     return p;
 }
 
-/* Scale byte and encode factor of one block from its |x| max bits. */
-static inline uint8_t block_scale(uint32_t abits, const qparams *p, float *enc) {
+/* Scale byte, encode factor and decoded scale (float(s_b)) of one block from its |x| max bits. */
+static inline uint8_t block_scale(uint32_t abits, const qparams *p, float *enc, float *sval) {
     float sr, e, sf;
     uint8_t code;
     if (p->global_bad || abits >= 0x7F800000u) {
         *enc = NAN; /* every code of the block becomes 0 */
+        *sval = NAN;
         return 0x7F;
     }
     sf = u2f(abits) * p->k;
@@ -189,6 +216,7 @@ static inline uint8_t block_scale(uint32_t abits, const qparams *p, float *enc) 
     e = 1.0f / (sr * p->s_dec); /* from the ROUNDED scale, a true division */
     if (e > FLT_MAX) e = FLT_MAX;
     *enc = e;
+    *sval = sr;
     return code;
 }
 
@@ -231,8 +259,9 @@ static inline __m512i transpose_max16(const __m512i *v) {
     return _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), r);
 }
 
-/* block_scale for 16 blocks at once (same operations, lane by lane). */
-static inline void block_scales16(__m512i abits, const qparams *p, uint8_t *scale_out, float *enc_out) {
+/* block_scale for 16 blocks at once (same operations, lane by lane): codes (one per lane), enc, float(s_b). */
+static inline void block_scales16_v(__m512i abits, const qparams *p, __m512i *code_out, __m512 *enc_out,
+                                    __m512 *sval_out) {
     const __mmask16 bad = p->global_bad ? (__mmask16)0xFFFF
                                         : _mm512_cmpge_epu32_mask(abits, _mm512_set1_epi32(0x7F800000));
     __m512 sf = _mm512_mul_ps(_mm512_castsi512_ps(abits), _mm512_set1_ps(p->k));
@@ -253,10 +282,19 @@ static inline void block_scales16(__m512i abits, const qparams *p, uint8_t *scal
     const __m512 sr = _mm512_mask_blend_ps(normal, val_s, _mm512_castsi512_ps(bn));
     __m512 enc = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_mul_ps(sr, _mm512_set1_ps(p->s_dec)));
     enc = _mm512_min_ps(enc, _mm512_set1_ps(FLT_MAX));
-    code = _mm512_mask_mov_epi32(code, bad, _mm512_set1_epi32(0x7F));
-    enc = _mm512_mask_mov_ps(enc, bad, _mm512_set1_ps(NAN));
+    *code_out = _mm512_mask_mov_epi32(code, bad, _mm512_set1_epi32(0x7F));
+    *enc_out = _mm512_mask_mov_ps(enc, bad, _mm512_set1_ps(NAN));
+    *sval_out = _mm512_mask_mov_ps(sr, bad, _mm512_set1_ps(NAN));
+}
+
+static inline void block_scales16(__m512i abits, const qparams *p, uint8_t *scale_out, float *enc_out,
+                                  float *sval_out) {
+    __m512i code;
+    __m512 enc, sval;
+    block_scales16_v(abits, p, &code, &enc, &sval);
     _mm_storeu_si128((__m128i *)scale_out, _mm512_cvtepi32_epi8(code));
     _mm512_storeu_ps(enc_out, enc);
+    _mm512_storeu_ps(sval_out, sval);
 }
 
 /*
@@ -352,9 +390,9 @@ static inline __m512 rht16_butterfly(__m512 x, __m512i signbits) {
     return _mm512_mask_sub_ps(_mm512_add_ps(x, s), 0xFF00, s, x);
 }
 
-static inline __m512 rht16_vec(__m512 x, __m512i signbits) {
-    __m512i b = _mm512_castps_si512(_mm512_mul_ps(rht16_butterfly(x, signbits), _mm512_set1_ps(0.25f)));
-    /* BF16 RNE; NaN -> canonical NaN */
+/* x 1/4, then FP32 -> BF16 RNE (widened back to FP32); NaN -> canonical NaN. As round_bf16(x * 0.25f). */
+static inline __m512 quarter_bf16_16(__m512 x) {
+    __m512i b = _mm512_castps_si512(_mm512_mul_ps(x, _mm512_set1_ps(0.25f)));
     const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(b, _mm512_set1_epi32(0x7FFFFFFF)),
                                                   _mm512_set1_epi32(0x7F800000));
     const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
@@ -362,6 +400,113 @@ static inline __m512 rht16_vec(__m512 x, __m512i signbits) {
     b = _mm512_and_si512(b, _mm512_set1_epi32((int)0xFFFF0000u));
     b = _mm512_mask_mov_epi32(b, nan, _mm512_set1_epi32(0x7FC00000));
     return _mm512_castsi512_ps(b);
+}
+
+static inline __m512 rht16_vec(__m512 x, __m512i signbits) { return quarter_bf16_16(rht16_butterfly(x, signbits)); }
+
+/* ---- the transposed layout: 16 registers v[j] = input row r0 + j, lane l = input column c0 + l ----------------- */
+/* A logical 16-element block (a block of a row of x^T) is lane l across the 16 registers, so block amaxes, encode
+ * factors and the RHT are lane-wise (vertical) operations; only the values written out need a 16x16 transpose. */
+
+/* The signs and butterfly stages of rht16_scalar across the 16 registers (no x 1/4, no BF16 rounding). */
+/* (Fully unrolled, so that v[] lives in registers: GCC does not unroll the nested stage loops by itself.) */
+#define RHT_STAGE(h)                                                                                                \
+    NVFP4_UNROLL for (int i = 0; i < 16; i++) if (!(i & (h))) {                                                     \
+        const __m512 a = v[i], b = v[i + (h)];                                                                      \
+        v[i] = _mm512_add_ps(a, b);                                                                                 \
+        v[i + (h)] = _mm512_sub_ps(a, b);                                                                           \
+    }
+static inline void rht16_butterfly_v(__m512 *v, const uint32_t *signbits) {
+    NVFP4_UNROLL for (int j = 0; j < 16; j++)
+        v[j] = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(v[j]), _mm512_set1_epi32((int)signbits[j])));
+    RHT_STAGE(1)
+    RHT_STAGE(2)
+    RHT_STAGE(4)
+    RHT_STAGE(8)
+}
+#undef RHT_STAGE
+
+/* Load rows r0 .. r0+nr-1, columns c0 .. c0+nc-1 of a row-major (.., cols) tensor; missing rows/columns are 0. */
+static inline void load_tile16(const void *x, int dtype, int64_t cols, int64_t r0, int nr, int64_t c0, int nc,
+                               __m512 *v) {
+    if (nr == 16 && nc == 16) { /* the common case: one branch per tile */
+        if (dtype == DT_BF16) {
+            NVFP4_UNROLL for (int j = 0; j < 16; j++)
+                v[j] = _mm512_castsi512_ps(vload_bits(x, DT_BF16, (r0 + j) * cols + c0));
+        } else {
+            NVFP4_UNROLL for (int j = 0; j < 16; j++)
+                v[j] = _mm512_castsi512_ps(vload_bits(x, DT_F32, (r0 + j) * cols + c0));
+        }
+        return;
+    }
+    NVFP4_UNROLL for (int j = 0; j < 16; j++) {
+        const int64_t i = (r0 + j) * cols + c0;
+        if (j >= nr)
+            v[j] = _mm512_setzero_ps();
+        else
+            v[j] = _mm512_castsi512_ps(nc == 16 ? vload_bits(x, dtype, i) : vload_bits_n(x, dtype, i, nc));
+    }
+}
+
+/* In-place 16x16 transpose of 32-bit elements: v[i] lane j <- v[j] lane i. */
+static inline void transpose16(__m512 *v) {
+    __m512 t[16], u[16];
+    NVFP4_UNROLL for (int k = 0; k < 8; k++) {
+        t[2 * k] = _mm512_unpacklo_ps(v[2 * k], v[2 * k + 1]);
+        t[2 * k + 1] = _mm512_unpackhi_ps(v[2 * k], v[2 * k + 1]);
+    }
+    /* u[4m + c], 128-bit lane q: column 4q + c of rows 4m .. 4m+3 */
+    NVFP4_UNROLL for (int m = 0; m < 4; m++) {
+        u[4 * m] = _mm512_shuffle_ps(t[4 * m], t[4 * m + 2], 0x44);
+        u[4 * m + 1] = _mm512_shuffle_ps(t[4 * m], t[4 * m + 2], 0xEE);
+        u[4 * m + 2] = _mm512_shuffle_ps(t[4 * m + 1], t[4 * m + 3], 0x44);
+        u[4 * m + 3] = _mm512_shuffle_ps(t[4 * m + 1], t[4 * m + 3], 0xEE);
+    }
+    /* a 4x4 transpose of 128-bit lanes for each c */
+    NVFP4_UNROLL for (int c = 0; c < 4; c++) {
+        const __m512 a = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x88), b = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xDD);
+        const __m512 d = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x88);
+        const __m512 e = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xDD);
+        v[c] = _mm512_shuffle_f32x4(a, d, 0x88);
+        v[8 + c] = _mm512_shuffle_f32x4(a, d, 0xDD);
+        v[4 + c] = _mm512_shuffle_f32x4(b, e, 0x88);
+        v[12 + c] = _mm512_shuffle_f32x4(b, e, 0xDD);
+    }
+}
+
+/* Random bytes of the elements with 64-bit indices (hi:lo) + j, lane by lane (the carry into hi as in rng.py). */
+static inline __m512i random_bytes16_at(__m512i lo, __m512i hi, uint32_t j, uint32_t k1, uint32_t k2) {
+    const __m512i lj = _mm512_add_epi32(lo, _mm512_set1_epi32((int)j));
+    const __m512i hj = _mm512_mask_add_epi32(hi, _mm512_cmplt_epu32_mask(lj, lo), hi, _mm512_set1_epi32(1));
+    __m512i h = mix32_16(_mm512_xor_si512(lj, _mm512_set1_epi32((int)k1)));
+    h = mix32_16(_mm512_xor_si512(_mm512_xor_si512(h, hj), _mm512_set1_epi32((int)k2)));
+    return _mm512_srli_epi32(h, 24);
+}
+
+/* value(code) x s_b, lane by lane (exact; a NaN scale gives NaN). */
+static inline __m512 e2m1_scaled16(__m512i codes, __m512 sval) {
+    return _mm512_mul_ps(_mm512_permutexvar_ps(codes, _mm512_loadu_ps(e2m1_table)), sval);
+}
+
+/* Store n <= 16 values (FP32 bits in v) as FP32 or BF16 at out + i (elements). BF16: the values are exact in BF16,
+ * so truncation is the rounding. nt: a full block at an aligned address goes out as a streaming store. */
+static inline void store_values16(void *out, int out_kind, int64_t i, __m512 v, int n, int nt) {
+    const __mmask16 m = n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1u);
+    if (out_kind == OUT_BF16) {
+        const __m256i h = _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(v), 16));
+        if (n < 16)
+            _mm256_mask_storeu_epi16((uint16_t *)out + i, m, h);
+        else if (nt)
+            _mm256_stream_si256((__m256i *)((uint16_t *)out + i), h);
+        else
+            _mm256_storeu_si256((__m256i *)((uint16_t *)out + i), h);
+    } else if (n < 16) {
+        _mm512_mask_storeu_ps((float *)out + i, m, v);
+    } else if (nt) {
+        _mm512_stream_ps((float *)out + i, v);
+    } else {
+        _mm512_storeu_ps((float *)out + i, v);
+    }
 }
 #endif /* NVFP4_AVX512 */
 
@@ -400,12 +545,13 @@ static void row_block_amax(const void *row, int dtype, int64_t cols, int64_t nbl
 #endif
 }
 
-static void block_scales(const uint32_t *bam, int64_t nblk, const qparams *p, uint8_t *scales, float *enc) {
+static void block_scales(const uint32_t *bam, int64_t nblk, const qparams *p, uint8_t *scales, float *enc,
+                         float *sval) {
     int64_t b = 0;
 #ifdef NVFP4_AVX512
-    for (; b + 16 <= nblk; b += 16) block_scales16(_mm512_loadu_si512(bam + b), p, scales + b, enc + b);
+    for (; b + 16 <= nblk; b += 16) block_scales16(_mm512_loadu_si512(bam + b), p, scales + b, enc + b, sval + b);
 #endif
-    for (; b < nblk; b++) scales[b] = block_scale(bam[b], p, enc + b);
+    for (; b < nblk; b++) scales[b] = block_scale(bam[b], p, enc + b, sval + b);
 }
 
 /*
@@ -455,6 +601,46 @@ static void quantize_row(const void *row, int dtype, int64_t cols, int64_t nblk,
 #endif
 }
 
+/* As quantize_row, but writes the values value(q) x s_b (sval: float(s_b) per block) of the row's cols elements
+ * as FP32 or BF16 (out_kind) to out, instead of packed codes: no packed intermediate. */
+static void quantize_row_values(const void *row, int dtype, int64_t cols, int64_t nblk, const float *enc,
+                                const float *sval, const qparams *p, uint64_t idx0, void *out, int out_kind, int nt,
+                                const char *pf, int64_t pf_bytes) {
+    int64_t b = 0;
+#ifdef NVFP4_AVX512
+    for (; b < nblk; b++) {
+        const int64_t c0 = b * BLOCK;
+        const int n = cols - c0 < BLOCK ? (int)(cols - c0) : BLOCK;
+        const float e = enc[b];
+        __m512i bits, codes;
+        __m512 v;
+        if (b * 64 < pf_bytes) _mm_prefetch(pf + b * 64, _MM_HINT_T1);
+        if (e != e) { /* NaN scale: every value is NaN */
+            store_values16(out, out_kind, c0, _mm512_set1_ps(NAN), n, nt);
+            continue;
+        }
+        bits = n == BLOCK ? vload_bits(row, dtype, c0) : vload_bits_n(row, dtype, c0, n);
+        v = _mm512_mul_ps(_mm512_castsi512_ps(bits), _mm512_set1_ps(e));
+        codes = p->stochastic ? e2m1_sr16(v, random_bytes16(idx0 + (uint64_t)c0, p->k1, p->k2)) : e2m1_rn16(v);
+        store_values16(out, out_kind, c0, e2m1_scaled16(codes, _mm512_set1_ps(sval[b])), n, nt);
+    }
+#else
+    (void)pf;
+    (void)pf_bytes;
+    (void)nt;
+    for (; b < nblk; b++) {
+        const int64_t c0 = b * BLOCK, c1 = c0 + BLOCK < cols ? c0 + BLOCK : cols;
+        const float e = enc[b], s = sval[b];
+        for (int64_t c = c0; c < c1; c++) {
+            const float v = load_f32(row, dtype, c) * e;
+            const uint32_t q =
+                p->stochastic ? e2m1_sr(v, random_byte(idx0 + (uint64_t)c, p->k1, p->k2)) : e2m1_rn(v);
+            store_value(out, out_kind, c, e2m1_table[q] * s);
+        }
+    }
+#endif
+}
+
 /* RHT of one row (cols % 16 == 0) into buf, as BF16-rounded FP32 values. */
 static void rht_row(const void *row, int dtype, int64_t cols, const uint32_t *signbits, float *buf) {
 #ifdef NVFP4_AVX512
@@ -471,6 +657,269 @@ static void rht_row(const void *row, int dtype, int64_t cols, const uint32_t *si
 }
 
 static size_t elem_size(int dtype) { return dtype == DT_BF16 ? 2 : 4; }
+
+/* ------------------------------------------------------------------------------------------------------------ */
+/* Drivers: the row path (blocks along the rows of x) and the transposed path (blocks along the columns of x).  */
+/* ------------------------------------------------------------------------------------------------------------ */
+
+/*
+ * Quantize the rows of a row-major (rows, cols) x in groups of tile_rows rows (the block amax is taken over the
+ * group: 16x16 tiles for tile_rows = 16), optionally after an RHT16 of every row (signbits != NULL, cols % 16 == 0;
+ * the transformed group is kept in a per-thread buffer). Writes packed codes (out: (rows, nblk*8)) or values
+ * (out: (rows, cols), FP32 or BF16); scales (rows, nblk) when not NULL. Returns 0, or -1 if out of memory.
+ */
+static int run_rows(const void *x, int dtype, int64_t rows, int64_t cols, const uint32_t *signbits, const qparams *p,
+                    int64_t tile_rows, int out_kind, void *out, uint8_t *scales, int nt, int nthreads) {
+    const int64_t nblk = (cols + BLOCK - 1) / BLOCK;
+    const int64_t ngroups = (rows + tile_rows - 1) / tile_rows;
+    const size_t esz = elem_size(dtype), oesz = out_kind == OUT_BF16 ? 2 : 4;
+    const size_t buf_elems = signbits ? (size_t)(tile_rows * cols) : 0;
+    int failed = 0;
+    /* streaming stores need every block of 16 values at an aligned address */
+    nt = nt && out_kind != OUT_PACKED && ((uintptr_t)out & 63) == 0 && cols % BLOCK == 0;
+#pragma omp parallel num_threads(nthreads) if (rows * cols >= PAR_MIN_ELEMS)
+    {
+        /* block amax bits, enc, float(s_b) (nblk each), the RHT buffer, the scale bytes when scales is NULL */
+        uint32_t *bam = (uint32_t *)malloc((size_t)nblk * 13 + buf_elems * sizeof(float) + 64);
+        float *enc = (float *)(bam + nblk), *sval = enc + nblk, *buf = sval + nblk;
+        uint8_t *own_scales = (uint8_t *)(buf + buf_elems);
+        if (!bam) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(static)
+        for (int64_t g = 0; g < ngroups; g++) {
+            if (!bam) continue;
+            const int64_t r0 = g * tile_rows, r1 = r0 + tile_rows < rows ? r0 + tile_rows : rows;
+            uint8_t *srow = scales ? scales + r0 * nblk : own_scales;
+            for (int64_t r = r0; r < r1; r++) {
+                const char *xr = (const char *)x + (size_t)(r * cols) * esz;
+                if (signbits) {
+                    rht_row(xr, dtype, cols, signbits, buf + (r - r0) * cols);
+                    row_block_amax(buf + (r - r0) * cols, DT_F32, cols, nblk, bam, r > r0);
+                } else {
+                    row_block_amax(xr, dtype, cols, nblk, bam, r > r0);
+                }
+            }
+            block_scales(bam, nblk, p, srow, enc, sval);
+            for (int64_t r = r0; r < r1; r++) {
+                const char *xr = (const char *)x + (size_t)(r * cols) * esz;
+                const void *src = signbits ? (const void *)(buf + (r - r0) * cols) : (const void *)xr;
+                const int sdt = signbits ? DT_F32 : dtype;
+                /* prefetch the same row of the next group (for tile_rows = 1: the next row) */
+                const int64_t pf_row = r + tile_rows;
+                const char *pf = (const char *)x + (size_t)(pf_row * cols) * esz;
+                const int64_t pf_bytes = pf_row < rows ? (int64_t)(cols * esz) : 0;
+                if (scales && r > r0) memcpy(scales + r * nblk, srow, (size_t)nblk);
+                if (out_kind == OUT_PACKED)
+                    quantize_row(src, sdt, cols, nblk, enc, p, (uint64_t)(r * cols), (uint8_t *)out + r * nblk * 8,
+                                 pf, pf_bytes);
+                else
+                    quantize_row_values(src, sdt, cols, nblk, enc, sval, p, (uint64_t)(r * cols),
+                                        (char *)out + (size_t)(r * cols) * oesz, out_kind, nt, pf, pf_bytes);
+            }
+        }
+        free(bam);
+#ifdef NVFP4_AVX512
+        if (nt) _mm_sfence(); /* order the streaming stores before the results are used */
+#endif
+    }
+    return failed ? -1 : 0;
+}
+
+/* Where the transposed path writes: logical row c goes to row (c - c_base) of these arrays, logical column (element)
+ * r to position r - r_base of that row. */
+typedef struct {
+    void *out;       /* values (FP32/BF16) or packed codes */
+    int64_t ostride; /* per row: elements (values) or bytes (packed) */
+    uint8_t *scales; /* E4M3 bytes, or NULL */
+    int64_t sstride; /* bytes per row of scales */
+    int64_t c_base, r_base;
+} tdst;
+
+/*
+ * One 16x16 tile of the transposed path: rows r0 .. r0+nr-1 and columns c0 .. c0+nc-1 of a row-major (R, C) x,
+ * i.e. logical block r0/16 of the logical rows c0 .. c0+nc-1 of t = x^T (M = C, K = R). Missing rows/columns are
+ * the zero padding. tile2d: one scale for the whole tile (a 16x16 tile of t is a 16x16 tile of x). The SR index of
+ * t[c, r] is c*R + r. Writes packed codes or values, and scales if d->scales, as d says.
+ */
+static void tile_t(const void *x, int dtype, int64_t R, int64_t C, int64_t r0, int nr, int64_t c0, int nc,
+                   const uint32_t *signbits, const qparams *p, int tile2d, int out_kind, const tdst *d) {
+    const int64_t lc = c0 - d->c_base, lr = r0 - d->r_base, lb = lr / BLOCK;
+#ifdef NVFP4_AVX512
+    const __m512i absm = _mm512_set1_epi32(0x7FFFFFFF);
+    __m512 v[16];
+    __m512i am, code, lo = _mm512_setzero_si512(), hi = lo;
+    __m512 enc, sval;
+    load_tile16(x, dtype, C, r0, nr, c0, nc, v);
+    if (signbits) {
+        rht16_butterfly_v(v, signbits);
+        NVFP4_UNROLL for (int j = 0; j < 16; j++) v[j] = quarter_bf16_16(v[j]);
+    }
+    am = _mm512_and_si512(_mm512_castps_si512(v[0]), absm);
+    NVFP4_UNROLL for (int j = 1; j < 16; j++)
+        am = _mm512_max_epu32(am, _mm512_and_si512(_mm512_castps_si512(v[j]), absm));
+    if (tile2d) /* lanes >= nc are zeros: they do not change the max */
+        am = _mm512_set1_epi32((int)_mm512_reduce_max_epu32(am));
+    block_scales16_v(am, p, &code, &enc, &sval);
+    if (d->scales) {
+        uint8_t sb[16];
+        _mm_storeu_si128((__m128i *)sb, _mm512_cvtepi32_epi8(code));
+        for (int l = 0; l < nc; l++) d->scales[(lc + l) * d->sstride + lb] = sb[l];
+    }
+    if (p->stochastic) {
+        uint32_t blo[16], bhi[16];
+        for (int l = 0; l < 16; l++) {
+            const uint64_t base = (uint64_t)(c0 + l) * (uint64_t)R + (uint64_t)r0;
+            blo[l] = (uint32_t)base;
+            bhi[l] = (uint32_t)(base >> 32);
+        }
+        lo = _mm512_loadu_si512(blo);
+        hi = _mm512_loadu_si512(bhi);
+    }
+    if (out_kind == OUT_PACKED) {
+        /* NaN-scale blocks get code 0 (the lookups below do not map NaN to 0) */
+        const __mmask16 good = _mm512_cmp_ps_mask(enc, enc, _CMP_ORD_Q);
+        __m512i dw[2] = {_mm512_setzero_si512(), _mm512_setzero_si512()};
+        uint64_t q64[16];
+        NVFP4_UNROLL for (int j = 0; j < 16; j++) {
+            const __m512 s = _mm512_mul_ps(v[j], enc);
+            __m512i q = p->stochastic ? e2m1_sr16(s, random_bytes16_at(lo, hi, (uint32_t)j, p->k1, p->k2))
+                                      : e2m1_rn16(s);
+            q = _mm512_maskz_mov_epi32(good, q);
+            dw[j >> 3] = _mm512_or_si512(dw[j >> 3], _mm512_slli_epi32(q, 4 * (j & 7))); /* element j: nibble j */
+        }
+        /* lane l's 8 bytes = dw[0] lane l (bytes 0-3), dw[1] lane l (bytes 4-7) */
+        _mm512_storeu_si512(q64, _mm512_permutex2var_epi32(
+                                     dw[0], _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23),
+                                     dw[1]));
+        _mm512_storeu_si512(q64 + 8, _mm512_permutex2var_epi32(dw[0],
+                                                                _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12,
+                                                                                  28, 13, 29, 14, 30, 15, 31),
+                                                                dw[1]));
+        for (int l = 0; l < nc; l++) memcpy((uint8_t *)d->out + (lc + l) * d->ostride + lb * 8, q64 + l, 8);
+    } else {
+        NVFP4_UNROLL for (int j = 0; j < 16; j++) {
+            const __m512 s = _mm512_mul_ps(v[j], enc);
+            const __m512i q = p->stochastic ? e2m1_sr16(s, random_bytes16_at(lo, hi, (uint32_t)j, p->k1, p->k2))
+                                            : e2m1_rn16(s);
+            v[j] = e2m1_scaled16(q, sval); /* a NaN scale gives NaN */
+        }
+        transpose16(v);
+        for (int l = 0; l < nc; l++) store_values16(d->out, out_kind, (lc + l) * d->ostride + lr, v[l], nr, 0);
+    }
+#else
+    float t[16][16], enc[16], sval[16];
+    uint32_t bam[16], tile_max = 0;
+    for (int l = 0; l < 16; l++)
+        for (int j = 0; j < 16; j++)
+            t[l][j] = (l < nc && j < nr) ? load_f32(x, dtype, (r0 + j) * C + c0 + l) : 0.0f;
+    for (int l = 0; l < 16; l++) {
+        if (signbits) rht16_scalar(t[l], signbits, t[l]);
+        bam[l] = 0;
+        for (int j = 0; j < 16; j++) {
+            const uint32_t a = f2u(t[l][j]) & 0x7FFFFFFFu;
+            bam[l] = a > bam[l] ? a : bam[l];
+        }
+        tile_max = bam[l] > tile_max ? bam[l] : tile_max;
+    }
+    for (int l = 0; l < nc; l++) {
+        const uint8_t sc = block_scale(tile2d ? tile_max : bam[l], p, enc + l, sval + l);
+        if (d->scales) d->scales[(lc + l) * d->sstride + lb] = sc;
+    }
+    for (int l = 0; l < nc; l++) {
+        const uint64_t base = (uint64_t)(c0 + l) * (uint64_t)R + (uint64_t)r0;
+        uint8_t *prow = (uint8_t *)d->out + (lc + l) * d->ostride + lb * 8;
+        for (int j = 0; j < 16; j++) {
+            const float v = t[l][j] * enc[l];
+            const uint32_t q =
+                p->stochastic ? e2m1_sr(v, random_byte(base + (uint64_t)j, p->k1, p->k2)) : e2m1_rn(v);
+            if (out_kind == OUT_PACKED) {
+                if (j & 1)
+                    prow[j / 2] |= (uint8_t)(q << 4);
+                else
+                    prow[j / 2] = (uint8_t)q;
+            } else if (j < nr) {
+                store_value(d->out, out_kind, (lc + l) * d->ostride + lr + j, e2m1_table[q] * sval[l]);
+            }
+        }
+    }
+#endif
+}
+
+/*
+ * Work items of the transposed path: TP_ROWS input rows x TP_COLS input columns, swept 16 input rows at a time.
+ * Their output (TP_COLS logical rows x TP_ROWS elements) is built in a per-thread staging buffer and then copied
+ * out row by row in whole cache lines (streaming stores for large outputs): writing 16x16 tiles straight into the
+ * output touches 16 rows (16 pages, often one cache set) per tile with partial-line stores, which made the pass
+ * ~2x slower.
+ */
+#define TP_ROWS 128
+#define TP_COLS 256
+
+/* Copy rows of `bytes` bytes; with nt, whole aligned cache lines go out as non-temporal (streaming) stores. */
+static void copy_rows(const uint8_t *src, int64_t src_stride, uint8_t *dst, int64_t dst_stride, int64_t rows,
+                      size_t bytes, int nt) {
+#ifdef NVFP4_AVX512
+    if (nt && ((uintptr_t)dst & 63) == 0 && (dst_stride & 63) == 0 && (bytes & 63) == 0) {
+        for (int64_t i = 0; i < rows; i++)
+            for (size_t b = 0; b < bytes; b += 64)
+                _mm512_stream_si512((__m512i *)(dst + i * dst_stride + b),
+                                    _mm512_loadu_si512(src + i * src_stride + b));
+        return;
+    }
+#else
+    (void)nt;
+#endif
+    for (int64_t i = 0; i < rows; i++) memcpy(dst + i * dst_stride, src + i * src_stride, bytes);
+}
+
+/* The transposed path: quantize t = x^T of a row-major (R, C) x along t's rows, without a transposed copy. */
+static int run_tiles_t(const void *x, int dtype, int64_t R, int64_t C, const uint32_t *signbits, const qparams *p,
+                       int tile2d, int out_kind, void *out, uint8_t *scales, int nt, int nthreads) {
+    const int64_t nblk = (R + BLOCK - 1) / BLOCK;
+    const int64_t npan = (R + TP_ROWS - 1) / TP_ROWS, nch = (C + TP_COLS - 1) / TP_COLS;
+    const size_t oesz = out_kind == OUT_BF16 ? 2 : 4;
+    /* staging row strides: values TP_ROWS elements, packed TP_ROWS/2 bytes, scales TP_ROWS/16 bytes */
+    const int64_t vstride = out_kind == OUT_PACKED ? TP_ROWS / 2 : TP_ROWS, sstride = TP_ROWS / BLOCK;
+    const size_t stage_bytes = (size_t)TP_COLS * (size_t)(out_kind == OUT_PACKED ? TP_ROWS / 2 : TP_ROWS * 4);
+    int failed = 0;
+#pragma omp parallel num_threads(nthreads) if (R * C >= PAR_MIN_ELEMS)
+    {
+        uint8_t *stage = (uint8_t *)malloc(stage_bytes + (size_t)TP_COLS * sstride);
+        if (!stage) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(static)
+        for (int64_t it = 0; it < npan * nch; it++) {
+            if (!stage) continue;
+            const int64_t pr0 = (it / nch) * TP_ROWS, pc0 = (it % nch) * TP_COLS;
+            const int64_t pr1 = pr0 + TP_ROWS < R ? pr0 + TP_ROWS : R, pc1 = pc0 + TP_COLS < C ? pc0 + TP_COLS : C;
+            const tdst d = {stage, vstride, scales ? stage + stage_bytes : NULL, sstride, pc0, pr0};
+            for (int64_t r0 = pr0; r0 < pr1; r0 += 16)
+                for (int64_t c0 = pc0; c0 < pc1; c0 += 16)
+                    tile_t(x, dtype, R, C, r0, pr1 - r0 < 16 ? (int)(pr1 - r0) : 16, c0,
+                           pc1 - c0 < 16 ? (int)(pc1 - c0) : 16, signbits, p, tile2d, out_kind, &d);
+            /* copy out: logical rows pc0 .. pc1-1, logical columns pr0 .. pr1-1 */
+            const int64_t nb0 = pr0 / BLOCK, nb1 = (pr1 + BLOCK - 1) / BLOCK;
+            if (out_kind == OUT_PACKED)
+                copy_rows(stage, vstride, (uint8_t *)out + pc0 * nblk * 8 + nb0 * 8, nblk * 8, pc1 - pc0,
+                          (size_t)(nb1 - nb0) * 8, nt);
+            else
+                copy_rows(stage, vstride * (int64_t)oesz, (uint8_t *)out + (size_t)(pc0 * R + pr0) * oesz,
+                          R * (int64_t)oesz, pc1 - pc0, (size_t)(pr1 - pr0) * oesz, nt);
+            if (scales)
+                copy_rows(stage + stage_bytes, sstride, scales + pc0 * nblk + nb0, nblk, pc1 - pc0,
+                          (size_t)(nb1 - nb0), 0);
+        }
+        free(stage);
+#ifdef NVFP4_AVX512
+        if (nt) _mm_sfence(); /* order the streaming stores before the results are used */
+#endif
+    }
+    return failed ? -1 : 0;
+}
 
 /* ------------------------------------------------------------------------------------------------------------ */
 /* Exported entry points (see cpu.py for the Python side).                                                      */
@@ -527,35 +976,7 @@ float nvfp4_amax(const void *x, int dtype, int64_t n, int nthreads) {
 int nvfp4_quantize(const void *x, int dtype, int64_t rows, int64_t cols, float global_amax, int64_t tile_rows,
                    int stochastic, uint32_t k1, uint32_t k2, uint8_t *packed, uint8_t *scales, int nthreads) {
     const qparams p = make_params(global_amax, stochastic, k1, k2);
-    const int64_t nblk = (cols + BLOCK - 1) / BLOCK;
-    const int64_t ngroups = (rows + tile_rows - 1) / tile_rows;
-    const size_t esz = elem_size(dtype);
-    int failed = 0;
-#pragma omp parallel num_threads(nthreads) if (rows * cols >= PAR_MIN_ELEMS)
-    {
-        uint32_t *bam = (uint32_t *)malloc((size_t)nblk * (sizeof(uint32_t) + sizeof(float)));
-        float *enc = (float *)(bam + nblk);
-        if (!bam) {
-#pragma omp atomic write
-            failed = 1;
-        }
-#pragma omp for schedule(static)
-        for (int64_t g = 0; g < ngroups; g++) {
-            if (!bam) continue;
-            const int64_t r0 = g * tile_rows, r1 = r0 + tile_rows < rows ? r0 + tile_rows : rows;
-            for (int64_t r = r0; r < r1; r++)
-                row_block_amax((const char *)x + (size_t)(r * cols) * esz, dtype, cols, nblk, bam, r > r0);
-            block_scales(bam, nblk, &p, scales + r0 * nblk, enc);
-            for (int64_t r = r0; r < r1; r++) {
-                if (r > r0) memcpy(scales + r * nblk, scales + r0 * nblk, (size_t)nblk);
-                const char *row = (const char *)x + (size_t)(r * cols) * esz;
-                quantize_row(row, dtype, cols, nblk, enc, &p, (uint64_t)(r * cols), packed + r * nblk * 8,
-                             row + cols * esz, r + 1 < rows ? (int64_t)(cols * esz) : 0);
-            }
-        }
-        free(bam);
-    }
-    return failed ? -1 : 0;
+    return run_rows(x, dtype, rows, cols, NULL, &p, tile_rows, OUT_PACKED, packed, scales, 0, nthreads);
 }
 
 /*
@@ -609,38 +1030,72 @@ int nvfp4_rht_quantize(const void *x, int dtype, int64_t rows, int64_t cols, con
                        float global_amax, int stochastic, uint32_t k1, uint32_t k2, uint8_t *packed, uint8_t *scales,
                        int nthreads) {
     const qparams p = make_params(global_amax, stochastic, k1, k2);
-    const int64_t nblk = cols / BLOCK;
-    const size_t esz = elem_size(dtype);
-    int failed = 0;
-#pragma omp parallel num_threads(nthreads) if (rows * cols >= PAR_MIN_ELEMS)
-    {
-        uint32_t *bam = (uint32_t *)malloc((size_t)nblk * (sizeof(uint32_t) + sizeof(float)) +
-                                           (size_t)cols * sizeof(float));
-        float *enc = (float *)(bam + nblk);
-        float *buf = enc + nblk;
-        if (!bam) {
-#pragma omp atomic write
-            failed = 1;
+    return run_rows(x, dtype, rows, cols, signbits, &p, 1, OUT_PACKED, packed, scales, 0, nthreads);
+}
+
+/*
+ * max |RHT(t)| (BF16-rounded) of t = x^T, the RHT16 running along the ROWS of a row-major (rows, cols) x
+ * (rows % 16 == 0); NaN if any NaN. The x 1/4 and BF16 rounding are applied once at the end (see nvfp4_rht_amax).
+ */
+float nvfp4_rht_amax_t(const void *x, int dtype, int64_t rows, int64_t cols, const uint32_t *signbits,
+                       int nthreads) {
+    uint32_t best = 0;
+    const int64_t npan = rows / 16;
+#pragma omp parallel for num_threads(nthreads) schedule(static) reduction(max : best) if (rows * cols >= PAR_MIN_ELEMS)
+    for (int64_t pan = 0; pan < npan; pan++) {
+        uint32_t m = 0;
+#ifdef NVFP4_AVX512
+        const __m512i absm = _mm512_set1_epi32(0x7FFFFFFF);
+        __m512i acc = _mm512_setzero_si512();
+        __m512 v[16];
+        for (int64_t c0 = 0; c0 < cols; c0 += 16) {
+            load_tile16(x, dtype, cols, pan * 16, 16, c0, cols - c0 < 16 ? (int)(cols - c0) : 16, v);
+            rht16_butterfly_v(v, signbits);
+            NVFP4_UNROLL for (int j = 0; j < 16; j++)
+                acc = _mm512_max_epu32(acc, _mm512_and_si512(_mm512_castps_si512(v[j]), absm));
         }
-#pragma omp for schedule(static)
-        for (int64_t r = 0; r < rows; r++) {
-            if (!bam) continue;
-            rht_row((const char *)x + (size_t)(r * cols) * esz, dtype, cols, signbits, buf);
-            row_block_amax(buf, DT_F32, cols, nblk, bam, 0);
-            block_scales(bam, nblk, &p, scales + r * nblk, enc);
-            quantize_row(buf, DT_F32, cols, nblk, enc, &p, (uint64_t)(r * cols), packed + r * nblk * 8,
-                         (const char *)x + (size_t)((r + 1) * cols) * esz, r + 1 < rows ? (int64_t)(cols * esz) : 0);
+        m = _mm512_reduce_max_epu32(acc);
+        if (m <= 0x7F800000u) m = f2u(round_bf16(u2f(m) * 0.25f));
+#else
+        float in[16], out[16];
+        for (int64_t c = 0; c < cols; c++) {
+            for (int j = 0; j < 16; j++) in[j] = load_f32(x, dtype, (pan * 16 + j) * cols + c);
+            rht16_scalar(in, signbits, out);
+            for (int j = 0; j < 16; j++) {
+                const uint32_t a = f2u(out[j]) & 0x7FFFFFFFu;
+                m = a > m ? a : m;
+            }
         }
-        free(bam);
+#endif
+        best = m > best ? m : best;
     }
-    return failed ? -1 : 0;
+    return best > 0x7F800000u ? NAN : u2f(best);
+}
+
+/*
+ * The general entry point. x: a row-major (rows, cols) tensor. transpose = 0: quantize x along its rows (blocks of
+ * 16 consecutive elements of a row), transpose = 1: quantize t = x^T (shape (cols, rows)) along ITS rows, reading x
+ * in place. signbits (16 words, 0 or 0x80000000) = an RHT16 along the blocks' dimension first (that dimension must
+ * be a multiple of 16), NULL = none. tile_rows: 1 or 16 (transpose = 0: any positive value). out_kind: OUT_PACKED
+ * (out (M, nblk*8) codes) or OUT_F32 / OUT_BF16 (out (M, K) values value(q) x s_b), with (M, K) the logical shape;
+ * scales (M, nblk) E4M3 bytes, or NULL to skip them. SR indices are those of the logical (M, K) tensor.
+ * Returns 0, or -1 if scratch memory could not be allocated.
+ */
+int nvfp4_quantize_ex(const void *x, int dtype, int64_t rows, int64_t cols, int transpose, const uint32_t *signbits,
+                      float global_amax, int64_t tile_rows, int stochastic, uint32_t k1, uint32_t k2, int out_kind,
+                      void *out, uint8_t *scales, int nthreads) {
+    const qparams p = make_params(global_amax, stochastic, k1, k2);
+    const int64_t out_bytes = rows * cols * (out_kind == OUT_PACKED ? 1 : out_kind == OUT_BF16 ? 4 : 8) / 2;
+    const int nt = out_bytes >= NT_MIN_BYTES;
+    if (transpose)
+        return run_tiles_t(x, dtype, rows, cols, signbits, &p, tile_rows == 16, out_kind, out, scales, nt, nthreads);
+    return run_rows(x, dtype, rows, cols, signbits, &p, tile_rows, out_kind, out, scales, nt, nthreads);
 }
 
 /* value(code) x block scale for every (padded) element: out (rows, nblk*16) as FP32 or BF16 (exact either way). */
 void nvfp4_scaled_values(const uint8_t *packed, const uint8_t *scales, int64_t rows, int64_t nblk, int out_dtype,
                          void *out, int nthreads) {
-    static const float e2m1[16] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f,
-                                   -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
+    const float *e2m1 = e2m1_table;
 #pragma omp parallel for num_threads(nthreads) schedule(static) if (rows * nblk * BLOCK >= PAR_MIN_ELEMS)
     for (int64_t r = 0; r < rows; r++) {
         const uint8_t *prow = packed + r * nblk * 8;
@@ -686,6 +1141,22 @@ void nvfp4_random_bytes(uint64_t i0, int64_t n, uint32_t k1, uint32_t k2, uint8_
         _mm_storeu_si128((__m128i *)(out + i), _mm512_cvtepi32_epi8(random_bytes16(i0 + (uint64_t)i, k1, k2)));
 #endif
     for (; i < n; i++) out[i] = (uint8_t)random_byte(i0 + (uint64_t)i, k1, k2);
+}
+
+/* Random bytes of elements base[l] + j for 16 lanes l, through the transposed path's generator (exported for the
+ * tests, like nvfp4_random_bytes: lane bases that carry into the high word cannot be reached otherwise). */
+void nvfp4_random_bytes_lanes(const uint64_t *base, uint32_t j, uint32_t k1, uint32_t k2, uint8_t *out) {
+#ifdef NVFP4_AVX512
+    uint32_t lo[16], hi[16];
+    for (int l = 0; l < 16; l++) {
+        lo[l] = (uint32_t)base[l];
+        hi[l] = (uint32_t)(base[l] >> 32);
+    }
+    _mm_storeu_si128((__m128i *)out, _mm512_cvtepi32_epi8(random_bytes16_at(_mm512_loadu_si512(lo),
+                                                                            _mm512_loadu_si512(hi), j, k1, k2)));
+#else
+    for (int l = 0; l < 16; l++) out[l] = (uint8_t)random_byte(base[l] + j, k1, k2);
+#endif
 }
 
 /* E4M3 RNE-satfinite of n floats (exported for the exhaustive conversion test). */

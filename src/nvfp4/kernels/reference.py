@@ -35,8 +35,15 @@ class ReferenceBackend:
         stochastic: bool,
         seed: int,
         offset: int,
+        *,
+        transpose: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(packed uint8 (M, ceil(K/16)*8), scales e4m3 (M, ceil(K/16))) for a 2-D input."""
+        """(packed uint8 (M, ceil(K/16)*8), scales e4m3 (M, ceil(K/16))) of t = x2d, or of t = x2d.t() if transpose.
+
+        (M, K) is t's shape; the SR element index is row*K + col of t, as if ``t.contiguous()`` were quantized.
+        """
+        if transpose:
+            x2d = x2d.t().contiguous()
         return reference_quantize_nvfp4_2d(x2d, global_amax, tile_rows, stochastic, seed, offset)
 
     def rht_quantize_nvfp4(
@@ -47,16 +54,55 @@ class ReferenceBackend:
         stochastic: bool,
         seed: int,
         offset: int,
+        *,
+        transpose: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """RHT (size len(signs)) along the last dim, BF16-rounded, then 1x16 NVFP4.
+        """RHT (size len(signs)) along the last dim of t = x2d (or x2d.t() if transpose), BF16-rounded, then 1x16 NVFP4.
 
         K must be a multiple of the Hadamard size. The amax is of the TRANSFORMED tensor unless
         given. Returns (packed, scales, amax used).
         """
+        if transpose:
+            x2d = x2d.t().contiguous()
         h = random_hadamard_transform(x2d, dim=-1, size=signs.numel(), signs=signs)
         amax = tensor_amax(h) if global_amax is None else global_amax
         packed, scales = reference_quantize_nvfp4_2d(h, amax, 1, stochastic, seed, offset)
         return packed, scales, amax
+
+    def fake_quantize_nvfp4(
+        self,
+        x2d: torch.Tensor,
+        global_amax: torch.Tensor | None,
+        tile_rows: int,
+        stochastic: bool,
+        seed: int,
+        offset: int,
+        *,
+        transpose: bool = False,
+        rht_signs: torch.Tensor | None = None,
+        out_dtype: torch.dtype = torch.bfloat16,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Quantize and return the GEMM operand directly: (values (M, K) in out_dtype, amax FP32 0-d).
+
+        t = x2d.t() if transpose else x2d, of shape (M, K); with rht_signs (16 × ±1), t ← RHT16(t) along K (BF16),
+        which needs K % 16 == 0. amax = global_amax, or max|t| (after the RHT) if None. values = value(q)·s_b of
+        quantizing t (tile_rows 1 or 16, RN or SR with element index row*K + col of t): exactly
+        ``scaled_values(*quantize_nvfp4(t.contiguous(), amax, ...), out_dtype)[:, :K]``. This composition is the
+        oracle; fast backends do it in one pass after the amax pass, without the transposed copy.
+        """
+        t = x2d.t() if transpose else x2d
+        cols = t.shape[1]
+        if rht_signs is not None:
+            if cols % BLOCK:
+                raise ValueError(f"the RHT needs K % 16 == 0 (K = {cols}); zero-pad the tensor first")
+            t = random_hadamard_transform(t, dim=-1, size=16, signs=rht_signs)
+        t = t.contiguous()
+        if global_amax is None:
+            amax = tensor_amax(t)
+        else:
+            amax = torch.as_tensor(global_amax).to(device=t.device, dtype=torch.float32).reshape(())
+        packed, scales = reference_quantize_nvfp4_2d(t, amax, tile_rows, stochastic, seed, offset)
+        return self.scaled_values(packed, scales, out_dtype)[:, :cols], amax
 
     def scaled_values(
         self, packed: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.bfloat16

@@ -561,11 +561,15 @@ class TritonBackend:
         stochastic: bool,
         seed: int,
         offset: int,
+        *,
+        transpose: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(packed uint8 (M, ceil(K/16)*8), scales e4m3 (M, ceil(K/16))), bit-equal to the reference."""
+        """(packed uint8 (M, ceil(K/16)*8), scales e4m3 (M, ceil(K/16))), bit-equal to the reference.
+
+        ``transpose`` quantizes x2d.t() (materialized first: no transposed-read kernel yet on GPU)."""
         if tile_rows not in (1, 16):
             raise NotImplementedError(f"triton backend: tile_rows={tile_rows}")
-        x2d = self._check(x2d)
+        x2d = self._check(x2d.t().contiguous() if transpose else x2d)
         return self._launch_quantize(x2d, torch.as_tensor(global_amax), tile_rows, stochastic, seed, offset, None)
 
     def rht_quantize_nvfp4(
@@ -576,8 +580,10 @@ class TritonBackend:
         stochastic: bool,
         seed: int,
         offset: int,
+        *,
+        transpose: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """16-point RHT (recomputed in both passes instead of storing it) + 1x16 NVFP4.
+        """16-point RHT (recomputed in both passes instead of storing it) + 1x16 NVFP4 (of x2d.t() if transpose).
 
         Pass 1 (only without a given amax): amax of the BF16-rounded transform. Pass 2: transform
         again and quantize. Re-reading x costs less traffic than writing and re-reading the BF16
@@ -586,7 +592,7 @@ class TritonBackend:
         signs = torch.as_tensor(signs)
         if signs.numel() != _HADAMARD_SIZE:
             raise NotImplementedError(f"triton backend: RHT size {signs.numel()} (only {_HADAMARD_SIZE})")
-        x2d = self._check(x2d)
+        x2d = self._check(x2d.t().contiguous() if transpose else x2d)
         if x2d.shape[1] % _HADAMARD_SIZE:
             raise NotImplementedError("triton backend: K must be a multiple of the Hadamard size")
         signs = self._device_signs(signs, x2d.device)
