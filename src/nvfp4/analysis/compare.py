@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from nvfp4 import recipes
+from nvfp4._io import atomic_write
 from nvfp4.analysis.report import RunRecord, load_run, summarize, write_plots, write_report
 
 MAIN_RECIPES = ("bf16", "fp8", "nvfp4", "mxfp4")
@@ -167,10 +168,7 @@ def write_outputs(config: CompareConfig) -> dict:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    atomic_write(path, text.encode())
 
 
 def _git_commit() -> str | None:

@@ -9,10 +9,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
+
+from nvfp4._io import atomic_write  # noqa: F401  (re-exported for nvfp4.data users)
 
 EOT_TOKEN = "<|endoftext|>"
 # Bump when anything about how the BPE is trained changes, so that cached tokenizers are retrained.
@@ -149,24 +150,6 @@ class BPETokenizer:
     def hash(self) -> str:
         """sha256 of the tokenizer JSON: shards record it so a mismatched tokenizer can be detected."""
         return hashlib.sha256(self._json.encode("utf-8")).hexdigest()
-
-
-def atomic_write(path: str | Path, *chunks: bytes) -> Path:
-    """Write via a temp file + rename, so readers see the old file or the whole new one, never a part."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as f:  # plain open (not mkstemp) so the file gets the usual umask permissions
-            for chunk in chunks:
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 def bpe_trainer_version() -> str:

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from nvfp4._io import atomic_write
+
 CHECKPOINT_VERSION = 1
 LATEST = "latest"
 _NAME = re.compile(r"^step_(\d{8})\.pt$")
@@ -80,17 +82,8 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` all at once (temp file, fsync, rename): readers never see a part."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Replace ``path`` with ``data`` all at once: readers never see a part."""
+    atomic_write(path, data)
 
 
 def save_checkpoint(directory: str | Path, step: int, state: dict[str, Any], keep: int) -> Path:
