@@ -102,6 +102,8 @@ def quantize_operand(
     """
     if cfg.format == "nvfp4" and (cfg.hadamard is None or (cfg.hadamard == 16 and cfg.tile == (1, 16))):
         return _quantize_nvfp4_operand(t2d, cfg, seed, offset, global_amax, backend, transpose, keep_packed)
+    if cfg.format == "mxfp4" and cfg.quantized:
+        return _quantize_mxfp4_operand(t2d, cfg, seed, offset, backend, transpose)
     if transpose:
         t2d = t2d.t().contiguous()
     if not cfg.quantized and not cfg.hadamard:
@@ -119,7 +121,7 @@ def quantize_operand(
     if cfg.format == "nvfp4":
         q = quantize_nvfp4(t2d, cfg.tile, cfg.stochastic, seed, global_amax, offset=offset, backend=backend)
     elif cfg.format == "mxfp4":
-        q = quantize_mxfp4(t2d, cfg.stochastic, seed, offset=offset)
+        q = quantize_mxfp4(t2d, cfg.stochastic, seed, offset=offset, backend=backend)
     else:
         q = quantize_fp8_blockwise(t2d, cfg.tile)
     return QuantizedOperand(q, cols)
@@ -165,6 +167,29 @@ def _quantize_nvfp4_operand(
         t2d, amax, cfg.tile[0], cfg.stochastic, seed, offset, transpose=transpose, rht_signs=signs
     )
     return QuantizedOperand(values, cols, decode=global_decode_scale(amax))
+
+
+def _quantize_mxfp4_operand(
+    t2d: torch.Tensor, cfg: OperandConfig, seed: int, offset: int, backend: str, transpose: bool
+) -> QuantizedOperand:
+    """MXFP4 through the backend's fused op: (RHT +) quantize + dequantize to BF16 in one pass.
+
+    MXFP4 has no tensor scale, so the BF16 values are the whole operand; they are kept as such for backward too
+    (2 bytes/value rather than 4.25 bits: the CPU emulation trades that memory for one pass instead of three).
+    """
+    impl = kernels.select(backend, t2d.device)
+    if t2d.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        t2d = t2d.float()
+    signs = None
+    if cfg.hadamard:  # along the logical last dim, zero-padded to a multiple of the transform size
+        size = cfg.hadamard
+        k_dim = 0 if transpose else 1
+        pad = -t2d.shape[k_dim] % size
+        if pad:
+            t2d = F.pad(t2d, (0, 0, 0, pad) if transpose else (0, pad))
+        signs = default_signs(size).to(t2d.device)
+    values = impl.fake_quantize_mxfp4(t2d, cfg.stochastic, seed, offset, transpose=transpose, rht_signs=signs)
+    return QuantizedOperand(values, values.shape[1])
 
 
 def emulated_gemm(

@@ -4,6 +4,7 @@ Two scale rules:
 - "ceil" (default, the NVFP4 paper's MXFP4 baseline): scale = 2^ceil(log2(amax_b / 6)), so the
   block's largest value never exceeds 6 after scaling (no saturation).
 - "floor" (OCP MX v1.0): scale = 2^(floor(log2(amax_b)) − 2); values above 6 saturate to ±6.
+A block holding a NaN or an Inf gets the NaN scale (0xFF) and codes 0, so it dequantizes to NaN.
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ def reference_quantize_mxfp4_2d(
     block_amax = xp.abs().view(rows, nblk, MX_BLOCK).amax(dim=-1)
     e = _block_exponents(block_amax, scale_rule)
     scale = torch.ldexp(torch.ones_like(block_amax), e.to(torch.float32))
+    # A NaN/Inf block: NaN scale, so every value is NaN and every code 0 (as in NVFP4).
+    scale = torch.where(torch.isfinite(block_amax), scale, torch.full_like(scale, float("nan")))
     v = xp.view(rows, nblk, MX_BLOCK) / scale.unsqueeze(-1)
     v = torch.clamp(v, -E2M1_MAX, E2M1_MAX).view(rows, pcol)
     if stochastic:
@@ -101,13 +104,20 @@ def quantize_mxfp4(
     offset: int = 0,
     scale_rule: str = "ceil",
     strict: bool = False,
+    backend: str = "auto",
 ) -> MXFP4Tensor:
-    """Quantize ``x`` to MXFP4 along its last dim (32-blocks, E8M0 scales). See module doc for rules."""
+    """Quantize ``x`` to MXFP4 along its last dim (32-blocks, E8M0 scales). See module doc for rules.
+
+    backend: "auto" (fastest available for the device) or "reference"; every backend gives the same bits.
+    """
+    from nvfp4 import kernels  # local import: kernels import this module
+
     check_float_input(x)
     if scale_rule not in SCALE_RULES:
         raise ValueError(f"scale_rule={scale_rule!r} is not supported; accepted: {', '.join(SCALE_RULES)}")
     x2d = as_2d(x)
     if strict:
         check_finite_strict(x2d)
-    packed, scales = reference_quantize_mxfp4_2d(x2d, bool(stochastic), int(seed), int(offset), scale_rule)
+    impl = kernels.select(backend, x2d.device)
+    packed, scales = impl.quantize_mxfp4(x2d, bool(stochastic), int(seed), int(offset), scale_rule=scale_rule)
     return MXFP4Tensor(packed=packed, scales=scales, shape=x.shape)

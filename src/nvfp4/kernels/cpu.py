@@ -37,7 +37,7 @@ from nvfp4.formats.nvfp4 import BLOCK
 from nvfp4.formats.rng import derive_keys
 
 _SOURCE = Path(__file__).with_name("nvfp4_cpu.c")
-_ABI_VERSION = 2
+_ABI_VERSION = 3
 _DT_F32, _DT_BF16 = 0, 1
 _OUT_PACKED, _OUT_F32, _OUT_BF16 = 0, 1, 2
 # Bit-exactness: no -ffast-math (it reassociates and flushes subnormals); -ffp-contract=off stops GCC from
@@ -122,6 +122,7 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
         "nvfp4_e4m3_encode": (None, [p, i64, p]),
         "nvfp4_random_bytes": (None, [ctypes.c_uint64, i64, u32, u32, p]),
         "nvfp4_random_bytes_lanes": (None, [p, u32, u32, u32, p]),
+        "mxfp4_quantize": (None, [p, i32, i64, i64, i64, i64, p, i32, i32, u32, u32, i32, p, p, i32]),
     }
     for name, (restype, argtypes) in sigs.items():
         fn = getattr(lib, name)
@@ -204,14 +205,14 @@ def _kernel_layout(x2d: torch.Tensor, transpose: bool) -> tuple[torch.Tensor, in
     return t.contiguous(), dt, False
 
 
-def _signbits(signs: torch.Tensor | None) -> torch.Tensor | None:
-    """The RHT16 sign vector as the kernel's sign-bit words; NotImplementedError (-> the reference) if not 16 x ±1."""
+def _signbits(signs: torch.Tensor | None, size: int = 16) -> torch.Tensor | None:
+    """The RHT sign vector as the kernel's sign-bit words; NotImplementedError (-> the reference) if not size x ±1."""
     if signs is None:
         return None
     signs_t = torch.as_tensor(signs)
-    if signs_t.numel() != 16:
-        raise NotImplementedError("the fused RHT kernel supports Hadamard size 16 only")
-    signs_f = signs_t.detach().to(device="cpu", dtype=torch.float32).reshape(16)
+    if signs_t.numel() != size:
+        raise NotImplementedError(f"this fused RHT kernel supports Hadamard size {size} only")
+    signs_f = signs_t.detach().to(device="cpu", dtype=torch.float32).reshape(size)
     if not bool(((signs_f == 1) | (signs_f == -1)).all()):
         raise NotImplementedError("signs must be ±1; the reference reports the error")
     return torch.where(signs_f < 0, -(2**31), 0).to(torch.int32)
@@ -398,3 +399,61 @@ class CPUBackend:
             _ptr(packed_c), _ptr(scales_c), rows, nblk, out_dt, _ptr(out), torch.get_num_threads()
         )
         return out if native == dtype else out.to(dtype)  # the reference also rounds from FP32
+
+    # -- MXFP4 -----------------------------------------------------------------------------------------------
+    def _run_mxfp4(
+        self, x2d: torch.Tensor, transpose: bool, signbits: torch.Tensor | None, scale_rule: str, stochastic: bool,
+        seed: int, offset: int, out_kind: int, out: torch.Tensor, scales: torch.Tensor | None,
+    ) -> None:  # fmt: skip
+        if scale_rule not in ("ceil", "floor"):
+            raise NotImplementedError("unknown scale rule: left to the reference, which reports it")
+        x, dt, kernel_t = _kernel_layout(x2d, bool(transpose))
+        rows, cols = x.shape[::-1] if kernel_t else x.shape
+        # element (r, k) of the logical tensor is at r * sr + k * sk of x's memory
+        sr, sk = (1, x.shape[1]) if kernel_t else (x.shape[1], 1)
+        k1, k2 = derive_keys(int(seed), int(offset)) if stochastic else (0, 0)
+        self.lib.mxfp4_quantize(
+            _ptr(x), dt, rows, cols, sr, sk, None if signbits is None else _ptr(signbits), int(scale_rule == "ceil"),
+            int(bool(stochastic)), k1, k2, out_kind, _ptr(out), None if scales is None else _ptr(scales),
+            torch.get_num_threads(),
+        )  # fmt: skip
+
+    @staticmethod
+    def _logical_shape(x2d: torch.Tensor, transpose: bool) -> tuple[int, int]:
+        return (x2d.shape[1], x2d.shape[0]) if transpose else (x2d.shape[0], x2d.shape[1])
+
+    def quantize_mxfp4(
+        self, x2d: torch.Tensor, stochastic: bool, seed: int, offset: int, *, scale_rule: str = "ceil",
+        transpose: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """(packed uint8 (M, ceil(K/32)*16), scales float8_e8m0fnu (M, ceil(K/32))) of t = x2d (or x2d.t())."""
+        rows, cols = self._logical_shape(x2d, transpose)
+        nblk = -(-cols // 32)
+        packed = torch.empty((rows, nblk * 16), dtype=torch.uint8)
+        scales = torch.empty((rows, nblk), dtype=torch.uint8)
+        self._run_mxfp4(x2d, transpose, None, scale_rule, stochastic, seed, offset, _OUT_PACKED, packed, scales)
+        return packed, scales.view(torch.float8_e8m0fnu)
+
+    def fake_quantize_mxfp4(
+        self,
+        x2d: torch.Tensor,
+        stochastic: bool,
+        seed: int,
+        offset: int,
+        *,
+        scale_rule: str = "ceil",
+        transpose: bool = False,
+        rht_signs: torch.Tensor | None = None,
+        out_dtype: torch.dtype = torch.bfloat16,
+    ) -> torch.Tensor:
+        """The MXFP4 GEMM operand value(q)·2^e (M, K) of t = x2d (or x2d.t()), RHT32'd along K if rht_signs: one pass,
+        no transposed copy, no packed intermediate. Only a 32-point RHT is fused (others run on the reference)."""
+        rows, cols = self._logical_shape(x2d, transpose)
+        signbits = _signbits(rht_signs, 32)
+        if signbits is not None and cols % 32:
+            raise ValueError(f"the RHT needs K % 32 == 0 (K = {cols}); zero-pad the tensor first")
+        native = out_dtype if out_dtype in (torch.bfloat16, torch.float32) else torch.float32
+        values = torch.empty((rows, cols), dtype=native)
+        out_kind = _OUT_BF16 if native == torch.bfloat16 else _OUT_F32
+        self._run_mxfp4(x2d, transpose, signbits, scale_rule, stochastic, seed, offset, out_kind, values, None)
+        return values if native == out_dtype else values.to(out_dtype)

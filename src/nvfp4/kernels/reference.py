@@ -7,6 +7,7 @@ import functools
 import torch
 
 from nvfp4.formats.e2m1 import e2m1_values, unpack_codes
+from nvfp4.formats.mxfp4 import MXFP4Tensor, reference_quantize_mxfp4_2d
 from nvfp4.formats.nvfp4 import BLOCK, reference_quantize_nvfp4_2d, tensor_amax
 from nvfp4.hadamard import random_hadamard_transform
 
@@ -110,3 +111,38 @@ class ReferenceBackend:
         """value(q) × block scale for every (padded) element: (M, ceil(K/16)*16), exact in BF16."""
         values = e2m1_values(unpack_codes(packed), torch.float32)
         return (values * scales.to(torch.float32).repeat_interleave(BLOCK, dim=1)).to(dtype)
+
+    def quantize_mxfp4(
+        self, x2d: torch.Tensor, stochastic: bool, seed: int, offset: int, *, scale_rule: str = "ceil",
+        transpose: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """(packed uint8 (M, ceil(K/32)*16), scales float8_e8m0fnu (M, ceil(K/32))) of t = x2d (or x2d.t())."""
+        if transpose:
+            x2d = x2d.t().contiguous()
+        return reference_quantize_mxfp4_2d(x2d, stochastic, seed, offset, scale_rule)
+
+    def fake_quantize_mxfp4(
+        self,
+        x2d: torch.Tensor,
+        stochastic: bool,
+        seed: int,
+        offset: int,
+        *,
+        scale_rule: str = "ceil",
+        transpose: bool = False,
+        rht_signs: torch.Tensor | None = None,
+        out_dtype: torch.dtype = torch.bfloat16,
+    ) -> torch.Tensor:
+        """The MXFP4 GEMM operand value(q)·2^e (M, K) of t = x2d (or x2d.t()), RHT'd along K first if rht_signs.
+
+        Exactly ``MXFP4Tensor(*quantize_mxfp4(RHT(t)), ...).scaled_values(out_dtype)`` with the RHT of size
+        len(rht_signs) (K must be a multiple of it); the SR element index is row*K + col of t.
+        """
+        t = x2d.t() if transpose else x2d
+        if rht_signs is not None:
+            size = int(rht_signs.numel())
+            if t.shape[1] % size:
+                raise ValueError(f"the RHT needs K % {size} == 0 (K = {t.shape[1]}); zero-pad the tensor first")
+            t = random_hadamard_transform(t, dim=-1, size=size, signs=rht_signs)
+        packed, scales = reference_quantize_mxfp4_2d(t.contiguous(), stochastic, seed, offset, scale_rule)
+        return MXFP4Tensor(packed, scales, t.shape).scaled_values(out_dtype)
