@@ -1,5 +1,6 @@
 """Turning training runs into evidence: loss curves, relative gaps, token efficiency, plots, reports."""
 
+from nvfp4.analysis.claims import assess_claims, paired_gap, seed_noise
 from nvfp4.analysis.report import (
     RunRecord,
     load_run,
@@ -12,6 +13,9 @@ from nvfp4.analysis.report import (
 
 __all__ = [
     "RunRecord",
+    "assess_claims",
+    "paired_gap",
+    "seed_noise",
     "load_run",
     "relative_gap_curve",
     "summarize",

@@ -15,6 +15,8 @@ from statistics import mean, pstdev
 
 import numpy as np
 
+from nvfp4.analysis.claims import assess_claims, seed_noise
+
 
 @dataclass
 class RunRecord:
@@ -170,6 +172,8 @@ def summarize(runs: list[RunRecord], reference: str = "bf16", meta: dict | None 
     summary = {"reference": reference, "recipes": recipes, "runs": run_rows, **(meta or {})}
     if "mxfp4" in by_recipe and "nvfp4" in by_recipe:
         summary["token_efficiency_mxfp4_vs_nvfp4"] = token_efficiency(by_recipe["mxfp4"], by_recipe["nvfp4"])
+    summary["seed_noise"] = seed_noise(summary)
+    summary["claims"] = assess_claims(summary)
     return summary
 
 
@@ -287,6 +291,12 @@ def write_report(summary: dict, out_dir: str | Path, command: str | None = None)
         else:
             lines.append(f"MXFP4 does not reach NVFP4's final validation loss ({eff['target_val_loss']:.4f}): "
                          f"{eff['note']}.")
+    claims = summary.get("claims")
+    if claims:
+        lines += ["", "## The paper's claims (SPEC §6) at this scale", "",
+                  "Verdicts are computed from the numbers (nvfp4/analysis/claims.py); differences are paired by seed.",
+                  "", "| claim | verdict | evidence |", "|---|---|---|"]
+        lines += [f"| {c['claim']} | **{c['verdict']}** | {c['evidence']} |" for c in claims]
     lines += ["", "## Plots", ""]
     for png, caption in (("loss_curves.png", "Loss curves"),
                          ("relative_loss_difference.png", f"Relative loss difference to {ref}"),

@@ -1,0 +1,207 @@
+"""The paper's findings (SPEC §6), checked one by one against a comparison's summary.
+
+Each claim gets a verdict from the numbers, never by hand:
+- "reproduces": the effect is there, in the paper's direction, beyond seed noise;
+- "partly": in the paper's direction beyond noise, but weaker than claimed (e.g. worse, not diverged);
+- "not visible": within seed noise at this scale;
+- "contradicted": the opposite effect, beyond seed noise;
+- "not measured": the runs it needs are not complete.
+
+Seed noise is measured, not assumed: the largest relative standard deviation of the final validation loss across
+seeds of any recipe run with 2+ seeds. A difference counts when it exceeds ``NOISE_MULTIPLE`` times that. Until some
+recipe has 2 seeds the threshold is a provisional ``PROVISIONAL_THRESHOLD`` and every verdict says so. Differences
+between recipes are paired by seed (same initialisation and data order), averaged over the seeds both finished.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from statistics import mean, pstdev
+
+NOISE_MULTIPLE = 2.0
+PROVISIONAL_THRESHOLD = 0.005  # relative, used only while no recipe has two seeds
+NVFP4_TRACKING_TOLERANCE = 0.015  # the paper: within ~1% of FP8 (stable phase), ~1.5% after the LR decay
+TOKEN_EFFICIENCY_MARGIN = 0.05  # MXFP4 "needs more tokens" when it needs > 5% more
+
+
+@dataclass
+class Claim:
+    claim: str
+    verdict: str
+    evidence: str
+
+
+def seed_noise(summary: dict) -> float | None:
+    """Largest relative std of the final val loss across seeds, over recipes with >= 2 finished (finite) seeds."""
+    by_recipe: dict[str, list[float]] = {}
+    for row in summary.get("runs", []):
+        value = row.get("final_val_loss")
+        if value is not None and math.isfinite(value) and not row.get("diverged"):
+            by_recipe.setdefault(row["recipe"], []).append(value)
+    spreads = [pstdev(v) / mean(v) for v in by_recipe.values() if len(v) >= 2]
+    return max(spreads) if spreads else None
+
+
+def _runs(summary: dict, recipe: str) -> dict[int, dict]:
+    return {row["seed"]: row for row in summary.get("runs", []) if row["recipe"] == recipe}
+
+
+def paired_gap(summary: dict, recipe: str, baseline: str) -> tuple[float, int] | None:
+    """Mean over shared seeds of (L_recipe − L_baseline) / L_baseline (final val loss), and how many seeds."""
+    a, b = _runs(summary, recipe), _runs(summary, baseline)
+    gaps = []
+    for seed in sorted(a.keys() & b.keys()):
+        la, lb = a[seed].get("final_val_loss"), b[seed].get("final_val_loss")
+        if la is not None and lb is not None and math.isfinite(la) and math.isfinite(lb):
+            gaps.append((la - lb) / lb)
+    return (mean(gaps), len(gaps)) if gaps else None
+
+
+def _diverged(summary: dict, recipe: str) -> dict | None:
+    return next((row for row in _runs(summary, recipe).values() if row.get("diverged")), None)
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:+.2f}%"
+
+
+class _Judge:
+    def __init__(self, summary: dict):
+        self.summary = summary
+        self.noise = seed_noise(summary)
+        self.threshold = NOISE_MULTIPLE * self.noise if self.noise is not None else PROVISIONAL_THRESHOLD
+        if self.noise is None:
+            self.noise_note = f"provisional threshold {100 * self.threshold:.1f}% (no recipe has 2 seeds yet)"
+        else:
+            self.noise_note = f"noise threshold {100 * self.threshold:.2f}% = {NOISE_MULTIPLE:g} x seed std"
+
+    def has(self, *recipes: str) -> bool:
+        return all(_runs(self.summary, r) for r in recipes)
+
+    def direction(self, gap: float) -> str:
+        """'worse', 'better' or 'same' beyond the threshold."""
+        if gap > self.threshold:
+            return "worse"
+        if gap < -self.threshold:
+            return "better"
+        return "same"
+
+    def gap_text(self, recipe: str, baseline: str) -> tuple[float, str] | None:
+        pg = paired_gap(self.summary, recipe, baseline)
+        if pg is None:
+            return None
+        gap, n = pg
+        return gap, f"{recipe} vs {baseline}: {_pct(gap)} final val loss ({n} seed{'s' * (n > 1)}; {self.noise_note})"
+
+
+def _worse_claim(j: _Judge, claim: str, recipe: str, baseline: str = "nvfp4") -> Claim:
+    """The paper: ``recipe`` (a component removed) trains to a worse loss than ``baseline``."""
+    if not j.has(recipe, baseline):
+        return Claim(claim, "not measured", f"needs {recipe} and {baseline}")
+    div = _diverged(j.summary, recipe)
+    if div is not None:
+        return Claim(claim, "reproduces", f"{recipe} diverged (step {div.get('diverged_step')})")
+    got = j.gap_text(recipe, baseline)
+    if got is None:
+        return Claim(claim, "not measured", f"no finite final loss for {recipe} and {baseline} on a shared seed")
+    gap, text = got
+    verdict = {"worse": "reproduces", "same": "not visible", "better": "contradicted"}[j.direction(gap)]
+    return Claim(claim, verdict, text)
+
+
+def _diverges_claim(j: _Judge, claim: str, recipe: str, baseline: str = "nvfp4") -> Claim:
+    """The paper: ``recipe`` diverges. Worse without diverging is 'partly'."""
+    if not j.has(recipe, baseline):
+        return Claim(claim, "not measured", f"needs {recipe} and {baseline}")
+    div = _diverged(j.summary, recipe)
+    if div is not None:
+        return Claim(claim, "reproduces", f"{recipe} diverged (step {div.get('diverged_step')})")
+    got = j.gap_text(recipe, baseline)
+    if got is None:
+        return Claim(claim, "not measured", f"no finite final loss for {recipe} and {baseline} on a shared seed")
+    gap, text = got
+    verdict = {"worse": "partly", "same": "not visible", "better": "contradicted"}[j.direction(gap)]
+    return Claim(claim, verdict, f"no divergence; {text}")
+
+
+def _tracking_claim(j: _Judge) -> Claim:
+    claim = "NVFP4 tracks the higher-precision loss (within ~1-1.5%)"
+    parts, gaps = [], []
+    for baseline in ("bf16", "fp8"):
+        if j.has("nvfp4", baseline):
+            got = j.gap_text("nvfp4", baseline)
+            if got is not None:
+                gaps.append(got[0])
+                parts.append(got[1])
+    if not gaps:
+        return Claim(claim, "not measured", "needs nvfp4 with bf16 or fp8")
+    if _diverged(j.summary, "nvfp4") is not None:
+        return Claim(claim, "contradicted", "nvfp4 diverged")
+    worst = max(gaps)
+    verdict = "reproduces" if worst <= NVFP4_TRACKING_TOLERANCE else "contradicted"
+    return Claim(claim, verdict, "; ".join(parts))
+
+
+def _mxfp4_claim(j: _Judge) -> Claim:
+    claim = "MXFP4 falls behind NVFP4 and needs more tokens (+36% at 8B/1T)"
+    if not j.has("mxfp4", "nvfp4"):
+        return Claim(claim, "not measured", "needs mxfp4 and nvfp4")
+    mx, nv = _runs(j.summary, "mxfp4"), _runs(j.summary, "nvfp4")
+    same_length = all(mx[s].get("tokens") == nv[s].get("tokens") for s in mx.keys() & nv.keys())
+    if same_length:  # equal token budgets: the final losses compare directly
+        return _worse_claim(j, claim, "mxfp4")
+    eff = j.summary.get("token_efficiency_mxfp4_vs_nvfp4") or {}
+    extra = eff.get("extra_tokens_fraction")
+    if extra is None:
+        note = eff.get("note") or "no token-efficiency figure"
+        return Claim(claim, "reproduces" if "not reached" in note else "not measured",
+                     f"MXFP4 never reaches NVFP4's final val loss: {note}")  # fmt: skip
+    text = (f"MXFP4 reaches NVFP4's final val loss {eff['target_val_loss']:.4f} after {_pct(extra)} tokens "
+            f"(margin ±{100 * TOKEN_EFFICIENCY_MARGIN:.0f}%)")  # fmt: skip
+    if extra > TOKEN_EFFICIENCY_MARGIN:
+        return Claim(claim, "reproduces", text)
+    if extra < -TOKEN_EFFICIENCY_MARGIN:
+        return Claim(claim, "contradicted", text)
+    return Claim(claim, "not visible", text)
+
+
+def _switch_claim(j: _Judge) -> Claim:
+    claim = "a late switch of the forward pass to BF16 recovers most of the gap; backward-only does not"
+    needed = ("bf16", "nvfp4", "nvfp4-switch-fwd", "nvfp4-switch-bwd")
+    if not j.has(*needed):
+        return Claim(claim, "not measured", f"needs {', '.join(needed)}")
+    base = paired_gap(j.summary, "nvfp4", "bf16")
+    fwd = paired_gap(j.summary, "nvfp4-switch-fwd", "bf16")
+    bwd = paired_gap(j.summary, "nvfp4-switch-bwd", "bf16")
+    if base is None or fwd is None or bwd is None:
+        return Claim(claim, "not measured", "no finite final losses on a shared seed")
+    gap = base[0]
+    text = (f"gap to bf16: nvfp4 {_pct(gap)}, switch-fwd {_pct(fwd[0])}, switch-bwd {_pct(bwd[0])}"
+            f" ({j.noise_note})")  # fmt: skip
+    if gap <= j.threshold:
+        return Claim(claim, "not visible", f"no NVFP4 gap to recover: {text}")
+    rec_fwd, rec_bwd = (gap - fwd[0]) / gap, (gap - bwd[0]) / gap
+    text += f"; recovered: fwd {100 * rec_fwd:.0f}%, bwd {100 * rec_bwd:.0f}%"
+    if rec_fwd >= 0.5 and rec_bwd < 0.5:
+        return Claim(claim, "reproduces", text)
+    if rec_fwd >= 0.5 or rec_bwd < 0.5:
+        return Claim(claim, "partly", text)
+    return Claim(claim, "contradicted", text)
+
+
+def assess_claims(summary: dict) -> list[dict]:
+    """One row per paper claim: {"claim", "verdict", "evidence"} (see the module doc for the verdicts)."""
+    j = _Judge(summary)
+    claims = [
+        _tracking_claim(j),
+        _mxfp4_claim(j),
+        _worse_claim(j, "removing stochastic rounding (gradients) makes the loss worse", "nvfp4-no-sr"),
+        _worse_claim(j, "removing the RHT (Wgrad) makes the loss worse", "nvfp4-no-rht"),
+        _worse_claim(j, "removing 2D weight scaling makes the loss worse", "nvfp4-no-2d"),
+        _diverges_claim(j, "SR on activations and weights too diverges", "nvfp4-sr-everywhere"),
+        _worse_claim(j, "the RHT on Fprop/Dgrad too hurts", "nvfp4-rht-everywhere"),
+        _diverges_claim(j, "all-FP4 (no BF16 layers) diverges", "nvfp4-all-fp4"),
+        _switch_claim(j),
+    ]
+    return [asdict(c) for c in claims]

@@ -1,0 +1,107 @@
+"""Claim verdicts from synthetic summaries with known answers."""
+
+from __future__ import annotations
+
+import pytest
+
+from nvfp4.analysis import assess_claims, paired_gap, seed_noise
+
+
+def _summary(losses: dict[str, dict[int, float]], diverged: dict[str, int] | None = None, tokens=None, eff=None):
+    runs = []
+    for recipe, by_seed in losses.items():
+        for seed, loss in by_seed.items():
+            step = (diverged or {}).get(recipe)
+            runs.append({"recipe": recipe, "seed": seed, "final_val_loss": loss, "diverged": step is not None,
+                         "diverged_step": step, "tokens": (tokens or {}).get(recipe, 1000)})  # fmt: skip
+    summary = {"runs": runs}
+    if eff is not None:
+        summary["token_efficiency_mxfp4_vs_nvfp4"] = eff
+    return summary
+
+
+def _verdicts(summary: dict) -> dict[str, str]:
+    return {c["claim"]: c["verdict"] for c in assess_claims(summary)}
+
+
+def _find(summary: dict, word: str) -> dict:
+    return next(c for c in assess_claims(summary) if word in c["claim"])
+
+
+def test_seed_noise_is_the_largest_relative_seed_std():
+    s = _summary({"bf16": {1: 4.00, 2: 4.04}, "nvfp4": {1: 4.0, 2: 4.0}, "mxfp4": {1: 4.5}})
+    assert seed_noise(s) == pytest.approx(0.02 / 4.02)
+    assert seed_noise(_summary({"bf16": {1: 4.0}})) is None
+
+
+def test_paired_gap_uses_shared_seeds_only():
+    s = _summary({"bf16": {1: 4.0, 2: 5.0}, "nvfp4": {1: 4.4, 3: 9.9}})
+    gap, n = paired_gap(s, "nvfp4", "bf16")
+    assert n == 1 and gap == pytest.approx(0.1)
+    assert paired_gap(s, "nvfp4", "fp8") is None
+
+
+def test_every_claim_is_not_measured_without_runs():
+    verdicts = _verdicts(_summary({"bf16": {1: 4.0}}))
+    assert set(verdicts.values()) == {"not measured"}
+    assert len(verdicts) == 9
+
+
+def test_ablation_verdicts_follow_the_noise_threshold():
+    # seed std of bf16 = 0.002/4.0 = 0.05% -> threshold 0.1%
+    base = {"bf16": {1: 3.998, 2: 4.002}, "nvfp4": {1: 4.02, 2: 4.02}}
+    s = _summary({**base, "nvfp4-no-sr": {1: 4.10}, "nvfp4-no-rht": {1: 4.021}, "nvfp4-no-2d": {1: 3.95}})
+    c = {k: v for k, v in _verdicts(s).items()}
+    assert c["removing stochastic rounding (gradients) makes the loss worse"] == "reproduces"
+    assert c["removing the RHT (Wgrad) makes the loss worse"] == "not visible"
+    assert c["removing 2D weight scaling makes the loss worse"] == "contradicted"
+    assert "2 x seed std" in _find(s, "stochastic")["evidence"]
+
+
+def test_provisional_threshold_without_seed_spread():
+    s = _summary({"nvfp4": {1: 4.0}, "nvfp4-no-sr": {1: 4.01}})  # +0.25% < the provisional 0.5%
+    claim = _find(s, "stochastic")
+    assert claim["verdict"] == "not visible" and "provisional" in claim["evidence"]
+
+
+def test_divergence_claims():
+    s = _summary(
+        {"nvfp4": {1: 4.0}, "nvfp4-all-fp4": {1: float("nan")}, "nvfp4-sr-everywhere": {1: 4.2}},
+        diverged={"nvfp4-all-fp4": 120},
+    )
+    assert _find(s, "all-FP4")["verdict"] == "reproduces" and "step 120" in _find(s, "all-FP4")["evidence"]
+    assert _find(s, "SR on activations")["verdict"] == "partly"  # 5% worse, but no divergence
+
+
+def test_nvfp4_tracking_tolerance():
+    ok = _summary({"bf16": {1: 4.0}, "fp8": {1: 4.01}, "nvfp4": {1: 4.04}})
+    assert _find(ok, "tracks")["verdict"] == "reproduces"
+    bad = _summary({"bf16": {1: 4.0}, "nvfp4": {1: 4.2}})
+    assert _find(bad, "tracks")["verdict"] == "contradicted"
+
+
+def test_mxfp4_claim_from_equal_budgets_or_token_efficiency():
+    equal = _summary({"nvfp4": {1: 4.0, 2: 4.0}, "mxfp4": {1: 4.1, 2: 4.1}})
+    assert _find(equal, "MXFP4")["verdict"] == "reproduces"
+    longer = {"nvfp4": {1: 4.0}, "mxfp4": {1: 3.9}}
+    tokens = {"nvfp4": 1000, "mxfp4": 1500}
+    eff = {"target_val_loss": 4.0, "extra_tokens_fraction": 0.3, "note": ""}
+    assert _find(_summary(longer, tokens=tokens, eff=eff), "MXFP4")["verdict"] == "reproduces"
+    eff = {"target_val_loss": 4.0, "extra_tokens_fraction": -0.2, "note": ""}
+    assert _find(_summary(longer, tokens=tokens, eff=eff), "MXFP4")["verdict"] == "contradicted"
+    eff = {"target_val_loss": 4.0, "extra_tokens_fraction": 0.01, "note": ""}
+    assert _find(_summary(longer, tokens=tokens, eff=eff), "MXFP4")["verdict"] == "not visible"
+    eff = {"target_val_loss": 4.0, "extra_tokens_fraction": None, "note": "not reached within 1500 tokens (> +50%)"}
+    assert _find(_summary(longer, tokens=tokens, eff=eff), "MXFP4")["verdict"] == "reproduces"
+
+
+def test_switch_claim_recovered_fractions():
+    base = {"bf16": {1: 3.999, 2: 4.001}, "nvfp4": {1: 4.1, 2: 4.1}}
+    good = _summary({**base, "nvfp4-switch-fwd": {1: 4.02, 2: 4.02}, "nvfp4-switch-bwd": {1: 4.09, 2: 4.09}})
+    claim = _find(good, "late switch")
+    assert claim["verdict"] == "reproduces" and "recovered: fwd 80%" in claim["evidence"]
+    neither = _summary({**base, "nvfp4-switch-fwd": {1: 4.09, 2: 4.09}, "nvfp4-switch-bwd": {1: 4.02, 2: 4.02}})
+    assert _find(neither, "late switch")["verdict"] == "contradicted"
+    no_gap = _summary({"bf16": {1: 4.0, 2: 4.0}, "nvfp4": {1: 4.0, 2: 4.0}, "nvfp4-switch-fwd": {1: 4.0, 2: 4.0},
+                       "nvfp4-switch-bwd": {1: 4.0, 2: 4.0}})  # fmt: skip
+    assert _find(no_gap, "late switch")["verdict"] == "not visible"
