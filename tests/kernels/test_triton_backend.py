@@ -11,6 +11,7 @@ would pick the (slow) interpreted Triton backend.
 from __future__ import annotations
 
 import importlib
+import itertools
 import os
 
 import pytest
@@ -319,7 +320,7 @@ from triton.compiler import ASTSource, compile as triton_compile
 from nvfp4.kernels import triton_backend as tb
 
 ALIGNED = {"x_ptr", "amax_ptr", "signs_ptr", "packed_ptr", "scales_ptr", "out_ptr",
-           "M", "K", "NB", "stride_x", "stride_p", "stride_s", "stride_o"}  # as a launch on 8192x8192 sees them
+           "M", "K", "NB", "stride_r", "stride_p", "stride_s", "stride_o"}  # as a launch on 8192x8192 sees them
 
 def ptx(fn, signature, constexprs, warps):
     attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(signature) if name in ALIGNED}
@@ -328,21 +329,38 @@ def ptx(fn, signature, constexprs, warps):
                             options={"num_warps": warps, "enable_fp_fusion": False})
     return kernel.asm["ptx"]
 
+# stride_k = 1 (a row-major operand) is a constexpr, as Triton's launcher specializes an int argument equal to 1
 quantize_sig = {"x_ptr": "*i16", "amax_ptr": "*fp32", "signs_ptr": "*fp32", "packed_ptr": "*u8", "scales_ptr": "*u8",
-                "M": "i32", "K": "i32", "NB": "i32", "stride_x": "i32", "stride_p": "i32", "stride_s": "i32",
-                "key1": "i32", "key2": "i32", "BF16_BITS": "constexpr", "TILE_ROWS": "constexpr",
-                "STOCHASTIC": "constexpr", "RHT": "constexpr", "BLOCK_M": "constexpr", "BLOCKS_K": "constexpr"}
-amax_sig = {"x_ptr": "*i16", "signs_ptr": "*fp32", "out_ptr": "*i32", "M": "i32", "K": "i32", "stride_x": "i32",
-            "BF16_BITS": "constexpr", "RHT": "constexpr", "BLOCK_M": "constexpr", "BLOCK_K": "constexpr"}
+                "M": "i32", "K": "i32", "NB": "i32", "stride_r": "i32", "stride_k": "constexpr", "stride_p": "i32",
+                "stride_s": "i32", "key1": "i32", "key2": "i32", "BF16_BITS": "constexpr", "TILE_ROWS": "constexpr",
+                "STOCHASTIC": "constexpr", "RHT": "constexpr", "OUT_VALUES": "constexpr", "OUT_BF16": "constexpr",
+                "BLOCK_M": "constexpr", "BLOCKS_K": "constexpr"}
+amax_sig = {"x_ptr": "*i16", "signs_ptr": "*fp32", "out_ptr": "*i32", "M": "i32", "K": "i32", "stride_r": "i32",
+            "stride_k": "constexpr", "BF16_BITS": "constexpr", "RHT": "constexpr", "BLOCK_M": "constexpr",
+            "BLOCK_K": "constexpr"}
 values_sig = {"packed_ptr": "*u8", "scales_ptr": "*u8", "out_ptr": "*bf16", "M": "i32", "NB": "i32",
               "stride_p": "i32", "stride_s": "i32", "stride_o": "i32", "BLOCK_M": "constexpr", "BLOCKS_K": "constexpr"}
+mx_sig = {"x_ptr": "*i16", "signs_ptr": "*fp32", "out_ptr": "*i16", "scales_ptr": "*u8", "M": "i32", "K": "i32",
+          "NB": "i32", "stride_r": "i32", "stride_k": "constexpr", "stride_o": "i32", "stride_s": "i32", "key1": "i32",
+          "key2": "i32", "BF16_BITS": "constexpr", "CEIL_RULE": "constexpr", "STOCHASTIC": "constexpr",
+          "RHT": "constexpr", "OUT_VALUES": "constexpr", "OUT_BF16": "constexpr", "BLOCK_M": "constexpr",
+          "BLOCKS_K": "constexpr"}
 blocks = {"BLOCK_M": tb._Q_BLOCK_M, "BLOCKS_K": tb._Q_BLOCKS_K}
 out = {}
-for name, (tile_rows, sr, rht) in {"sr": (1, True, False), "2d": (16, False, False), "rht_sr": (1, True, True)}.items():
-    out["quantize_" + name] = ptx(tb._quantize_kernel, quantize_sig, {"BF16_BITS": True, "TILE_ROWS": tile_rows,
-                                  "STOCHASTIC": sr, "RHT": rht, **blocks}, tb._Q_WARPS)
-out["amax_rht"] = ptx(tb._amax_kernel, amax_sig, {"BF16_BITS": True, "RHT": True, "BLOCK_M": tb._A_BLOCK_M,
-                      "BLOCK_K": tb._A_BLOCK_K}, tb._A_WARPS)
+variants = {"sr": (1, True, False, False), "2d": (16, False, False, False), "rht_sr": (1, True, True, False),
+            "values_rht_sr": (1, True, True, True)}
+for name, (tile_rows, sr, rht, values) in variants.items():
+    sig = dict(quantize_sig, packed_ptr="*i16") if values else quantize_sig
+    out["quantize_" + name] = ptx(tb._quantize_kernel, sig, {"stride_k": 1, "BF16_BITS": True, "TILE_ROWS": tile_rows,
+                                  "STOCHASTIC": sr, "RHT": rht, "OUT_VALUES": values, "OUT_BF16": True, **blocks},
+                                  tb._Q_WARPS)
+for name, (rht, values) in {"packed": (False, False), "values_rht_sr": (True, True)}.items():
+    sig = mx_sig if values else dict(mx_sig, out_ptr="*u8")
+    out["mxfp4_" + name] = ptx(tb._mxfp4_kernel, sig, {"stride_k": 1, "BF16_BITS": True, "CEIL_RULE": True,
+                               "STOCHASTIC": values, "RHT": rht, "OUT_VALUES": values, "OUT_BF16": True,
+                               "BLOCK_M": tb._Q_BLOCK_M, "BLOCKS_K": tb._MX_BLOCKS_K}, tb._Q_WARPS)
+out["amax_rht"] = ptx(tb._amax_kernel, amax_sig, {"stride_k": 1, "BF16_BITS": True, "RHT": True,
+                      "BLOCK_M": tb._A_BLOCK_M, "BLOCK_K": tb._A_BLOCK_K}, tb._A_WARPS)
 out["scaled_values"] = ptx(tb._scaled_values_kernel, values_sig, blocks, tb._Q_WARPS)
 json.dump(out, sys.stdout)
 """
@@ -392,3 +410,67 @@ def test_transpose_keyword_matches_reference(tb) -> None:
     got = tb.rht_quantize_nvfp4(x, signs, None, False, 3, 5, transpose=True)
     want = REF.rht_quantize_nvfp4(x, signs, None, False, 3, 5, transpose=True)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1].view(torch.uint8), want[1].view(torch.uint8))
+
+
+# ----------------------------------------------------------------------------------------------
+# The fused GEMM-operand op and MXFP4 (the layer's hot path)
+# ----------------------------------------------------------------------------------------------
+
+FUSED_KINDS = ["heavy", "subnormal", "zeros", "nan", "inf"]
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
+@pytest.mark.parametrize("kind", FUSED_KINDS)
+def test_fake_quantize_nvfp4_matches_reference(tb, kind, dtype):
+    """Values bitwise (NaN positions included) and the amax, for both layouts, RN/SR, 1x16/16x16, RHT16 on/off."""
+    x = make_input(kind, (40, 48), dtype, seed=11)
+    cases = itertools.product((False, True), (False, True), (1, 16), (False, True), (torch.bfloat16, torch.float32))
+    for transpose, sr, tile_rows, rht, out_dtype in cases:
+        if rht and (tile_rows == 16 or transpose):  # RHT: 1x16 only, and K % 16 == 0 (K = 40 when transposed)
+            continue
+        kw = dict(transpose=transpose, rht_signs=default_signs(16) if rht else None, out_dtype=out_dtype)
+        values, amax = tb.fake_quantize_nvfp4(x.to(DEVICE), None, tile_rows, sr, 4, 1, **kw)
+        want_values, want_amax = REF.fake_quantize_nvfp4(x, None, tile_rows, sr, 4, 1, **kw)
+        where = f"transpose={transpose} sr={sr} tile_rows={tile_rows} rht={rht} out={out_dtype}"
+        assert values.dtype == out_dtype and values.shape == want_values.shape, where
+        assert same_float(amax, want_amax), where
+        assert same_float(values, want_values), where
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
+@pytest.mark.parametrize("kind", FUSED_KINDS)
+def test_mxfp4_matches_reference(tb, kind, dtype):
+    """MXFP4 packed codes + E8M0 bytes and the fused values (RHT32 on/off), both layouts and scale rules, RN/SR."""
+    x = make_input(kind, (33, 64), dtype, seed=12)
+    for transpose, sr, rule in itertools.product((False, True), (False, True), ("ceil", "floor")):
+        kw = dict(scale_rule=rule, transpose=transpose)
+        packed, scales = tb.quantize_mxfp4(x.to(DEVICE), sr, 5, 3, **kw)
+        want_packed, want_scales = REF.quantize_mxfp4(x, sr, 5, 3, **kw)
+        where = f"transpose={transpose} sr={sr} rule={rule}"
+        assert scales.dtype == torch.float8_e8m0fnu and same_bits(scales, want_scales), where
+        assert same_bits(packed, want_packed), where
+        rht_options = (False,) if transpose else (False, True)  # the logical K is 33 when transposed
+        for rht, out_dtype in itertools.product(rht_options, (torch.bfloat16, torch.float32)):
+            fkw = dict(kw, rht_signs=default_signs(32) if rht else None, out_dtype=out_dtype)
+            values = tb.fake_quantize_mxfp4(x.to(DEVICE), sr, 5, 3, **fkw)
+            assert same_float(values, REF.fake_quantize_mxfp4(x, sr, 5, 3, **fkw)), f"{where} rht={rht}"
+
+
+def test_transposed_operands_are_read_in_place(tb):
+    """transpose=True and .t() views reach the kernels as strided views of the same memory, not copies."""
+    x = make_input("heavy", (48, 32), torch.float32).to(DEVICE)
+    assert tb._check(x, transpose=True).data_ptr() == x.data_ptr()
+    assert tb._check(x.t()).data_ptr() == x.data_ptr()
+    got, _ = tb.fake_quantize_nvfp4(x.t(), None, 1, True, 2, 0, rht_signs=default_signs(16))
+    want, _ = REF.fake_quantize_nvfp4(x.t().contiguous(), None, 1, True, 2, 0, rht_signs=default_signs(16))
+    assert same_float(got, want)
+
+
+def test_fused_ops_fall_back_or_fail_clearly(tb):
+    x = make_input("random", (40, 64), torch.float32).to(DEVICE)
+    with pytest.raises(NotImplementedError):  # a 16-point RHT is not fused for MXFP4: the reference runs it
+        tb.fake_quantize_mxfp4(x, False, 0, 0, rht_signs=default_signs(16))
+    with pytest.raises(ValueError, match="K % 32 == 0"):
+        tb.fake_quantize_mxfp4(x, False, 0, 0, transpose=True, rht_signs=default_signs(32))  # K = 40
+    with pytest.raises(ValueError, match="K % 16 == 0"):
+        tb.fake_quantize_nvfp4(x[:, :40], None, 1, False, 0, 0, transpose=True, rht_signs=default_signs(16))

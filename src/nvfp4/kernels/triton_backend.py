@@ -1,4 +1,6 @@
-"""Triton backend: NVFP4 amax, quantize (1x16 / 16x16, RN / SR), fused RHT+quantize, scaled values.
+"""Triton backend: NVFP4 amax, quantize (1x16 / 16x16, RN / SR), fused RHT+quantize, the fused GEMM operand
+(``fake_quantize_nvfp4``), scaled values, and MXFP4 (packed, or fused with the RHT32 into the GEMM operand).
+Transposed operands (``transpose=True``) are read in place through strides, never copied.
 
 Every kernel reproduces ``nvfp4.formats.nvfp4.reference_quantize_nvfp4_2d`` (and the RHT of
 ``nvfp4.hadamard``) bit for bit. How each FP32 step is kept exact on a GPU:
@@ -55,7 +57,9 @@ _E4M3_MIN_NORMAL: tl.constexpr = tl.constexpr(0.015625)  # 2^-6
 _E4M3_SUBNORMAL_STEP: tl.constexpr = tl.constexpr(0.001953125)  # 2^-9
 _ABS_MASK: tl.constexpr = tl.constexpr(0x7FFFFFFF)
 _INF_BITS: tl.constexpr = tl.constexpr(0x7F800000)
-_NAN: tl.constexpr = tl.constexpr(float("nan"))
+_NAN_BITS: tl.constexpr = tl.constexpr(0x7FC00000)  # a NaN global would trip Triton's constant check (nan != nan)
+_INV_SQRT32_F32: tl.constexpr = tl.constexpr(0.1767766922712326)  # float32(1/sqrt(32)), as hadamard.py's
+_BF16_NAN_BITS: tl.constexpr = tl.constexpr(0x7FC0)  # torch's canonical BF16 NaN
 
 # Launch shapes: one program per (rows x 16-element blocks) tile. 32 x 128 elements with 4 warps
 # gives each thread 32 elements (two 16-byte loads per 8 bf16 / 4 fp32), and ~16K programs for an
@@ -63,6 +67,7 @@ _NAN: tl.constexpr = tl.constexpr(float("nan"))
 _Q_BLOCK_M = 32
 _Q_BLOCKS_K = 8
 _Q_WARPS = 4
+_MX_BLOCKS_K = 4  # MXFP4: 4 blocks of 32, the same 128 columns per program
 # amax reads more per program (fewer atomics on the single output word).
 _A_BLOCK_M = 32
 _A_BLOCK_K = 256
@@ -96,6 +101,12 @@ def _sum_along(x, AXIS: tl.constexpr, KEEP_DIMS: tl.constexpr = False):
 def _abs_bits(x):
     """|x| as int32 bits: order-preserving for non-negative floats, NaN above Inf."""
     return x.to(tl.int32, bitcast=True) & _ABS_MASK
+
+
+@triton.jit
+def _nan_where(cond, x):
+    """NaN where cond, else x (fp32)."""
+    return tl.where(cond, (x.to(tl.int32, bitcast=True) * 0 + _NAN_BITS).to(tl.float32, bitcast=True), x)
 
 
 @triton.jit
@@ -146,7 +157,7 @@ def _e4m3_decode(byte):
     normal = (((exp + 120) << 23) | (man << 20)).to(tl.float32, bitcast=True)
     subnormal = man.to(tl.float32) * _E4M3_SUBNORMAL_STEP
     mag = tl.where(exp == 0, subnormal, normal)
-    mag = tl.where((byte & 0x7F) == 0x7F, _NAN, mag)
+    mag = _nan_where((byte & 0x7F) == 0x7F, mag)
     return tl.where((byte & 0x80) != 0, -mag, mag)
 
 
@@ -198,8 +209,8 @@ def _e2m1_value(code):
 
 
 @triton.jit
-def _butterfly_stage(y, ROWS: tl.constexpr, H: tl.constexpr):
-    """One stage of hadamard._butterfly on rows of 16: pairs (j, j+H) -> (a + b, a - b).
+def _butterfly_stage(y, ROWS: tl.constexpr, H: tl.constexpr, N: tl.constexpr = 16):
+    """One stage of hadamard._butterfly on rows of N: pairs (j, j+H) -> (a + b, a - b).
 
     Written with reductions over the size-2 pair axis instead of split/join/permute: Triton keeps
     a reduce + broadcast over an in-thread axis in registers, whereas split/join chains made
@@ -207,45 +218,91 @@ def _butterfly_stage(y, ROWS: tl.constexpr, H: tl.constexpr):
     (commutative, so it does not matter which lane adds), and IEEE defines a - b as a + (-b),
     so every result is bit-identical to the reference's.
     """
-    z = tl.reshape(y, (ROWS, 8 // H, 2, H))
+    z = tl.reshape(y, (ROWS, N // (2 * H), 2, H))
     second = (tl.arange(0, 2) == 1)[None, None, :, None]
     total = _sum_along(z, 2, True)
     difference = _sum_along(tl.where(second, -z, z), 2, True)
-    return tl.reshape(tl.where(second, difference, total), (ROWS, 16))
+    return tl.reshape(tl.where(second, difference, total), (ROWS, N))
 
 
 @triton.jit
-def _rht16(x, signs_ptr, BLOCK_M: tl.constexpr, BK: tl.constexpr):
-    """16-point RHT of each 16-chunk of a (BLOCK_M, BK) fp32 tile, rounded to BF16 (kept as fp32).
+def _rht(x, signs_ptr, BLOCK_M: tl.constexpr, BK: tl.constexpr, N: tl.constexpr = 16):
+    """N-point RHT (N = 16 or 32) of each N-chunk of a (BLOCK_M, BK) fp32 tile, rounded to BF16 (kept as fp32).
 
     Same FP32 operations in the same order as hadamard.random_hadamard_transform: sign multiply
-    (exact), stages h = 1, 2, 4, 8, then * 0.25, then RNE to BF16. (A tl.dot would
+    (exact), stages h = 1, 2, 4, 8 (, 16), then * FP32(1/sqrt(N)), then RNE to BF16. (A tl.dot would
     sum in a different order and not be bit-identical.)
     """
-    ROWS: tl.constexpr = BLOCK_M * (BK // 16)
-    signs = tl.load(signs_ptr + tl.arange(0, 16))
-    y = tl.reshape(x, (ROWS, 16)) * signs[None, :]
-    y = _butterfly_stage(y, ROWS, 1)
-    y = _butterfly_stage(y, ROWS, 2)
-    y = _butterfly_stage(y, ROWS, 4)
-    y = _butterfly_stage(y, ROWS, 8)
-    y = _round_to_bf16(y * 0.25)
+    ROWS: tl.constexpr = BLOCK_M * (BK // N)
+    signs = tl.load(signs_ptr + tl.arange(0, N))
+    y = tl.reshape(x, (ROWS, N)) * signs[None, :]
+    y = _butterfly_stage(y, ROWS, 1, N)
+    y = _butterfly_stage(y, ROWS, 2, N)
+    y = _butterfly_stage(y, ROWS, 4, N)
+    y = _butterfly_stage(y, ROWS, 8, N)
+    if N == 32:
+        y = _butterfly_stage(y, ROWS, 16, N)
+        y = _round_to_bf16(y * _INV_SQRT32_F32)
+    else:
+        y = _round_to_bf16(y * 0.25)
     return tl.reshape(y, (BLOCK_M, BK))
 
 
 @triton.jit
-def _load_tile(x_ptr, rows, cols, M, K, stride_x, BF16_BITS: tl.constexpr):
-    """(rows, cols) tile as fp32; out-of-range elements read as 0 (the reference's zero padding).
+def _load_tile(x_ptr, rows, cols, M, K, stride_r, stride_k, BF16_BITS: tl.constexpr):
+    """(rows, cols) tile of the logical (M, K) tensor at x[r * stride_r + k * stride_k], as fp32; out-of-range
+    elements read as 0 (the reference's zero padding). A transposed operand (stride_r = 1) is read in place.
 
     BF16 input arrives as its int16 bits and is widened by a shift (exact for every value;
     Triton's CPU interpreter mis-converts BF16 subnormals, the GPU's cvt would be exact too).
     """
     mask = (rows < M)[:, None] & (cols < K)[None, :]
-    offs = rows.to(tl.int64)[:, None] * stride_x + cols[None, :]
+    offs = rows.to(tl.int64)[:, None] * stride_r + cols.to(tl.int64)[None, :] * stride_k
     if BF16_BITS:
         raw = tl.load(x_ptr + offs, mask=mask, other=0)
         return (raw.to(tl.int32) << 16).to(tl.float32, bitcast=True)
     return tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _e2m1_codes(v, rows, cols, K, key1, key2, STOCHASTIC: tl.constexpr, BLOCK_M: tl.constexpr,
+                BLOCKS_K: tl.constexpr, BLOCK_SIZE: tl.constexpr):  # fmt: skip
+    """E2M1 codes (RN or SR, SPEC §2-3) of scaled values v (BLOCK_M, BLOCKS_K, BLOCK_SIZE): clamped to ±6 first
+    (NaN stays NaN and gets code 0); SR bytes keyed by the element index row * K + col of the logical tensor."""
+    v = tl.where(v < -6.0, -6.0, _clamp_max(v, 6.0))
+    a = tl.abs(v)
+    if STOCHASTIC:
+        # Padding columns alias the next row's indices as in the reference; they hold zeros and round to 0.
+        index = rows.to(tl.int64)[:, None] * K + cols[None, :]
+        r = tl.reshape(
+            _random_bytes(index, key1.to(tl.uint32, bitcast=True), key2.to(tl.uint32, bitcast=True)),
+            (BLOCK_M, BLOCKS_K, BLOCK_SIZE),
+        )
+        u = r.to(tl.float32) * 0.00390625  # r/256, exact
+        t = a + u * _grid_step(a)  # u*step exact, so FMA or not gives the same t
+        step_t = _grid_step(t)
+        # t / step_t == t * (1/step_t) exactly: 1/step_t is a power of two, so both round the same
+        # real number once (and a multiply is far cheaper than div.rn on the GPU).
+        inv_step_t = tl.where(t < 2.0, 2.0, tl.where(t < 4.0, 1.0, 0.5))
+        q = _clamp_max(tl.floor(t * inv_step_t) * step_t, 6.0)
+        mag = _e2m1_magnitude_rn(q)
+    else:
+        mag = _e2m1_magnitude_rn(a)
+    return mag | ((v < 0).to(tl.int32) << 3)
+
+
+@triton.jit
+def _store_values(out_ptr, values, rows, cols, M, K, stride_o, OUT_BF16: tl.constexpr):
+    """Store exact GEMM values (BLOCK_M, BK) of the logical (M, K) output. BF16 goes out as its bits (the top half
+    of the FP32 bits: the values are exact in BF16), NaN as torch's 0x7FC0, so no float conversion is involved."""
+    offs = rows.to(tl.int64)[:, None] * stride_o + cols[None, :]
+    mask = (rows < M)[:, None] & (cols < K)[None, :]
+    if OUT_BF16:
+        bits = (values.to(tl.int32, bitcast=True) >> 16) & 0xFFFF
+        bits = tl.where(values != values, _BF16_NAN_BITS, bits)
+        tl.store(out_ptr + offs, bits.to(tl.int16), mask=mask)
+    else:
+        tl.store(out_ptr + offs, values, mask=mask)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -260,7 +317,8 @@ def _amax_kernel(
     out_ptr,
     M,
     K,
-    stride_x,
+    stride_r,
+    stride_k,
     BF16_BITS: tl.constexpr,
     RHT: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -269,9 +327,9 @@ def _amax_kernel(
     """Stage 1: max |x| bits of one tile; stage 2: atomic max into one int32 word (= fp32 bits)."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
-    x = _load_tile(x_ptr, rows, cols, M, K, stride_x, BF16_BITS)
+    x = _load_tile(x_ptr, rows, cols, M, K, stride_r, stride_k, BF16_BITS)
     if RHT:
-        x = _rht16(x, signs_ptr, BLOCK_M, BLOCK_K)
+        x = _rht(x, signs_ptr, BLOCK_M, BLOCK_K)
     tile_max = _max_along(_max_along(_abs_bits(x), 1), 0)
     tl.atomic_max(out_ptr, tile_max, sem="relaxed")
 
@@ -286,7 +344,8 @@ def _quantize_kernel(
     M,
     K,
     NB,
-    stride_x,
+    stride_r,
+    stride_k,
     stride_p,
     stride_s,
     key1,
@@ -295,18 +354,23 @@ def _quantize_kernel(
     TILE_ROWS: tl.constexpr,
     STOCHASTIC: tl.constexpr,
     RHT: tl.constexpr,
+    OUT_VALUES: tl.constexpr,
+    OUT_BF16: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCKS_K: tl.constexpr,
 ):
-    """One program quantizes BLOCK_M rows x BLOCKS_K 16-element blocks (SPEC §2, §3)."""
+    """One program quantizes BLOCK_M rows x BLOCKS_K 16-element blocks (SPEC §2, §3).
+
+    OUT_VALUES: write the GEMM operand value(q) * s_b (FP32 or BF16, (M, K), row stride stride_p) to packed_ptr
+    instead of packed codes + scale bytes ("fake quantization": no packed intermediate)."""
     BK: tl.constexpr = BLOCKS_K * 16
     pid_m = tl.program_id(0)
     pid_k = tl.program_id(1)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = pid_k * BK + tl.arange(0, BK)
-    x = _load_tile(x_ptr, rows, cols, M, K, stride_x, BF16_BITS)
+    x = _load_tile(x_ptr, rows, cols, M, K, stride_r, stride_k, BF16_BITS)
     if RHT:
-        x = _rht16(x, signs_ptr, BLOCK_M, BK)
+        x = _rht(x, signs_ptr, BLOCK_M, BK)
     x3 = tl.reshape(x, (BLOCK_M, BLOCKS_K, 16))
 
     # Block amax (bits; NaN sorts highest), 1x16 or 16x16 (repeated over the tile's rows).
@@ -331,44 +395,101 @@ def _quantize_kernel(
     # Encode with the ROUNDED scale, by a true division; zero scale -> 1/0 = inf -> FLT_MAX.
     enc = _clamp_max(tl.div_rn(1.0, _e4m3_decode(scale_byte) * s_dec), _FLT_MAX)
     v = x3 * enc[:, :, None]
-    v = tl.where(v < -6.0, -6.0, _clamp_max(v, 6.0))
-    a = tl.abs(v)
-    if STOCHASTIC:
-        # Element index in the ORIGINAL (M, K) tensor: row * K + col (padding columns alias the
-        # next row's indices as in the reference; they hold zeros and round to 0 for any byte).
-        index = rows.to(tl.int64)[:, None] * K + cols[None, :]
-        r = tl.reshape(
-            _random_bytes(index, key1.to(tl.uint32, bitcast=True), key2.to(tl.uint32, bitcast=True)),
-            (BLOCK_M, BLOCKS_K, 16),
-        )
-        u = r.to(tl.float32) * 0.00390625  # r/256, exact
-        t = a + u * _grid_step(a)  # u*step exact, so FMA or not gives the same t
-        step_t = _grid_step(t)
-        # t / step_t == t * (1/step_t) exactly: 1/step_t is a power of two, so both round the same
-        # real number once (and a multiply is far cheaper than div.rn on the GPU).
-        inv_step_t = tl.where(t < 2.0, 2.0, tl.where(t < 4.0, 1.0, 0.5))
-        q = _clamp_max(tl.floor(t * inv_step_t) * step_t, 6.0)
-        mag = _e2m1_magnitude_rn(q)
+    codes = _e2m1_codes(v, rows, cols, K, key1, key2, STOCHASTIC, BLOCK_M, BLOCKS_K, 16)
+    if OUT_VALUES:
+        values = _e2m1_value(codes) * _e4m3_decode(scale_byte)[:, :, None]
+        _store_values(packed_ptr, tl.reshape(values, (BLOCK_M, BK)), rows, cols, M, K, stride_p, OUT_BF16)
     else:
-        mag = _e2m1_magnitude_rn(a)
-    codes = mag | ((v < 0).to(tl.int32) << 3)
+        # Pack two codes per byte, even element in the low nibble, in registers.
+        lo, hi = tl.split(tl.reshape(codes, (BLOCK_M, BLOCKS_K * 8, 2)))
+        packed = (lo | (hi << 4)).to(tl.uint8)
+        row_ok = (rows < M)[:, None]
+        pcols = pid_k * (BLOCKS_K * 8) + tl.arange(0, BLOCKS_K * 8)
+        tl.store(
+            packed_ptr + rows.to(tl.int64)[:, None] * stride_p + pcols[None, :],
+            packed,
+            mask=row_ok & (pcols < NB * 8)[None, :],
+        )
+        bcols = pid_k * BLOCKS_K + tl.arange(0, BLOCKS_K)
+        tl.store(
+            scales_ptr + rows.to(tl.int64)[:, None] * stride_s + bcols[None, :],
+            scale_byte.to(tl.uint8),
+            mask=row_ok & (bcols < NB)[None, :],
+        )
 
-    # Pack two codes per byte, even element in the low nibble, in registers.
-    lo, hi = tl.split(tl.reshape(codes, (BLOCK_M, BLOCKS_K * 8, 2)))
-    packed = (lo | (hi << 4)).to(tl.uint8)
-    row_ok = (rows < M)[:, None]
-    pcols = pid_k * (BLOCKS_K * 8) + tl.arange(0, BLOCKS_K * 8)
-    tl.store(
-        packed_ptr + rows.to(tl.int64)[:, None] * stride_p + pcols[None, :],
-        packed,
-        mask=row_ok & (pcols < NB * 8)[None, :],
-    )
-    bcols = pid_k * BLOCKS_K + tl.arange(0, BLOCKS_K)
-    tl.store(
-        scales_ptr + rows.to(tl.int64)[:, None] * stride_s + bcols[None, :],
-        scale_byte.to(tl.uint8),
-        mask=row_ok & (bcols < NB)[None, :],
-    )
+
+@triton.jit
+def _pow2(n):
+    """2^n as FP32 for integer n in [-127, 127] (2^-127 is the subnormal 0x00400000)."""
+    return tl.where(n >= -126, (n + 127) << 23, 0x00400000).to(tl.float32, bitcast=True)
+
+
+@triton.jit(do_not_specialize=["key1", "key2"])
+def _mxfp4_kernel(
+    x_ptr,
+    signs_ptr,
+    out_ptr,
+    scales_ptr,
+    M,
+    K,
+    NB,
+    stride_r,
+    stride_k,
+    stride_o,
+    stride_s,
+    key1,
+    key2,
+    BF16_BITS: tl.constexpr,
+    CEIL_RULE: tl.constexpr,
+    STOCHASTIC: tl.constexpr,
+    RHT: tl.constexpr,
+    OUT_VALUES: tl.constexpr,
+    OUT_BF16: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCKS_K: tl.constexpr,
+):
+    """MXFP4 (nvfp4.formats.mxfp4) of BLOCK_M rows x BLOCKS_K 32-element blocks, optionally after an RHT32 along K:
+    packed codes + E8M0 scale bytes, or (OUT_VALUES) the GEMM operand value(q) * 2^e. No tensor scale: one pass."""
+    BK: tl.constexpr = BLOCKS_K * 32
+    pid_k = tl.program_id(1)
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = pid_k * BK + tl.arange(0, BK)
+    x = _load_tile(x_ptr, rows, cols, M, K, stride_r, stride_k, BF16_BITS)
+    if RHT:
+        x = _rht(x, signs_ptr, BLOCK_M, BK, 32)
+    x3 = tl.reshape(x, (BLOCK_M, BLOCKS_K, 32))
+    amax_bits = _max_along(_abs_bits(x3), 2)
+    # The exponent exactly, from the bits of the block amax = m * 2^k with m in [0.5, 1): k = E - 126 for a normal
+    # amax; m <= 0.75 iff the mantissa field is <= 2^22. A zero or subnormal amax gives e <= -128: clamped to -127.
+    biased = amax_bits >> 23
+    k = biased - 126
+    if CEIL_RULE:
+        e = tl.where((amax_bits & 0x7FFFFF) <= 0x400000, k - 3, k - 2)
+    else:
+        e = k - 3
+    e = tl.where(biased == 0, -127, e)
+    e = tl.where(e < -127, -127, tl.where(e > 127, 127, e))
+    bad = amax_bits >= _INF_BITS  # a NaN or Inf in the block: NaN scale (0xFF), codes 0, values NaN
+    inv = _nan_where(bad, _pow2(-e))
+    codes = _e2m1_codes(x3 * inv[:, :, None], rows, cols, K, key1, key2, STOCHASTIC, BLOCK_M, BLOCKS_K, 32)
+    if OUT_VALUES:
+        values = _e2m1_value(codes) * _nan_where(bad, _pow2(e))[:, :, None]
+        _store_values(out_ptr, tl.reshape(values, (BLOCK_M, BK)), rows, cols, M, K, stride_o, OUT_BF16)
+    else:
+        lo, hi = tl.split(tl.reshape(codes, (BLOCK_M, BLOCKS_K * 16, 2)))
+        row_ok = (rows < M)[:, None]
+        pcols = pid_k * (BLOCKS_K * 16) + tl.arange(0, BLOCKS_K * 16)
+        tl.store(
+            out_ptr + rows.to(tl.int64)[:, None] * stride_o + pcols[None, :],
+            (lo | (hi << 4)).to(tl.uint8),
+            mask=row_ok & (pcols < NB * 16)[None, :],
+        )
+        bcols = pid_k * BLOCKS_K + tl.arange(0, BLOCKS_K)
+        tl.store(
+            scales_ptr + rows.to(tl.int64)[:, None] * stride_s + bcols[None, :],
+            tl.where(bad, 0xFF, e + 127).to(tl.uint8),
+            mask=row_ok & (bcols < NB)[None, :],
+        )
 
 
 @triton.jit
@@ -448,13 +569,15 @@ class TritonBackend:
 
     # -- helpers -------------------------------------------------------------------------------
 
-    def _check(self, x2d: torch.Tensor) -> torch.Tensor:
-        """Inputs the kernels handle; anything else raises NotImplementedError (-> reference)."""
+    def _check(self, x2d: torch.Tensor, transpose: bool = False) -> torch.Tensor:
+        """The logical operand t = x2d (or x2d.t()), as a strided view the kernels read in place; anything they do
+        not handle raises NotImplementedError (-> reference)."""
         if x2d.dim() != 2 or x2d.dtype not in _FLOAT_DTYPES or x2d.numel() == 0:
             raise NotImplementedError("triton backend: needs a non-empty 2-D fp32/bf16/fp16 tensor")
         if not self.is_available(x2d.device):
             raise NotImplementedError(f"triton backend is not available on {x2d.device}")
-        return x2d if x2d.stride(1) == 1 else x2d.contiguous()
+        t = x2d.t() if transpose else x2d
+        return t if 1 in t.stride() else t.contiguous()  # row- or column-major views are read as they are
 
     @staticmethod
     def _device_guard(device: torch.device) -> contextlib.AbstractContextManager:
@@ -483,19 +606,31 @@ class TritonBackend:
             cached = self._signs_cache[key] = torch.tensor(values, dtype=torch.float32, device=device)
         return cached
 
-    def _launch_amax(self, x2d: torch.Tensor, signs: torch.Tensor | None) -> torch.Tensor:
-        rows, cols = x2d.shape
-        out = torch.zeros(1, dtype=torch.int32, device=x2d.device)  # +0.0; every |x| bit pattern is >= 0
+    def _rht_signs(self, signs: torch.Tensor | None, size: int, t: torch.Tensor) -> torch.Tensor | None:
+        """Device signs for a fused RHT of ``size`` points along t's rows, or NotImplementedError (-> reference)."""
+        if signs is None:
+            return None
+        signs = torch.as_tensor(signs)
+        if signs.numel() != size:
+            raise NotImplementedError(f"triton backend: RHT size {signs.numel()} (only {size} here)")
+        if t.shape[1] % size:
+            raise NotImplementedError("triton backend: K must be a multiple of the Hadamard size")
+        return self._device_signs(signs, t.device)
+
+    def _launch_amax(self, t: torch.Tensor, signs: torch.Tensor | None) -> torch.Tensor:
+        rows, cols = t.shape
+        out = torch.zeros(1, dtype=torch.int32, device=t.device)  # +0.0; every |x| bit pattern is >= 0
         grid = (_cdiv(rows, _A_BLOCK_M), _cdiv(cols, _A_BLOCK_K))
-        with self._device_guard(x2d.device):
+        with self._device_guard(t.device):
             _amax_kernel[grid](
-                _bf16_as_bits(x2d),
+                _bf16_as_bits(t),
                 signs if signs is not None else out,
                 out,
                 rows,
                 cols,
-                x2d.stride(0),
-                BF16_BITS=x2d.dtype == torch.bfloat16,
+                t.stride(0),
+                t.stride(1),
+                BF16_BITS=t.dtype == torch.bfloat16,
                 RHT=signs is not None,
                 BLOCK_M=_A_BLOCK_M,
                 BLOCK_K=_A_BLOCK_K,
@@ -506,46 +641,106 @@ class TritonBackend:
 
     def _launch_quantize(
         self,
-        x2d: torch.Tensor,
+        t: torch.Tensor,
         amax: torch.Tensor,
         tile_rows: int,
         stochastic: bool,
         seed: int,
         offset: int,
         signs: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        rows, cols = x2d.shape
+        values_dtype: torch.dtype | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """NVFP4 of the logical (M, K) tensor t: (packed, scales), or (values (M, K), None) when values_dtype is set
+        (bf16 or fp32)."""
+        rows, cols = t.shape
         nblk = _cdiv(cols, BLOCK)
-        packed = torch.empty(rows, nblk * 8, dtype=torch.uint8, device=x2d.device)
-        scales = torch.empty(rows, nblk, dtype=torch.uint8, device=x2d.device)
-        amax_buf = amax.to(device=x2d.device, dtype=torch.float32).reshape(1)
+        if values_dtype is None:
+            out = torch.empty(rows, nblk * 8, dtype=torch.uint8, device=t.device)
+            scales = torch.empty(rows, nblk, dtype=torch.uint8, device=t.device)
+        else:
+            out = torch.empty(rows, cols, dtype=values_dtype, device=t.device)
+            scales = None
+        amax_buf = amax.to(device=t.device, dtype=torch.float32).reshape(1)
         key1, key2 = derive_keys(seed, offset) if stochastic else (0, 0)
         grid = (_cdiv(rows, _Q_BLOCK_M), _cdiv(nblk, _Q_BLOCKS_K))
-        with self._device_guard(x2d.device):
+        with self._device_guard(t.device):
             _quantize_kernel[grid](
-                _bf16_as_bits(x2d),
+                _bf16_as_bits(t),
                 amax_buf,
                 signs if signs is not None else amax_buf,
-                packed,
-                scales,
+                _bf16_as_bits(out),
+                scales if scales is not None else amax_buf,
                 rows,
                 cols,
                 nblk,
-                x2d.stride(0),
-                packed.stride(0),
-                scales.stride(0),
+                t.stride(0),
+                t.stride(1),
+                out.stride(0),
+                scales.stride(0) if scales is not None else 0,
                 _as_int32(key1),
                 _as_int32(key2),
-                BF16_BITS=x2d.dtype == torch.bfloat16,
+                BF16_BITS=t.dtype == torch.bfloat16,
                 TILE_ROWS=tile_rows,
                 STOCHASTIC=bool(stochastic),
                 RHT=signs is not None,
+                OUT_VALUES=values_dtype is not None,
+                OUT_BF16=values_dtype == torch.bfloat16,
                 BLOCK_M=_Q_BLOCK_M,
                 BLOCKS_K=_Q_BLOCKS_K,
                 num_warps=_Q_WARPS,
                 enable_fp_fusion=False,
             )
-        return packed, scales.view(torch.float8_e4m3fn)
+        return (out, None) if scales is None else (out, scales.view(torch.float8_e4m3fn))
+
+    def _launch_mxfp4(
+        self,
+        t: torch.Tensor,
+        stochastic: bool,
+        seed: int,
+        offset: int,
+        scale_rule: str,
+        signs: torch.Tensor | None,
+        values_dtype: torch.dtype | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if scale_rule not in ("ceil", "floor"):
+            raise NotImplementedError("unknown scale rule: the reference reports it")
+        rows, cols = t.shape
+        nblk = _cdiv(cols, 32)
+        if values_dtype is None:
+            out = torch.empty(rows, nblk * 16, dtype=torch.uint8, device=t.device)
+            scales = torch.empty(rows, nblk, dtype=torch.uint8, device=t.device)
+        else:
+            out = torch.empty(rows, cols, dtype=values_dtype, device=t.device)
+            scales = None
+        key1, key2 = derive_keys(seed, offset) if stochastic else (0, 0)
+        grid = (_cdiv(rows, _Q_BLOCK_M), _cdiv(nblk, _MX_BLOCKS_K))
+        with self._device_guard(t.device):
+            _mxfp4_kernel[grid](
+                _bf16_as_bits(t),
+                signs if signs is not None else out,
+                _bf16_as_bits(out),
+                scales if scales is not None else out,
+                rows,
+                cols,
+                nblk,
+                t.stride(0),
+                t.stride(1),
+                out.stride(0),
+                scales.stride(0) if scales is not None else 0,
+                _as_int32(key1),
+                _as_int32(key2),
+                BF16_BITS=t.dtype == torch.bfloat16,
+                CEIL_RULE=scale_rule == "ceil",
+                STOCHASTIC=bool(stochastic),
+                RHT=signs is not None,
+                OUT_VALUES=values_dtype is not None,
+                OUT_BF16=values_dtype == torch.bfloat16,
+                BLOCK_M=_Q_BLOCK_M,
+                BLOCKS_K=_MX_BLOCKS_K,
+                num_warps=_Q_WARPS,
+                enable_fp_fusion=False,
+            )
+        return (out, None) if scales is None else (out, scales.view(torch.float8_e8m0fnu))
 
     # -- the backend interface (see nvfp4.kernels.reference.ReferenceBackend) ------------------
 
@@ -564,13 +759,11 @@ class TritonBackend:
         *,
         transpose: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(packed uint8 (M, ceil(K/16)*8), scales e4m3 (M, ceil(K/16))), bit-equal to the reference.
-
-        ``transpose`` quantizes x2d.t() (materialized first: no transposed-read kernel yet on GPU)."""
+        """(packed uint8 (M, ceil(K/16)*8), scales e4m3 (M, ceil(K/16))) of t = x2d (or x2d.t(), read in place)."""
         if tile_rows not in (1, 16):
             raise NotImplementedError(f"triton backend: tile_rows={tile_rows}")
-        x2d = self._check(x2d.t().contiguous() if transpose else x2d)
-        return self._launch_quantize(x2d, torch.as_tensor(global_amax), tile_rows, stochastic, seed, offset, None)
+        t = self._check(x2d, transpose)
+        return self._launch_quantize(t, torch.as_tensor(global_amax), tile_rows, stochastic, seed, offset, None)
 
     def rht_quantize_nvfp4(
         self,
@@ -589,16 +782,68 @@ class TritonBackend:
         again and quantize. Re-reading x costs less traffic than writing and re-reading the BF16
         intermediate. Other Hadamard sizes or K not a multiple of 16 go to the reference.
         """
-        signs = torch.as_tensor(signs)
-        if signs.numel() != _HADAMARD_SIZE:
-            raise NotImplementedError(f"triton backend: RHT size {signs.numel()} (only {_HADAMARD_SIZE})")
-        x2d = self._check(x2d.t().contiguous() if transpose else x2d)
-        if x2d.shape[1] % _HADAMARD_SIZE:
-            raise NotImplementedError("triton backend: K must be a multiple of the Hadamard size")
-        signs = self._device_signs(signs, x2d.device)
-        amax = self._launch_amax(x2d, signs) if global_amax is None else global_amax
-        packed, scales = self._launch_quantize(x2d, torch.as_tensor(amax), 1, stochastic, seed, offset, signs)
+        t = self._check(x2d, transpose)
+        signs = self._rht_signs(signs, _HADAMARD_SIZE, t)
+        amax = self._launch_amax(t, signs) if global_amax is None else global_amax
+        packed, scales = self._launch_quantize(t, torch.as_tensor(amax), 1, stochastic, seed, offset, signs)
         return packed, scales, amax
+
+    def fake_quantize_nvfp4(
+        self,
+        x2d: torch.Tensor,
+        global_amax: torch.Tensor | None,
+        tile_rows: int,
+        stochastic: bool,
+        seed: int,
+        offset: int,
+        *,
+        transpose: bool = False,
+        rht_signs: torch.Tensor | None = None,
+        out_dtype: torch.dtype = torch.bfloat16,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The GEMM operand value(q)·s_b (M, K) of t = x2d (or x2d.t(), read in place), RHT16'd if rht_signs, and the
+        amax used: the amax pass (unless given) and one fused quantize pass writing the values."""
+        if tile_rows not in (1, 16):
+            raise NotImplementedError(f"triton backend: tile_rows={tile_rows}")
+        t = self._check(x2d, transpose)
+        if rht_signs is not None and t.shape[1] % _HADAMARD_SIZE:
+            raise ValueError(f"the RHT needs K % 16 == 0 (K = {t.shape[1]}); zero-pad the tensor first")
+        signs = self._rht_signs(rht_signs, _HADAMARD_SIZE, t)
+        if global_amax is None:
+            amax = self._launch_amax(t, signs)
+        else:
+            amax = torch.as_tensor(global_amax).to(device=t.device, dtype=torch.float32).reshape(())
+        native = out_dtype if out_dtype in (torch.bfloat16, torch.float32) else torch.float32
+        values, _ = self._launch_quantize(t, amax, tile_rows, stochastic, seed, offset, signs, native)
+        return (values if native == out_dtype else values.to(out_dtype)), amax
+
+    def quantize_mxfp4(
+        self, x2d: torch.Tensor, stochastic: bool, seed: int, offset: int, *, scale_rule: str = "ceil",
+        transpose: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """(packed uint8 (M, ceil(K/32)*16), scales float8_e8m0fnu (M, ceil(K/32))) of t = x2d (or x2d.t())."""
+        return self._launch_mxfp4(self._check(x2d, transpose), stochastic, seed, offset, scale_rule, None)
+
+    def fake_quantize_mxfp4(
+        self,
+        x2d: torch.Tensor,
+        stochastic: bool,
+        seed: int,
+        offset: int,
+        *,
+        scale_rule: str = "ceil",
+        transpose: bool = False,
+        rht_signs: torch.Tensor | None = None,
+        out_dtype: torch.dtype = torch.bfloat16,
+    ) -> torch.Tensor:
+        """The MXFP4 GEMM operand value(q)·2^e (M, K) of t = x2d (or x2d.t()), RHT32'd along K if rht_signs."""
+        t = self._check(x2d, transpose)
+        if rht_signs is not None and t.shape[1] % 32:
+            raise ValueError(f"the RHT needs K % 32 == 0 (K = {t.shape[1]}); zero-pad the tensor first")
+        signs = self._rht_signs(rht_signs, 32, t)
+        native = out_dtype if out_dtype in (torch.bfloat16, torch.float32) else torch.float32
+        values, _ = self._launch_mxfp4(t, stochastic, seed, offset, scale_rule, signs, native)
+        return values if native == out_dtype else values.to(out_dtype)
 
     def scaled_values(
         self, packed: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.bfloat16
