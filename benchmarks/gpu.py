@@ -1,4 +1,4 @@
-"""GPU benchmark of the Triton NVFP4 kernels: bandwidth as a percentage of a device-to-device copy.
+"""GPU benchmark of the Triton kernels (NVFP4, MXFP4, fused GEMM operands): bandwidth as a % of a device copy.
 
 Quantization is memory-bound (read 2 or 4 bytes, write 0.5625 bytes per element), so the honest
 yardstick is a plain copy of the same tensor on the same GPU: "% of copy" is the kernel's
@@ -102,6 +102,19 @@ def _bench_dtype(x: torch.Tensor, with_reference: bool) -> list[Row]:
     add("scaled_values -> bf16", n * OUTPUT_BYTES_PER_ELEMENT + 2 * n,
         lambda: tb.scaled_values(packed, scales, torch.bfloat16),
         lambda: ref.scaled_values(packed, scales, torch.bfloat16))
+    # The layer's hot path: the GEMM operand in BF16 straight from the input (amax pass + one fused pass).
+    add("fused operand RN -> bf16", 2 * n * elem + 2 * n,
+        lambda: tb.fake_quantize_nvfp4(x, None, 1, False, 0, 0),
+        lambda: ref.fake_quantize_nvfp4(x, None, 1, False, 0, 0))
+    add("fused operand T RHT SR -> bf16", 2 * n * elem + 2 * n,
+        lambda: tb.fake_quantize_nvfp4(x, None, 1, True, 7, 3, transpose=True, rht_signs=signs),
+        lambda: ref.fake_quantize_nvfp4(x, None, 1, True, 7, 3, transpose=True, rht_signs=signs))
+    signs32 = default_signs(32)
+    add("MXFP4 quantize RN", n * elem + n * (0.5 + 1 / 32),
+        lambda: tb.quantize_mxfp4(x, False, 0, 0), lambda: ref.quantize_mxfp4(x, False, 0, 0))
+    add("MXFP4 fused T RHT32 SR -> bf16", n * elem + 2 * n,
+        lambda: tb.fake_quantize_mxfp4(x, True, 7, 3, transpose=True, rht_signs=signs32),
+        lambda: ref.fake_quantize_mxfp4(x, True, 7, 3, transpose=True, rht_signs=signs32))
     return rows
 
 
