@@ -34,23 +34,6 @@ SIGNS = torch.tensor(DEFAULT_SIGNS_16, dtype=torch.float32)
 SHAPES = [(1, 1), (3, 17), (33, 15), (17, 100), (16, 16), (31, 48), (20, 300), (18, 533)]
 
 
-@pytest.fixture(scope="module", params=["native", "portable"])
-def cpu(request) -> CPUBackend:
-    if request.param == "native":
-        return CPUBackend.instance()
-    return CPUBackend(build_library((("-fopenmp", "-DNVFP4_PORTABLE"), ("-DNVFP4_PORTABLE",))))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Run the reference single-threaded: on a shared machine its many small ops crawl when OpenMP threads wait
-    for busy cores. The kernels' results do not depend on the thread count; the large-input test uses 2."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @contextlib.contextmanager
 def torch_threads(n: int):
     previous = torch.get_num_threads()

@@ -15,7 +15,7 @@ from nvfp4 import kernels
 from nvfp4.formats.nvfp4 import quantize_nvfp4
 from nvfp4.formats.rng import derive_keys, random_bytes
 from nvfp4.hadamard import random_hadamard_transform
-from nvfp4.kernels.cpu import CPUBackend, build_library
+from nvfp4.kernels.cpu import CPUBackend
 from tests.kernels.test_cpu_backend import (
     REF,
     SIGNS,
@@ -29,21 +29,6 @@ FLOATS = (torch.float32, torch.bfloat16, torch.float16)
 # (rows, cols) of the INPUT x2d; with transpose=True the logical tensor is (cols, rows). Odd sizes on both sides.
 SHAPES = [(1, 1), (3, 17), (33, 15), (17, 100), (16, 16), (31, 48), (48, 31), (20, 300), (64, 80)]
 KINDS = ["random", "heavy", "tiny", "huge", "mixed", "zeros", "signed_zeros", "ties", "nonfinite"]
-
-
-@pytest.fixture(scope="module", params=["native", "portable"])
-def cpu(request) -> CPUBackend:
-    if request.param == "native":
-        return CPUBackend.instance()
-    return CPUBackend(build_library((("-fopenmp", "-DNVFP4_PORTABLE"), ("-DNVFP4_PORTABLE",))))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def assert_fake_equal(got: tuple, want: tuple) -> None:

@@ -14,7 +14,7 @@ import torch
 from nvfp4 import kernels
 from nvfp4.formats.mxfp4 import quantize_mxfp4
 from nvfp4.hadamard import default_signs
-from nvfp4.kernels.cpu import CPUBackend, build_library
+from nvfp4.kernels.cpu import CPUBackend
 from tests.kernels.test_cpu_backend import REF, make_input, same_float, torch_threads
 
 SIGNS32 = default_signs(32)
@@ -22,21 +22,6 @@ FLOATS = (torch.float32, torch.bfloat16, torch.float16)
 # (rows, cols) of the INPUT x2d; with transpose=True the logical tensor is (cols, rows).
 SHAPES = [(1, 1), (3, 33), (33, 15), (17, 100), (32, 32), (64, 31), (31, 64), (20, 300), (96, 40)]
 KINDS = ["random", "heavy", "tiny", "huge", "mixed", "zeros", "signed_zeros", "ties", "nonfinite"]
-
-
-@pytest.fixture(scope="module", params=["native", "portable"])
-def cpu(request) -> CPUBackend:
-    if request.param == "native":
-        return CPUBackend.instance()
-    return CPUBackend(build_library((("-fopenmp", "-DNVFP4_PORTABLE"), ("-DNVFP4_PORTABLE",))))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def mx_input(kind: str, shape: tuple[int, int], seed: int = 0) -> torch.Tensor:
