@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from nvfp4.analysis.compare import CompareConfig, compare, run_dir
+from nvfp4.analysis.compare import SUITES, CompareConfig, compare, run_dir
 
 TINY = dict(model="tiny", n_layer=4, max_steps=6, batch_size=4, seq_len=32, eval_interval=3, eval_batches=1,
             log_interval=1, tokenizer="byte", quiet=True)
@@ -58,7 +58,12 @@ def test_paper_suite_plan_runs_mxfp4_longer():
     plan = cfg.runs()
     assert ("nvfp4", 2) in plan and ("nvfp4-no-sr", 2) not in plan and ("nvfp4-no-sr", 1) in plan
     assert len(plan) == 4 * 2 + 8
-    assert plan.index(("nvfp4-switch-both", 1)) < plan.index(("bf16", 2))  # seed-major order
+    # main recipes first, then the seed spread of bf16 and nvfp4, then the ablations, then the other seeds
+    assert plan[:6] == [("bf16", 1), ("fp8", 1), ("nvfp4", 1), ("mxfp4", 1), ("bf16", 2), ("nvfp4", 2)]
+    assert plan[6:14] == [(name, 1) for name in SUITES["paper"][4:]]
+    assert plan[14:] == [("fp8", 2), ("mxfp4", 2)]
+    quick = CompareConfig(recipes=["nvfp4", "bf16"], seeds=[3, 1]).runs()
+    assert quick == [("nvfp4", 3), ("bf16", 3), ("nvfp4", 1), ("bf16", 1)]
     assert cfg.mxfp4_token_multiplier == 1.5
 
 
