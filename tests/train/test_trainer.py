@@ -12,7 +12,7 @@ import torch
 
 from nvfp4.data import ShardError
 from nvfp4.model import GPT
-from nvfp4.train import Trainer, list_checkpoints, load_checkpoint, read_metrics, train
+from nvfp4.train import Trainer, list_checkpoints, load_checkpoint, load_latest, read_metrics, train
 from nvfp4.train.distributed import DistContext
 
 
@@ -63,6 +63,10 @@ def test_resume_after_interrupt_is_bitwise_identical(make_config, tmp_path, reci
 
     resumed = train(make_config(**settings, out=cut.out, resume=True))
     assert resumed.resumed_from == 2 and resumed.steps == 6
+    # time and throughput add up over both invocations: the last checkpoint counts all 6 steps' tokens
+    _, final_state = load_latest(Path(cut.out) / "checkpoints")
+    assert final_state["elapsed"]["train_tokens"] == 6 * cut.batch_size * cut.seq_len
+    assert resumed.wall_time_s >= final_state["elapsed"]["wall_time_s"] > result.wall_time_s > 0
     assert train_losses(cut.out) == train_losses(straight.out)  # exact float equality, every step
     assert val_losses(cut.out) == val_losses(straight.out)
     assert [s for s, _ in train_losses(straight.out)] == [1, 2, 3, 4, 5, 6]

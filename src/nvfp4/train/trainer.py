@@ -193,6 +193,9 @@ class Trainer:
         self.last_losses: tuple[float | None, float | None] = (None, None)  # (train, val) at the latest step
         self.progress: Progress | None = None
         self.train_time, self.train_tokens, self.window_time, self.window_tokens = 0.0, 0, 0.0, 0
+        # Time spent before this invocation (from the checkpoint), so a resumed run reports its whole cost.
+        self.prior_elapsed = {"wall_time_s": 0.0, "train_time_s": 0.0, "train_tokens": 0}
+        self.run_start = time.perf_counter()
         metrics_offset = self._maybe_resume()
         if ctx.is_main:
             self._write_run_files()
@@ -241,6 +244,7 @@ class Trainer:
         set_rng_state(state["rng"])
         self.step, self.tokens, self.bad_steps = int(state["step"]), int(state["tokens"]), int(state["bad_steps"])
         self.last_losses = (state["last_train_loss"], state["last_val_loss"])
+        self.prior_elapsed.update(state.get("elapsed", {}))  # absent in checkpoints written before it existed
         self.resumed_from = self.step
         drop_weight_caches(self.model)
         self._say(f"resumed from {path} (step {self.step}, {self.tokens:,} tokens)")
@@ -285,14 +289,26 @@ class Trainer:
         }
         atomic_write_bytes(self.out / "run.json", (json.dumps(run, indent=2, default=str) + "\n").encode())
 
+    def elapsed(self) -> dict[str, float]:
+        """Wall time, time in training steps and tokens trained, over every invocation of this run (resumes
+        included), and the training throughput tokens/s = tokens / step time (evals and checkpoints excluded)."""
+        train_time = self.prior_elapsed["train_time_s"] + self.train_time
+        train_tokens = self.prior_elapsed["train_tokens"] + self.train_tokens
+        return {
+            "wall_time_s": self.prior_elapsed["wall_time_s"] + time.perf_counter() - self.run_start,
+            "train_time_s": train_time,
+            "train_tokens": train_tokens,
+            "tokens_per_s": train_tokens / train_time if train_time > 0 else 0.0,
+        }
+
     # -- the loop ----------------------------------------------------------------------------------
     def run(self) -> TrainResult:
         """Train up to ``total_steps``; stop early on divergence, or on Ctrl-C after a checkpoint."""
         self._say(self._banner())
         self.progress = Progress(self.total_steps, self.step, enabled=self.verbose)
         previous_handler = self._install_sigint()
-        start = time.perf_counter()
-        self.train_time, self.train_tokens = 0.0, 0  # this invocation only, for tokens/s
+        self.run_start = time.perf_counter()
+        self.train_time, self.train_tokens = 0.0, 0  # this invocation only (see elapsed())
         self.window_time, self.window_tokens = 0.0, 0  # since the last metrics record
         diverged_step: int | None = None
         interrupted = False
@@ -336,8 +352,8 @@ class Trainer:
             final_val_loss=self.last_losses[1],
             steps=self.step,
             tokens=self.tokens,
-            wall_time_s=time.perf_counter() - start,
-            tokens_per_s=self.train_tokens / self.train_time if self.train_time > 0 else 0.0,
+            wall_time_s=self.elapsed()["wall_time_s"],
+            tokens_per_s=self.elapsed()["tokens_per_s"],
             out_dir=str(self.out),
             diverged=diverged_step is not None,
             diverged_step=diverged_step,
@@ -469,6 +485,7 @@ class Trainer:
                 "last_train_loss": self.last_losses[0],
                 "last_val_loss": self.last_losses[1],
                 "world_size": self.ctx.world_size,
+                "elapsed": {k: v for k, v in self.elapsed().items() if k != "tokens_per_s"},
             }
             try:
                 save_checkpoint(self.ckpt_dir, self.step, state, keep=self.config.keep_checkpoints)
