@@ -136,7 +136,7 @@ def _compare(args: argparse.Namespace) -> int:
     config = CompareConfig(
         recipes=args.recipes, suite=suite, out=args.out, seeds=args.seeds, ablation_seeds=args.ablation_seeds,
         reference=args.reference, mxfp4_token_multiplier=args.mxfp4_token_multiplier, train=train,
-        command=command_line(args.argv),
+        command=command_line([a for a in args.argv if a != "--report-only"]),  # the command that made the runs
     )  # fmt: skip
     summary = write_outputs(config) if args.report_only else compare(config)
     for name, r in summary["recipes"].items():

@@ -26,6 +26,9 @@ def test_quick_compare_writes_everything_and_resumes(tmp_path, capsys):
         assert (tmp_path / name).stat().st_size > 0
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert on_disk["hardware"] and "git_commit" in on_disk and on_disk["complete_runs"] == 2
+    run_info = json.loads((run_dir(tmp_path, "nvfp4", 0) / "run.json").read_text())
+    assert run_info["hardware"] in on_disk["hardware"]  # the runs' own hardware, not the reporting process's
+    assert {r["git_commit"] for r in on_disk["runs"]} == {run_info["git_commit"]}
     # Same initialisation and data order: only the recipe differs, so the step-1 losses are close.
     first = {}
     for recipe in ("bf16", "nvfp4"):
@@ -74,6 +77,12 @@ def test_cli_quick_compare_and_errors(tmp_path, capsys):
     assert main(["compare", "--quick", "--max-steps", "4", "--eval-interval", "2", "--out", str(out)]) == 0
     assert (out / "report.md").exists() and (out / "final_val_loss.png").exists()
     assert "nvfp4" in capsys.readouterr().out
+    # --report-only rebuilds the report from the runs; the report shows the command that made them
+    (out / "report.md").unlink()
+    argv = ["compare", "--quick", "--max-steps", "4", "--eval-interval", "2", "--out", str(out)]
+    assert main([*argv, "--report-only"]) == 0
+    report = (out / "report.md").read_text()
+    assert "--report-only" not in report and "nvfp4 compare --quick --max-steps 4" in report
     assert main(["compare", "--recipes", "bf16,nvfp5", "--out", str(out)]) == 2
     assert "unknown recipe 'nvfp5'" in capsys.readouterr().err
     assert main(["compare", "--suite", "paper", "--seeds", "a,b", "--out", str(out)]) == 2

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import platform
 import shlex
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -21,6 +19,7 @@ from typing import Any
 
 from nvfp4 import recipes
 from nvfp4._io import atomic_write
+from nvfp4._provenance import git_commit, hardware
 from nvfp4.analysis.report import RunRecord, load_run, summarize, write_plots, write_report
 
 MAIN_RECIPES = ("bf16", "fp8", "nvfp4", "mxfp4")
@@ -165,8 +164,9 @@ def write_outputs(config: CompareConfig) -> dict:
         "max_tokens": config.train.get("max_tokens"),
         "max_steps": config.train.get("max_steps"),
         "mxfp4_token_multiplier": config.mxfp4_token_multiplier,
-        "git_commit": _git_commit(),
-        "hardware": _hardware(config.train.get("device", "auto")),
+        "git_commit": git_commit(),
+        "hardware": "; ".join(sorted({r.run_info["hardware"] for r in runs if r.run_info.get("hardware")}))
+        or hardware(config.train.get("device", "auto")),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "complete_runs": len(runs),
         "planned_runs": len(config.runs()),
@@ -180,35 +180,6 @@ def write_outputs(config: CompareConfig) -> dict:
 
 def _atomic_write(path: Path, text: str) -> None:
     atomic_write(path, text.encode())
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).resolve().parent,
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _hardware(device: str) -> str:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    text = f"{cpu} ({torch.get_num_threads()} threads), torch {torch.__version__}"
-    if device != "cpu" and torch.cuda.is_available():
-        text += f", {torch.cuda.get_device_name(0)}"
-    return text
 
 
 def command_line(argv: list[str] | None = None) -> str:

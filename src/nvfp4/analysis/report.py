@@ -27,6 +27,7 @@ class RunRecord:
     val_tokens: np.ndarray
     val_loss: np.ndarray
     result: dict = field(default_factory=dict)  # final figures written by the trainer/compare
+    run_info: dict = field(default_factory=dict)  # the trainer's run.json (hardware, git commit, sizes)
 
     @property
     def final_val_loss(self) -> float:
@@ -61,8 +62,10 @@ def load_run(run_dir: str | Path, recipe: str, seed: int) -> RunRecord:
                 val.append(row["val_loss"])
     result_path = run_dir / "result.json"
     result = json.loads(result_path.read_text()) if result_path.exists() else {}
+    info_path = run_dir / "run.json"
+    run_info = json.loads(info_path.read_text()) if info_path.exists() else {}
     return RunRecord(recipe, seed, np.array(tokens, float), np.array(train, float), np.array(vtok, float),
-                     np.array(val, float), result)
+                     np.array(val, float), result, run_info)
 
 
 def ema(values: np.ndarray, alpha: float = 0.1) -> np.ndarray:
@@ -155,7 +158,7 @@ def summarize(runs: list[RunRecord], reference: str = "bf16", meta: dict | None 
                                           same_seed.final_train_loss if same_seed else ref_train),
             "tokens": r.result.get("tokens"), "tokens_per_s": r.result.get("tokens_per_s"),
             "wall_time_s": r.result.get("wall_time_s"), "diverged": r.diverged,
-            "diverged_step": r.result.get("diverged_step"),
+            "diverged_step": r.result.get("diverged_step"), "git_commit": r.run_info.get("git_commit"),
         })
     recipes = {}
     for name, rs in by_recipe.items():
@@ -221,7 +224,8 @@ def write_plots(runs: list[RunRecord], out_dir: str | Path, reference: str = "bf
         ax.set(xlabel="tokens", ylabel=f"relative train-loss difference to {reference} (%)",
                title=f"(L − L_{reference}) / L_{reference}, train loss EMA, mean over seeds")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, ncol=2)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8, ncol=2)
         paths.append(_save(fig, out_dir / "relative_loss_difference.png"))
 
     fig, ax = plt.subplots(figsize=(9, 5.5))

@@ -31,6 +31,7 @@ from torch import nn
 
 import nvfp4
 from nvfp4 import kernels
+from nvfp4._provenance import git_commit, hardware
 from nvfp4.convert import quantized_layers
 from nvfp4.data import DatasetInfo, TokenLoader, default_dataset, load_dataset, val_batches
 from nvfp4.model import GPT, config_from_preset, count_parameters
@@ -286,6 +287,8 @@ class Trainer:
             "dataset": str(self.data.path) if self.data.path else None,
             "train_tokens": self.data.train_tokens,
             "val_tokens": self.data.val_tokens,
+            "hardware": hardware(self.device),
+            "git_commit": git_commit(),
         }
         atomic_write_bytes(self.out / "run.json", (json.dumps(run, indent=2, default=str) + "\n").encode())
 

@@ -1,0 +1,39 @@
+"""Where a result came from: the code's git commit and the hardware, recorded with every run and report."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+
+def git_commit() -> str | None:
+    """Short commit of the checkout this package runs from (None outside a git checkout)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def hardware(device: str | torch.device = "cpu") -> str:
+    """CPU model and torch's thread count, torch version, and the GPU when ``device`` is one."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    text = f"{cpu} ({torch.get_num_threads()} threads), torch {torch.__version__}"
+    device = torch.device(device) if str(device) != "auto" else None
+    if (device is None or device.type == "cuda") and torch.cuda.is_available():
+        text += f", {torch.cuda.get_device_name(device if device is not None and device.type == 'cuda' else 0)}"
+    return text
