@@ -104,6 +104,8 @@ def quantize_operand(
         return _quantize_nvfp4_operand(t2d, cfg, seed, offset, global_amax, backend, transpose, keep_packed)
     if cfg.format == "mxfp4" and cfg.quantized:
         return _quantize_mxfp4_operand(t2d, cfg, seed, offset, backend, transpose)
+    if cfg.format == "fp8" and not cfg.hadamard:
+        return _quantize_fp8_operand(t2d, cfg, backend, transpose, keep_packed)
     if transpose:
         t2d = t2d.t().contiguous()
     if not cfg.quantized and not cfg.hadamard:
@@ -190,6 +192,21 @@ def _quantize_mxfp4_operand(
         signs = default_signs(size).to(t2d.device)
     values = impl.fake_quantize_mxfp4(t2d, cfg.stochastic, seed, offset, transpose=transpose, rht_signs=signs)
     return QuantizedOperand(values, values.shape[1])
+
+
+def _quantize_fp8_operand(
+    t2d: torch.Tensor, cfg: OperandConfig, backend: str, transpose: bool, keep_packed: bool
+) -> QuantizedOperand:
+    """FP8 through the backend: the FP32 GEMM operand in one pass, or (keep_packed, for backward) E4M3 codes +
+    scales (1 byte/value). E4M3 × FP32 scale is not exact in BF16, so FP8 GEMMs run in FP32."""
+    impl = kernels.select(backend, t2d.device)
+    if t2d.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        t2d = t2d.float()
+    rows, cols = (t2d.shape[1], t2d.shape[0]) if transpose else t2d.shape
+    if keep_packed:
+        data, scales = impl.quantize_fp8(t2d, cfg.tile, transpose=transpose)
+        return QuantizedOperand(FP8Tensor(data, scales, torch.Size((rows, cols)), cfg.tile), cols)
+    return QuantizedOperand(impl.fake_quantize_fp8(t2d, cfg.tile, transpose=transpose), cols)
 
 
 def emulated_gemm(

@@ -123,6 +123,7 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
         "nvfp4_random_bytes": (None, [ctypes.c_uint64, i64, u32, u32, p]),
         "nvfp4_random_bytes_lanes": (None, [p, u32, u32, u32, p]),
         "mxfp4_quantize": (None, [p, i32, i64, i64, i64, i64, p, i32, i32, u32, u32, i32, p, p, i32]),
+        "fp8_quantize": (i32, [p, i32, i64, i64, i64, i64, i64, i32, p, p, i32]),
     }
     for name, (restype, argtypes) in sigs.items():
         fn = getattr(lib, name)
@@ -457,3 +458,32 @@ class CPUBackend:
         out_kind = _OUT_BF16 if native == torch.bfloat16 else _OUT_F32
         self._run_mxfp4(x2d, transpose, signbits, scale_rule, stochastic, seed, offset, out_kind, values, None)
         return values if native == out_dtype else values.to(out_dtype)
+
+    # -- FP8 (blockwise E4M3, FP32 scales) ------------------------------------------------------------------
+    def _run_fp8(self, x2d: torch.Tensor, tile: tuple[int, int], transpose: bool, out_kind: int) -> tuple:
+        tile = tuple(tile)
+        if tile not in ((1, 128), (128, 128)):
+            raise NotImplementedError("unsupported FP8 tile: the reference reports it")
+        x, dt, kernel_t = _kernel_layout(x2d, bool(transpose))
+        rows, cols = x.shape[::-1] if kernel_t else x.shape
+        sr, sk = (1, x.shape[1]) if kernel_t else (x.shape[1], 1)
+        dtype = torch.float32 if out_kind == _OUT_F32 else torch.uint8
+        out = torch.empty((rows, cols), dtype=dtype)
+        scales = torch.empty((rows, -(-cols // 128)), dtype=torch.float32)
+        rc = self.lib.fp8_quantize(
+            _ptr(x), dt, rows, cols, sr, sk, tile[0], out_kind, _ptr(out), _ptr(scales), torch.get_num_threads()
+        )
+        if rc != 0:
+            raise MemoryError("fp8_quantize could not allocate its scratch buffers")
+        return out, scales
+
+    def quantize_fp8(
+        self, x2d: torch.Tensor, tile: tuple[int, int], *, transpose: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(E4M3 data (M, K), FP32 scales (M, ceil(K/128))) of t = x2d (or x2d.t(), read in place)."""
+        data, scales = self._run_fp8(x2d, tile, transpose, _OUT_PACKED)
+        return data.view(torch.float8_e4m3fn), scales
+
+    def fake_quantize_fp8(self, x2d: torch.Tensor, tile: tuple[int, int], *, transpose: bool = False) -> torch.Tensor:
+        """The FP8 GEMM operand e4m3(t / s_b) · s_b in FP32 (M, K) of t = x2d (or x2d.t()): one pass per tile."""
+        return self._run_fp8(x2d, tile, transpose, _OUT_F32)[0]

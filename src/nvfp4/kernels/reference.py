@@ -7,6 +7,7 @@ import functools
 import torch
 
 from nvfp4.formats.e2m1 import e2m1_values, unpack_codes
+from nvfp4.formats.fp8 import quantize_fp8_blockwise
 from nvfp4.formats.mxfp4 import MXFP4Tensor, reference_quantize_mxfp4_2d
 from nvfp4.formats.nvfp4 import BLOCK, reference_quantize_nvfp4_2d, tensor_amax
 from nvfp4.hadamard import random_hadamard_transform
@@ -146,3 +147,14 @@ class ReferenceBackend:
             t = random_hadamard_transform(t, dim=-1, size=size, signs=rht_signs)
         packed, scales = reference_quantize_mxfp4_2d(t.contiguous(), stochastic, seed, offset, scale_rule)
         return MXFP4Tensor(packed, scales, t.shape).scaled_values(out_dtype)
+
+    def quantize_fp8(
+        self, x2d: torch.Tensor, tile: tuple[int, int], *, transpose: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(E4M3 data (M, K), FP32 scales (M, ceil(K/128))) of t = x2d (or x2d.t())."""
+        q = quantize_fp8_blockwise(x2d.t().contiguous() if transpose else x2d, tile)
+        return q.data, q.scales
+
+    def fake_quantize_fp8(self, x2d: torch.Tensor, tile: tuple[int, int], *, transpose: bool = False) -> torch.Tensor:
+        """The FP8 GEMM operand e4m3(t / s_b) · s_b (FP32, (M, K)) of t = x2d (or x2d.t())."""
+        return quantize_fp8_blockwise(x2d.t().contiguous() if transpose else x2d, tile).dequantize(torch.float32)
