@@ -9,8 +9,8 @@ outputs. "ratio" divides by the median time of ``y.copy_(x)`` into a preallocate
 reads and writes the tensor once: a memory-bandwidth yardstick), timed alternately with the row's own runs so that
 both see the same load on a shared machine; the copy row shows the median of those per-row copy medians. "min"
 columns are the fastest run of each (and min over min): on a busy shared machine they show the unloaded speed.
-FP8 has only the reference implementation; it is listed for comparison. MXFP4 rows run on every backend:
-"MXFP4 fused ..." is ``fake_quantize_mxfp4`` (the GEMM operand in BF16, one pass: MXFP4 has no tensor amax).
+MXFP4 and FP8 rows run on every backend: "MXFP4 fused ..." is ``fake_quantize_mxfp4`` (the GEMM operand in BF16,
+one pass: MXFP4 has no tensor amax), "FP8 fused ..." is ``fake_quantize_fp8`` (the FP32 GEMM operand).
 
 The "fused" rows (non-reference backends only) time what a linear layer needs per operand, the GEMM operand
 value(q)·s_b in BF16 with fresh outputs, two ways: ``fake_quantize_nvfp4`` (one op) against the composition it
@@ -74,8 +74,10 @@ def cases(x: torch.Tensor, backend: str) -> dict[str, Callable[[], object]]:
     ops["MXFP4 fused RN"] = lambda: impl.fake_quantize_mxfp4(x, False, 0, 0)
     ops["MXFP4 fused SR"] = lambda: impl.fake_quantize_mxfp4(x, True, 1, 0)
     ops["MXFP4 fused T RHT32 SR"] = lambda: impl.fake_quantize_mxfp4(x, True, 1, 0, transpose=True, rht_signs=signs32)
+    ops["FP8 fused 1x128 -> fp32"] = lambda: impl.fake_quantize_fp8(x, (1, 128))
+    ops["FP8 fused T 1x128 -> fp32"] = lambda: impl.fake_quantize_fp8(x, (1, 128), transpose=True)
     if backend == "reference":
-        ops["FP8 1x128"] = lambda: quantize_fp8_blockwise(x)
+        ops["FP8 1x128 (codes)"] = lambda: quantize_fp8_blockwise(x)
     else:
         ops.update(fused_cases(x, impl, signs))
     return ops
