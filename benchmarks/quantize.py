@@ -74,8 +74,8 @@ def cases(x: torch.Tensor, backend: str) -> dict[str, Callable[[], object]]:
     ops["MXFP4 fused RN"] = lambda: impl.fake_quantize_mxfp4(x, False, 0, 0)
     ops["MXFP4 fused SR"] = lambda: impl.fake_quantize_mxfp4(x, True, 1, 0)
     ops["MXFP4 fused T RHT32 SR"] = lambda: impl.fake_quantize_mxfp4(x, True, 1, 0, transpose=True, rht_signs=signs32)
-    ops["FP8 fused 1x128 -> fp32"] = lambda: impl.fake_quantize_fp8(x, (1, 128))
-    ops["FP8 fused T 1x128 -> fp32"] = lambda: impl.fake_quantize_fp8(x, (1, 128), transpose=True)
+    ops["FP8 fused -> fp32"] = lambda: impl.fake_quantize_fp8(x, (1, 128))
+    ops["FP8 fused T -> fp32"] = lambda: impl.fake_quantize_fp8(x, (1, 128), transpose=True)
     if backend == "reference":
         ops["FP8 1x128 (codes)"] = lambda: quantize_fp8_blockwise(x)
     else:
