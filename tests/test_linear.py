@@ -93,6 +93,12 @@ def test_dgrad_reuses_the_bit_identical_2d_weight():
     # ... and equals quantizing Wᵀ with 16x16 tiles directly (SPEC §2).
     direct = quantize_nvfp4(layer.weight.detach().t().contiguous(), (16, 16)).scaled_values(torch.bfloat16)
     assert torch.equal(direct, w_dgrad)
+    # FP8's 128x128 weight tiles are square too: Dgrad reuses Fprop's values, equal to quantizing Wᵀ directly
+    layer = _layer("fp8", in_f=200, out_f=136)
+    w_dgrad = layer._weight_operand("dgrad_w")
+    assert w_dgrad.values().data_ptr() == layer._weight_operand("fprop_w").values().data_ptr()
+    direct = quantize_fp8_blockwise(layer.weight.detach().t().contiguous(), (128, 128)).dequantize(torch.float32)
+    assert torch.equal(direct, w_dgrad.values())
 
 
 @pytest.mark.parametrize("recipe", ["nvfp4", "nvfp4-no-2d", "fp8", "mxfp4"])

@@ -372,9 +372,11 @@ class Linear(nn.Linear):
         cached = self._weight_cache.get(operand)
         if cached is not None and cached[0] == key:
             return cached[1]
-        shares_fprop_bits = cfg == self.recipe.fprop_w and (cfg.tile == (16, 16) or not cfg.quantized)
+        square_tiles = cfg.tile[0] == cfg.tile[1] and cfg.format in ("nvfp4", "fp8")
+        shares_fprop_bits = cfg == self.recipe.fprop_w and (square_tiles or not cfg.quantized)
         if operand == "dgrad_w" and shares_fprop_bits and not cfg.hadamard:
-            # 2D tiles: quantize(W)ᵀ == quantize(Wᵀ) bit for bit (SPEC §2), so Dgrad reuses Fprop's W.
+            # Square tiles (NVFP4 16x16, FP8 128x128): quantize(W)ᵀ == quantize(Wᵀ) bit for bit (SPEC §2), so Dgrad
+            # reuses Fprop's W.
             result = self._weight_operand("fprop_w").transposed_2d()
         else:
             w2 = w.detach()
