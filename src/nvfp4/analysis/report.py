@@ -91,7 +91,15 @@ def _on_grid(runs: list[RunRecord], grid: np.ndarray, which: str) -> np.ndarray:
 
 def relative_gap_curve(runs: list[RunRecord], reference: list[RunRecord], which: str = "train",
                        points: int = 200) -> tuple[np.ndarray, np.ndarray]:
-    """(tokens, (L − L_ref)/L_ref) on the overlap of both recipes' token ranges."""
+    """(tokens, (L − L_ref)/L_ref) on the overlap of both recipes' token ranges.
+
+    Paired by seed where the seeds overlap (a seed fixes the data order, and single-batch losses differ far more
+    between data orders than between recipes); otherwise every run of each side is averaged."""
+    shared = {r.seed for r in runs} & {r.seed for r in reference}
+    if shared:
+        runs = [r for r in runs if r.seed in shared]
+        reference = [r for r in reference if r.seed in shared]
+
     def span(rs: list[RunRecord]) -> tuple[float, float]:
         xs = [r.tokens if which == "train" else r.val_tokens for r in rs]
         xs = [x for x in xs if len(x)]
@@ -285,6 +293,10 @@ def write_report(summary: dict, out_dir: str | Path, command: str | None = None)
         lines.append(f"| {name} | {len(r['seeds'])} | {r['final_val_loss_mean']:.4f} ± {r['final_val_loss_std']:.4f} "
                      f"| {pct(r['val_gap_to_reference'])} | {r['final_train_loss_mean']:.4f} "
                      f"| {pct(r['train_gap_to_reference'])} | {tps} | {'yes' if r['diverged'] else 'no'} |")
+    multiplier = summary.get("mxfp4_token_multiplier") or 1.0
+    if "mxfp4" in summary["recipes"] and multiplier != 1.0:
+        lines += ["", f"mxfp4 trained {multiplier:g}× the tokens of the other recipes (with its schedule stretched "
+                      "to match), so its gap above is not at equal tokens; the token efficiency below compares it."]
     eff = summary.get("token_efficiency_mxfp4_vs_nvfp4")
     if eff:
         lines += ["", "## Token efficiency: MXFP4 vs NVFP4", ""]
