@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import platform
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
+
+from nvfp4._provenance import cpu_model
 
 
 def median_ms(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
@@ -26,10 +27,4 @@ def median_ms(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> fl
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    return f"{cpu_model()}, {torch.get_num_threads()} threads, torch {torch.__version__}"

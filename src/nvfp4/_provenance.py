@@ -24,16 +24,19 @@ def git_commit() -> str | None:
         return None
 
 
-def hardware(device: str | torch.device = "cpu") -> str:
-    """CPU model and torch's thread count, torch version, and the GPU when ``device`` is one."""
-    cpu = platform.processor() or platform.machine()
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
-        pass
-    text = f"{cpu} ({torch.get_num_threads()} threads), torch {torch.__version__}"
-    device = torch.device(device) if str(device) != "auto" else None
-    if (device is None or device.type == "cuda") and torch.cuda.is_available():
-        text += f", {torch.cuda.get_device_name(device if device is not None and device.type == 'cuda' else 0)}"
+        return platform.processor() or platform.machine()
+
+
+def hardware(device: str | torch.device = "cpu") -> str:
+    """CPU model and torch's thread count, torch version, and the GPU when ``device`` is (or "auto" picks) one."""
+    text = f"{cpu_model()} ({torch.get_num_threads()} threads), torch {torch.__version__}"
+    if str(device) != "cpu" and torch.cuda.is_available():
+        index = torch.device(device).index if str(device).startswith("cuda") else None
+        text += f", {torch.cuda.get_device_name(index or 0)}"
     return text

@@ -22,7 +22,7 @@ from torch import nn
 
 from nvfp4 import kernels, recipes
 from nvfp4.formats.fp8 import FP8Tensor, quantize_fp8_blockwise
-from nvfp4.formats.mxfp4 import MXFP4Tensor, quantize_mxfp4
+from nvfp4.formats.mxfp4 import MXFP4Tensor
 from nvfp4.formats.nvfp4 import NVFP4Tensor, global_decode_scale, quantize_nvfp4, tensor_amax
 from nvfp4.formats.rng import derive_keys
 from nvfp4.hadamard import default_signs, random_hadamard_transform
@@ -122,11 +122,21 @@ def quantize_operand(
         return QuantizedOperand(t2d, cols)
     if cfg.format == "nvfp4":
         q = quantize_nvfp4(t2d, cfg.tile, cfg.stochastic, seed, global_amax, offset=offset, backend=backend)
-    elif cfg.format == "mxfp4":
-        q = quantize_mxfp4(t2d, cfg.stochastic, seed, offset=offset, backend=backend)
-    else:
+    else:  # fp8 with a Hadamard transform (MXFP4 always takes its fused path)
         q = quantize_fp8_blockwise(t2d, cfg.tile)
     return QuantizedOperand(q, cols)
+
+
+def _fused_input(t2d: torch.Tensor, transpose: bool, hadamard: int | None) -> torch.Tensor:
+    """The input of a fused backend op: a float dtype the kernels read, and, for an RHT, the logical last dim
+    (dim 0 when ``transpose``) zero-padded to a multiple of the transform size (zeros do not change the GEMM)."""
+    if t2d.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        t2d = t2d.float()
+    if hadamard:
+        pad = -t2d.shape[0 if transpose else 1] % hadamard
+        if pad:
+            t2d = F.pad(t2d, (0, 0, 0, pad) if transpose else (0, pad))
+    return t2d
 
 
 def _quantize_nvfp4_operand(
@@ -141,15 +151,8 @@ def _quantize_nvfp4_operand(
 ) -> QuantizedOperand:
     """NVFP4 through the backend's fused ops: (RHT +) quantize (+ dequantize to BF16) in one pass."""
     impl = kernels.select(backend, t2d.device)
-    if t2d.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        t2d = t2d.float()
-    signs = None
-    if cfg.hadamard:  # the RHT runs along the logical last dim; zero-pad it to a multiple of 16
-        k_dim = 0 if transpose else 1
-        pad = -t2d.shape[k_dim] % 16
-        if pad:
-            t2d = F.pad(t2d, (0, 0, 0, pad) if transpose else (0, pad))
-        signs = default_signs(16).to(t2d.device)
+    t2d = _fused_input(t2d, transpose, cfg.hadamard)
+    signs = default_signs(16).to(t2d.device) if cfg.hadamard else None
     rows, cols = (t2d.shape[1], t2d.shape[0]) if transpose else t2d.shape
     amax = None if global_amax is None else global_amax.to(torch.float32)
     if keep_packed:
@@ -180,16 +183,8 @@ def _quantize_mxfp4_operand(
     (2 bytes/value rather than 4.25 bits: the CPU emulation trades that memory for one pass instead of three).
     """
     impl = kernels.select(backend, t2d.device)
-    if t2d.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        t2d = t2d.float()
-    signs = None
-    if cfg.hadamard:  # along the logical last dim, zero-padded to a multiple of the transform size
-        size = cfg.hadamard
-        k_dim = 0 if transpose else 1
-        pad = -t2d.shape[k_dim] % size
-        if pad:
-            t2d = F.pad(t2d, (0, 0, 0, pad) if transpose else (0, pad))
-        signs = default_signs(size).to(t2d.device)
+    t2d = _fused_input(t2d, transpose, cfg.hadamard)
+    signs = default_signs(cfg.hadamard).to(t2d.device) if cfg.hadamard else None
     values = impl.fake_quantize_mxfp4(t2d, cfg.stochastic, seed, offset, transpose=transpose, rht_signs=signs)
     return QuantizedOperand(values, values.shape[1])
 
@@ -200,8 +195,7 @@ def _quantize_fp8_operand(
     """FP8 through the backend: the FP32 GEMM operand in one pass, or (keep_packed, for backward) E4M3 codes +
     scales (1 byte/value). E4M3 × FP32 scale is not exact in BF16, so FP8 GEMMs run in FP32."""
     impl = kernels.select(backend, t2d.device)
-    if t2d.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        t2d = t2d.float()
+    t2d = _fused_input(t2d, transpose, None)
     rows, cols = (t2d.shape[1], t2d.shape[0]) if transpose else t2d.shape
     if keep_packed:
         data, scales = impl.quantize_fp8(t2d, cfg.tile, transpose=transpose)

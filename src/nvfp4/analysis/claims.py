@@ -95,8 +95,9 @@ class _Judge:
         return gap, f"{recipe} vs {baseline}: {_pct(gap)} final val loss ({n} seed{'s' * (n > 1)}; {self.noise_note})"
 
 
-def _worse_claim(j: _Judge, claim: str, recipe: str, baseline: str = "nvfp4") -> Claim:
-    """The paper: ``recipe`` (a component removed) trains to a worse loss than ``baseline``."""
+def _ablation_claim(j: _Judge, claim: str, recipe: str, baseline: str = "nvfp4", diverges: bool = False) -> Claim:
+    """The paper: ``recipe`` trains to a worse loss than ``baseline`` (or, with ``diverges``, diverges: then worse
+    without diverging is only 'partly')."""
     if not j.has(recipe, baseline):
         return Claim(claim, "not measured", f"needs {recipe} and {baseline}")
     div = _diverged(j.summary, recipe)
@@ -106,23 +107,9 @@ def _worse_claim(j: _Judge, claim: str, recipe: str, baseline: str = "nvfp4") ->
     if got is None:
         return Claim(claim, "not measured", f"no finite final loss for {recipe} and {baseline} on a shared seed")
     gap, text = got
-    verdict = {"worse": "reproduces", "same": "not visible", "better": "contradicted"}[j.direction(gap)]
-    return Claim(claim, verdict, text)
-
-
-def _diverges_claim(j: _Judge, claim: str, recipe: str, baseline: str = "nvfp4") -> Claim:
-    """The paper: ``recipe`` diverges. Worse without diverging is 'partly'."""
-    if not j.has(recipe, baseline):
-        return Claim(claim, "not measured", f"needs {recipe} and {baseline}")
-    div = _diverged(j.summary, recipe)
-    if div is not None:
-        return Claim(claim, "reproduces", f"{recipe} diverged (step {div.get('diverged_step')})")
-    got = j.gap_text(recipe, baseline)
-    if got is None:
-        return Claim(claim, "not measured", f"no finite final loss for {recipe} and {baseline} on a shared seed")
-    gap, text = got
-    verdict = {"worse": "partly", "same": "not visible", "better": "contradicted"}[j.direction(gap)]
-    return Claim(claim, verdict, f"no divergence; {text}")
+    worse = "partly" if diverges else "reproduces"
+    verdict = {"worse": worse, "same": "not visible", "better": "contradicted"}[j.direction(gap)]
+    return Claim(claim, verdict, f"no divergence; {text}" if diverges else text)
 
 
 def _tracking_claim(j: _Judge) -> Claim:
@@ -150,7 +137,7 @@ def _mxfp4_claim(j: _Judge) -> Claim:
     mx, nv = _runs(j.summary, "mxfp4"), _runs(j.summary, "nvfp4")
     same_length = all(mx[s].get("tokens") == nv[s].get("tokens") for s in mx.keys() & nv.keys())
     if same_length:  # equal token budgets: the final losses compare directly
-        return _worse_claim(j, claim, "mxfp4")
+        return _ablation_claim(j, claim, "mxfp4")
     eff = j.summary.get("token_efficiency_mxfp4_vs_nvfp4") or {}
     extra = eff.get("extra_tokens_fraction")
     if extra is None:
@@ -196,12 +183,12 @@ def assess_claims(summary: dict) -> list[dict]:
     claims = [
         _tracking_claim(j),
         _mxfp4_claim(j),
-        _worse_claim(j, "removing stochastic rounding (gradients) makes the loss worse", "nvfp4-no-sr"),
-        _worse_claim(j, "removing the RHT (Wgrad) makes the loss worse", "nvfp4-no-rht"),
-        _worse_claim(j, "removing 2D weight scaling makes the loss worse", "nvfp4-no-2d"),
-        _diverges_claim(j, "SR on activations and weights too diverges", "nvfp4-sr-everywhere"),
-        _worse_claim(j, "the RHT on Fprop/Dgrad too hurts", "nvfp4-rht-everywhere"),
-        _diverges_claim(j, "all-FP4 (no BF16 layers) diverges", "nvfp4-all-fp4"),
+        _ablation_claim(j, "removing stochastic rounding (gradients) makes the loss worse", "nvfp4-no-sr"),
+        _ablation_claim(j, "removing the RHT (Wgrad) makes the loss worse", "nvfp4-no-rht"),
+        _ablation_claim(j, "removing 2D weight scaling makes the loss worse", "nvfp4-no-2d"),
+        _ablation_claim(j, "SR on activations and weights too diverges", "nvfp4-sr-everywhere", diverges=True),
+        _ablation_claim(j, "the RHT on Fprop/Dgrad too hurts", "nvfp4-rht-everywhere"),
+        _ablation_claim(j, "all-FP4 (no BF16 layers) diverges", "nvfp4-all-fp4", diverges=True),
         _switch_claim(j),
     ]
     return [asdict(c) for c in claims]

@@ -206,6 +206,15 @@ def _kernel_layout(x2d: torch.Tensor, transpose: bool) -> tuple[torch.Tensor, in
     return t.contiguous(), dt, False
 
 
+def _strided_layout(x2d: torch.Tensor, transpose: bool) -> tuple[torch.Tensor, int, int, int, int, int]:
+    """(x, dtype code, M, K, sr, sk): element (r, k) of the logical (M, K) tensor (x2d, or x2d.t()) is at
+    x[r * sr + k * sk], read in place for row-major and transposed layouts (what the MXFP4 and FP8 kernels take)."""
+    x, dt, kernel_t = _kernel_layout(x2d, transpose)
+    if kernel_t:
+        return x, dt, x.shape[1], x.shape[0], 1, x.shape[1]
+    return x, dt, x.shape[0], x.shape[1], x.shape[1], 1
+
+
 def _signbits(signs: torch.Tensor | None, size: int = 16) -> torch.Tensor | None:
     """The RHT sign vector as the kernel's sign-bit words; NotImplementedError (-> the reference) if not size x ±1."""
     if signs is None:
@@ -408,10 +417,7 @@ class CPUBackend:
     ) -> None:  # fmt: skip
         if scale_rule not in ("ceil", "floor"):
             raise NotImplementedError("unknown scale rule: left to the reference, which reports it")
-        x, dt, kernel_t = _kernel_layout(x2d, bool(transpose))
-        rows, cols = x.shape[::-1] if kernel_t else x.shape
-        # element (r, k) of the logical tensor is at r * sr + k * sk of x's memory
-        sr, sk = (1, x.shape[1]) if kernel_t else (x.shape[1], 1)
+        x, dt, rows, cols, sr, sk = _strided_layout(x2d, bool(transpose))
         k1, k2 = derive_keys(int(seed), int(offset)) if stochastic else (0, 0)
         self.lib.mxfp4_quantize(
             _ptr(x), dt, rows, cols, sr, sk, None if signbits is None else _ptr(signbits), int(scale_rule == "ceil"),
@@ -464,9 +470,7 @@ class CPUBackend:
         tile = tuple(tile)
         if tile not in ((1, 128), (128, 128)):
             raise NotImplementedError("unsupported FP8 tile: the reference reports it")
-        x, dt, kernel_t = _kernel_layout(x2d, bool(transpose))
-        rows, cols = x.shape[::-1] if kernel_t else x.shape
-        sr, sk = (1, x.shape[1]) if kernel_t else (x.shape[1], 1)
+        x, dt, rows, cols, sr, sk = _strided_layout(x2d, bool(transpose))
         dtype = torch.float32 if out_kind == _OUT_F32 else torch.uint8
         out = torch.empty((rows, cols), dtype=dtype)
         scales = torch.empty((rows, -(-cols // 128)), dtype=torch.float32)

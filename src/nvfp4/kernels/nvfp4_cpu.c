@@ -1172,6 +1172,19 @@ void nvfp4_e4m3_encode(const float *x, int64_t n, uint8_t *out) {
 /* ------------------------------------------------------------------------------------------------------------ */
 #define MX_BLOCK 32
 
+/* buf[j] = element base + j * stride of x (FP32 or BF16) for j < n, then zeros up to len (the logical padding). */
+static inline void load_strided(const void *x, int dtype, int64_t base, int64_t stride, int64_t n, float *buf,
+                                int64_t len) {
+    if (dtype == DT_BF16) {
+        const uint16_t *xs = (const uint16_t *)x + base;
+        for (int64_t j = 0; j < n; j++) buf[j] = u2f((uint32_t)xs[j * stride] << 16);
+    } else {
+        const float *xs = (const float *)x + base;
+        for (int64_t j = 0; j < n; j++) buf[j] = xs[j * stride];
+    }
+    for (int64_t j = n; j < len; j++) buf[j] = 0.0f;
+}
+
 /* The unbiased scale exponent e (scale = 2^e) of a block with finite amax >= 0, as _block_exponents: exact from
  * frexp (amax = m 2^k, m in [0.5, 1)); "ceil": the smallest e with 6 2^e >= amax; "floor": floor(log2 amax) - 2. */
 static inline int mx_exponent(float amax, int ceil_rule) {
@@ -1215,14 +1228,7 @@ void mxfp4_quantize(const void *x, int dtype, int64_t M, int64_t K, int64_t sr, 
         const int64_t k0 = b * MX_BLOCK, n = K - k0 < MX_BLOCK ? K - k0 : MX_BLOCK;
         float buf[MX_BLOCK];
         uint32_t codes[MX_BLOCK];
-        const int64_t base = r * sr + k0 * sk;
-        if (dtype == DT_BF16) {
-            const uint16_t *xs = (const uint16_t *)x + base;
-            for (int j = 0; j < MX_BLOCK; j++) buf[j] = j < n ? u2f((uint32_t)xs[j * sk] << 16) : 0.0f;
-        } else {
-            const float *xs = (const float *)x + base;
-            for (int j = 0; j < MX_BLOCK; j++) buf[j] = j < n ? xs[j * sk] : 0.0f;
-        }
+        load_strided(x, dtype, r * sr + k0 * sk, sk, n, buf, MX_BLOCK);
         if (signbits) mx_rht32(buf, signbits);
         uint32_t am = 0;
         for (int j = 0; j < MX_BLOCK; j++) {
@@ -1308,14 +1314,7 @@ int fp8_quantize(const void *x, int dtype, int64_t M, int64_t K, int64_t sr, int
             uint32_t am = 0;
             for (int64_t i = 0; i < nr; i++) {
                 float *row = buf + i * FP8_BLOCK;
-                const int64_t base = (r0 + i) * sr + k0 * sk;
-                if (dtype == DT_BF16) {
-                    const uint16_t *xs = (const uint16_t *)x + base;
-                    for (int64_t j = 0; j < n; j++) row[j] = u2f((uint32_t)xs[j * sk] << 16);
-                } else {
-                    const float *xs = (const float *)x + base;
-                    for (int64_t j = 0; j < n; j++) row[j] = xs[j * sk];
-                }
+                load_strided(x, dtype, (r0 + i) * sr + k0 * sk, sk, n, row, n);
                 for (int64_t j = 0; j < n; j++) {
                     const uint32_t a = f2u(row[j]) & 0x7FFFFFFFu;
                     am = a > am ? a : am;

@@ -350,13 +350,14 @@ class Trainer:
             self._restore_sigint(previous_handler)
         if message:
             self._say(message)
+        elapsed = self.elapsed()
         return TrainResult(
             final_train_loss=self.last_losses[0],
             final_val_loss=self.last_losses[1],
             steps=self.step,
             tokens=self.tokens,
-            wall_time_s=self.elapsed()["wall_time_s"],
-            tokens_per_s=self.elapsed()["tokens_per_s"],
+            wall_time_s=elapsed["wall_time_s"],
+            tokens_per_s=elapsed["tokens_per_s"],
             out_dir=str(self.out),
             diverged=diverged_step is not None,
             diverged_step=diverged_step,
