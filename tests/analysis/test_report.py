@@ -46,6 +46,18 @@ def test_summary_gaps_are_relative_to_reference(runs):
     assert len(s["runs"]) == 6
 
 
+def test_final_train_loss_averages_the_last_tenth_of_tokens(tmp_path):
+    """One batch's loss is noise: a spike on the last step moves the final train loss by a tenth of itself."""
+    d = _write_run(tmp_path / "run", 0.0, steps=100)
+    rows = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+    for row in rows:
+        row["train_loss"] = 4.0
+    rows[-1]["train_loss"] = 15.0  # steps 90..100 are the last 10% of tokens: 11 logged losses
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = load_run(d, "bf16", 1)
+    assert run.final_train_loss == pytest.approx((10 * 4.0 + 15.0) / 11)
+
+
 def test_relative_gap_curve_matches_constant_offset(runs):
     nv = [r for r in runs if r.recipe == "nvfp4"]
     ref = [r for r in runs if r.recipe == "bf16"]
