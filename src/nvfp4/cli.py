@@ -103,7 +103,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 # -- compare --------------------------------------------------------------------------------------------
 
 # What compare sets per run; every other TrainConfig flag is shared by all runs.
-_PER_RUN_FIELDS = ("recipe", "seed", "out", "resume")
+_PER_RUN_FIELDS = ("recipe", "seed", "out", "resume", "keep_steps", "branch_from")
 # --quick: the CI-sized end-to-end check (tiny model, two recipes, a few steps).
 QUICK_TRAIN = dict(model="tiny", n_layer=4, max_steps=20, batch_size=8, seq_len=64, eval_interval=10,
                    eval_batches=2, log_interval=2, tokenizer="byte")
@@ -136,6 +136,7 @@ def _compare(args: argparse.Namespace) -> int:
     config = CompareConfig(
         recipes=args.recipes, suite=suite, out=args.out, seeds=args.seeds, ablation_seeds=args.ablation_seeds,
         reference=args.reference, mxfp4_token_multiplier=args.mxfp4_token_multiplier, train=train,
+        branch=not args.no_branch,
         command=command_line([a for a in args.argv if a != "--report-only"]),  # the command that made the runs
     )  # fmt: skip
     summary = write_outputs(config) if args.report_only else compare(config)
@@ -166,6 +167,9 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reference", default="bf16", help="recipe the relative gaps refer to (default bf16)")
     p.add_argument("--mxfp4-token-multiplier", type=float,
                    help="MXFP4 trains this many times longer (default 1.5 for --suite paper, else 1)")
+    p.add_argument("--no-branch", action="store_true",
+                   help="train late-switch recipes from scratch instead of branching them from their base recipe's "
+                        "checkpoint at the switch step (bit-identical, 80%% cheaper)")
     p.add_argument("--quick", action="store_true", help="CI-sized run: tiny 4-layer model, bf16 vs nvfp4, 20 steps")
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: rewrite summary, plots and report from the runs complete so far")

@@ -114,6 +114,14 @@ class PrecisionSwitch:
             return tokens >= self.at_tokens
         return progress >= self.at_fraction  # type: ignore[operator]
 
+    def first_active_step(self, total_steps: int, tokens_per_step: int) -> int | None:
+        """The first step (0-based, before it runs) that trains switched, or None if none of ``total_steps`` does.
+        Every step before it trains exactly as the recipe without a switch: a run can branch there."""
+        for step in range(total_steps):  # a scan, not a formula: it must agree with active() to the last float bit
+            if self.active(step / total_steps, step * tokens_per_step):
+                return step
+        return None
+
 
 @dataclass(frozen=True)
 class Recipe:

@@ -70,6 +70,32 @@ def test_paper_suite_plan_runs_mxfp4_longer():
     assert cfg.mxfp4_token_multiplier == 1.5
 
 
+def test_paper_suite_branches_the_switch_runs_from_nvfp4():
+    cfg = CompareConfig(suite="paper", seeds=[1, 2], ablation_seeds=[1], train={"max_steps": 100})
+    assert cfg.branch_points() == {(f"nvfp4-switch-{p}", 1): ("nvfp4", 80) for p in ("fwd", "bwd", "both")}
+    assert CompareConfig(suite="paper", seeds=[1], branch=False, train={"max_steps": 100}).branch_points() == {}
+    # no base recipe in the plan: nothing to branch from
+    assert CompareConfig(recipes=["bf16", "nvfp4-switch-fwd"], train={"max_steps": 100}).branch_points() == {}
+
+
+def test_switch_run_branches_bit_identically(tmp_path, capsys):
+    """compare keeps nvfp4's checkpoint at the switch step and branches the switch run from it: the same metrics as
+    the switch run trained from scratch (--no-branch)."""
+    train = dict(TINY, checkpoint_interval=0, keep_checkpoints=1)
+    runs = {}
+    for branch in (True, False):
+        out = tmp_path / ("branched" if branch else "scratch")
+        cfg = CompareConfig(recipes=["bf16", "nvfp4", "nvfp4-switch-fwd"], out=str(out), seeds=[0], train=train,
+                            branch=branch)  # fmt: skip
+        compare(cfg)
+        printed = capsys.readouterr().out
+        assert ("(branching from nvfp4 at step 5)" in printed) == branch  # 6 steps: 5/6 >= 0.8 > 4/6
+        rows = [json.loads(line) for line in open(run_dir(out, "nvfp4-switch-fwd", 0) / "metrics.jsonl")]
+        runs[branch] = [(r["step"], r.get("train_loss"), r.get("val_loss"), r.get("precision")) for r in rows]
+    assert runs[True] == runs[False]
+    assert runs[True][-1][3] == {"forward": "bf16", "backward": "nvfp4"}
+
+
 def test_cli_quick_compare_and_errors(tmp_path, capsys):
     from nvfp4.cli import main
 

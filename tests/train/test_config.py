@@ -21,6 +21,8 @@ from nvfp4.train.config import DEFAULT_MAX_STEPS
         (dict(model="huge"), "unknown model preset 'huge'; valid presets: tiny"),
         (dict(batch_size=0), "batch_size must be a positive integer"),
         (dict(max_steps=0), "max_steps must be a positive integer"),
+        (dict(keep_steps=[0]), "keep_steps must be positive integers"),
+        (dict(branch_from=""), "branch_from must be a checkpoint file path"),
         (dict(schedule="linear"), "schedule must be one of wsd, cosine, constant"),
         (dict(distributed="horovod"), "distributed must be one of none, ddp, fsdp"),
         (dict(min_lr_ratio=1.5), "min_lr_ratio must be a number in"),

@@ -257,3 +257,41 @@ def test_tensorboard_scalars_or_a_clear_warning(make_config):
     assert result.steps == 1
     events = list((Path(config.out) / "tb").glob("events.*"))
     assert events or any("tensorboard logging disabled" in str(w.message) for w in caught)
+
+
+def test_branch_before_the_switch_repeats_the_unbranched_run(make_config, tmp_path):
+    """A switch recipe branched from the base recipe's checkpoint at the switch step trains bit for bit as the
+    switch recipe trained from scratch (what `nvfp4 compare` uses to skip 80% of each switch run)."""
+    from nvfp4 import recipes
+    from nvfp4.train.checkpoint import checkpoint_path
+
+    base = make_config(recipe="nvfp4", keep_steps=[7], keep_checkpoints=1, out=str(tmp_path / "base"))
+    first = recipes.get("nvfp4-switch-fwd").switch.first_active_step(8, base.tokens_per_step())
+    assert first == 7  # 7/8 >= 0.8 > 6/8
+    train(base)
+    assert [s for s, _ in list_checkpoints(Path(base.out) / "checkpoints")] == [7, 8]  # 7 outlived the rotation
+    scratch = make_config(recipe="nvfp4-switch-fwd", out=str(tmp_path / "scratch"))
+    train(scratch)
+    kept = checkpoint_path(Path(base.out) / "checkpoints", 7)
+    branched = make_config(recipe="nvfp4-switch-fwd", branch_from=str(kept), out=str(tmp_path / "branched"))
+    result = train(branched)
+    assert result.resumed_from == 7
+
+    def curve(out):
+        return [(r["step"], r.get("train_loss"), r.get("val_loss"), r.get("precision")) for r in read_metrics(out)]
+
+    assert curve(branched.out) == curve(scratch.out)  # the copied prefix and the switched steps alike
+    assert curve(branched.out)[-1][3] == {"forward": "bf16", "backward": "nvfp4"}
+    assert curve(base.out)[:8] == curve(scratch.out)[:8]  # steps 0-7: nothing switched yet
+
+
+def test_branch_refuses_other_recipes_and_points_past_the_switch(make_config, tmp_path):
+    base = make_config(recipe="nvfp4", checkpoint_interval=0, out=str(tmp_path / "base"))
+    train(base)
+    final = Path(base.out) / "checkpoints" / "step_00000008.pt"
+    with pytest.raises(ValueError, match="differs from 'nvfp4-no-sr' in more than the late precision switch"):
+        train(make_config(recipe="nvfp4-no-sr", branch_from=str(final), out=str(tmp_path / "a")))
+    with pytest.raises(ValueError, match=r"switches precision at step 7.*--keep-steps 7"):
+        train(make_config(recipe="nvfp4-switch-bwd", branch_from=str(final), out=str(tmp_path / "b")))
+    with pytest.raises(ValueError, match="cannot branch"):
+        train(make_config(recipe="nvfp4-switch-bwd", branch_from=str(tmp_path / "missing.pt"), out=str(tmp_path / "c")))

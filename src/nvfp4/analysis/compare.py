@@ -4,6 +4,10 @@ Only the recipe differs between runs: the same seed gives the same initialisatio
 built and initialised before conversion), the same data order and the same LR schedule. Each run
 lives in ``OUT/runs/<recipe>/seed<k>/``; a run with a ``result.json`` is complete and skipped, an
 interrupted one resumes from its checkpoint, so ``compare`` itself can be stopped and resumed.
+
+A late-switch recipe (``nvfp4-switch-*``) trains exactly like its base recipe (``nvfp4``) until the switch, so
+the base run keeps a checkpoint at the switch step and the switch run branches from it (``branch_from``),
+training only the last 20%. The result is bit-identical to training it from scratch (tested).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from nvfp4 import recipes
 from nvfp4._io import atomic_write
 from nvfp4._provenance import git_commit, hardware
 from nvfp4.analysis.report import RunRecord, load_run, summarize, write_plots, write_report
+from nvfp4.train.checkpoint import checkpoint_path
 
 MAIN_RECIPES = ("bf16", "fp8", "nvfp4", "mxfp4")
 SUITES: dict[str, tuple[str, ...]] = {
@@ -48,6 +53,8 @@ class CompareConfig:
     mxfp4_token_multiplier: float | None = None
     train: dict[str, Any] = field(default_factory=dict)
     command: str | None = None
+    # Branch late-switch runs from their base run's checkpoint at the switch step instead of training from scratch.
+    branch: bool = True
 
     def __post_init__(self) -> None:
         if (self.recipes is None) == (self.suite is None):
@@ -64,7 +71,7 @@ class CompareConfig:
             self.mxfp4_token_multiplier = 1.5 if self.suite == "paper" else 1.0
         if self.mxfp4_token_multiplier < 1.0:
             raise ValueError("mxfp4_token_multiplier must be >= 1")
-        for key in ("recipe", "seed", "out", "resume"):
+        for key in ("recipe", "seed", "out", "resume", "keep_steps", "branch_from"):
             if key in self.train:
                 raise ValueError(f"train option {key!r} is set per run by compare; remove it")
 
@@ -96,6 +103,31 @@ class CompareConfig:
         return sorted(all_runs, key=priority)  # stable: seed-major within each group
 
 
+    def branch_points(self) -> dict[tuple[str, int], tuple[str, int]]:
+        """(switch recipe, seed) -> (base recipe, step): the planned base run that trains identically until
+        ``step``, where the switch run's precision switch begins (see the module doc)."""
+        if not self.branch:
+            return {}
+        planned = set(self.runs())
+        points = {}
+        for name, seed in self.runs():
+            recipe = recipes.get(name)
+            if recipe.switch is None:
+                continue
+            stripped = recipe.replace(name="", description="", switch=None)
+            base = next((b for b in self.recipe_names if (b, seed) in planned and recipes.get(b).switch is None
+                         and recipes.get(b).replace(name="", description="") == stripped), None)  # fmt: skip
+            if base is None:
+                continue
+            cfg, base_cfg = _train_config(self, name, seed), _train_config(self, base, seed)
+            if cfg.total_steps() != base_cfg.total_steps():
+                continue
+            step = recipe.switch.first_active_step(cfg.total_steps(), cfg.tokens_per_step())
+            if step:  # None: never switches; 0: nothing to share
+                points[(name, seed)] = (base, step)
+        return points
+
+
 def run_dir(out: str | Path, recipe: str, seed: int) -> Path:
     return Path(out) / "runs" / recipe / f"seed{seed}"
 
@@ -121,6 +153,10 @@ def compare(config: CompareConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2, default=str))
     plan = config.runs()
+    branches = config.branch_points()
+    keep_steps: dict[tuple[str, int], set[int]] = {}
+    for (_, seed), (base, step) in branches.items():
+        keep_steps.setdefault((base, seed), set()).add(step)
     started = time.time()
     for i, (recipe, seed) in enumerate(plan, 1):
         rdir = run_dir(out, recipe, seed)
@@ -128,13 +164,20 @@ def compare(config: CompareConfig) -> dict:
             print(f"[{i}/{len(plan)}] {recipe} seed {seed}: complete, skipped", flush=True)
             continue
         resume = any((rdir / "checkpoints").glob("*.pt")) if (rdir / "checkpoints").exists() else False
-        elapsed = time.time() - started
-        print(
-            f"[{i}/{len(plan)}] {recipe} seed {seed}{' (resuming)' if resume else ''} — {elapsed / 60:.1f} min elapsed",
-            flush=True,
-        )
         cfg = _train_config(config, recipe, seed)
         cfg.resume = resume
+        cfg.keep_steps = sorted(keep_steps.get((recipe, seed), ())) or None
+        how = " (resuming)" if resume else ""
+        if (recipe, seed) in branches and not resume:
+            base, step = branches[(recipe, seed)]
+            point = checkpoint_path(run_dir(out, base, seed) / "checkpoints", step)
+            if point.exists():
+                cfg.branch_from = str(point)
+                how = f" (branching from {base} at step {step})"
+            else:
+                how = f" (from scratch: {base} seed {seed} kept no checkpoint at step {step})"
+        elapsed = time.time() - started
+        print(f"[{i}/{len(plan)}] {recipe} seed {seed}{how} — {elapsed / 60:.1f} min elapsed", flush=True)
         result = train(cfg)
         if result.interrupted:
             print("interrupted: rerun the same command to continue", flush=True)

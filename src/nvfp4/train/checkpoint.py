@@ -14,7 +14,7 @@ import random
 import re
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,8 +86,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     atomic_write(path, data)
 
 
-def save_checkpoint(directory: str | Path, step: int, state: dict[str, Any], keep: int) -> Path:
-    """Atomically write ``state`` as the checkpoint of ``step``, point ``latest`` at it, keep the last ``keep``.
+def save_checkpoint(
+    directory: str | Path, step: int, state: dict[str, Any], keep: int, protect: Collection[int] = ()
+) -> Path:
+    """Atomically write ``state`` as the checkpoint of ``step``, point ``latest`` at it, keep the last ``keep``
+    (and every step in ``protect``: branch points other runs start from).
 
     Refuses (CheckpointError) a state whose model or optimizer holds a NaN/Inf: resuming from it
     could only reproduce the divergence.
@@ -112,7 +115,8 @@ def save_checkpoint(directory: str | Path, step: int, state: dict[str, Any], kee
         raise
     _fsync_dir(directory)
     atomic_write_bytes(directory / LATEST, f"{final.name}\n".encode())
-    for _, old in list_checkpoints(directory)[:-keep]:
+    rotating = [path for s, path in list_checkpoints(directory) if s not in protect]
+    for old in rotating[:-keep]:
         old.unlink(missing_ok=True)
     return final
 

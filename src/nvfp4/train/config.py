@@ -87,10 +87,18 @@ class TrainConfig:
     log_interval: int = field(default=10, metadata=_help("write metrics every N steps"))
     checkpoint_interval: int = field(default=100, metadata=_help("checkpoint every N steps (0 = only at the end)"))
     keep_checkpoints: int = field(default=3, metadata=_help("how many recent checkpoints to keep"))
+    keep_steps: list[int] | None = field(
+        default=None, metadata=_help("also checkpoint at these steps and never delete those (branch points)")
+    )
     # -- run control ------------------------------------------------------------------------------
     seed: int = field(default=0, metadata=_help("seeds init, data order and stochastic rounding"))
     out: str = field(default="runs/nvfp4", metadata=_help("output directory"))
     resume: bool = field(default=False, metadata=_help("continue from the latest checkpoint in --out"))
+    branch_from: str | None = field(
+        default=None,
+        metadata=_help("start from another run's checkpoint file; the recipes may differ only in a late precision "
+                       "switch that has not begun by then (--resume still continues this run's own checkpoints)"),
+    )  # fmt: skip
     device: str = field(default="auto", metadata=_help("auto (cuda if available), cpu or cuda", choices=DEVICES))
     autocast: str = field(default="bf16", metadata=_help("autocast dtype of non-quantized ops", choices=AUTOCAST))
     compile: bool = field(default=False, metadata=_help("torch.compile the model"))
@@ -158,6 +166,12 @@ class TrainConfig:
             raise ValueError(f"mlp must be relu2 or swiglu, got {self.mlp!r}")
         if not self.out:
             raise ValueError("out (the output directory) must not be empty")
+        if self.keep_steps is not None and not all(
+            isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in self.keep_steps
+        ):
+            raise ValueError(f"keep_steps must be positive integers (steps to checkpoint at), got {self.keep_steps!r}")
+        if self.branch_from is not None and not self.branch_from:
+            raise ValueError("branch_from must be a checkpoint file path, got an empty string")
         for name in ("data", "val_data"):
             value = getattr(self, name)
             if value is not None and (not value or not all(isinstance(p, str) and p for p in value)):

@@ -6,6 +6,8 @@ Reproducibility rules this file keeps, because ``nvfp4 compare`` and ``--resume`
   starts from the same weights; the data order depends on ``seed`` alone too;
 * everything a step reads (parameters, AdamW moments, step, data position, stochastic-rounding
   counters, RNGs) is in the checkpoint, so a resumed run repeats the uninterrupted one bit for bit;
+  a run with a late precision switch can likewise *branch* from another recipe's checkpoint taken
+  before the switch (``branch_from``) and repeat its own unbranched run bit for bit;
 * no global state: ``train()`` can run many times in one process (a signal handler is installed
   for the duration of the run only, and only in the main thread).
 """
@@ -42,13 +44,14 @@ from nvfp4.train.checkpoint import (
     CheckpointError,
     atomic_write_bytes,
     list_checkpoints,
+    load_checkpoint,
     load_latest,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
 from nvfp4.train.config import IDENTITY_FIELDS, TrainConfig
-from nvfp4.train.metrics import MetricsLog, Progress
+from nvfp4.train.metrics import METRICS_FILE, MetricsLog, Progress
 from nvfp4.train.schedule import LRSchedule
 
 StepCallback = Callable[[dict[str, Any]], None]
@@ -106,6 +109,20 @@ def _run(config: TrainConfig, ctx: D.DistContext, device: torch.device, on_step:
         return trainer.run()
     finally:
         trainer.close()
+
+
+def _metrics_until(path: Path, step: int) -> bytes:
+    """The metrics.jsonl lines of steps up to ``step`` (a line cut off by a crash is dropped)."""
+    kept = []
+    if path.exists():
+        for line in path.read_text().splitlines(keepends=True):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record.get("step", 0) <= step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+    return "".join(kept).encode()
 
 
 def build_model(config: TrainConfig, vocab_size: int, device: torch.device) -> GPT:
@@ -219,7 +236,8 @@ class Trainer:
         return torch.optim.AdamW(groups, lr=c.lr, betas=c.betas, eps=c.eps)
 
     def _maybe_resume(self) -> int:
-        """Restore the latest checkpoint if asked to; returns the metrics.jsonl offset to continue from."""
+        """Restore the latest checkpoint if asked to (or branch from ``branch_from``); returns the metrics.jsonl
+        offset to continue from."""
         existing = list_checkpoints(self.ckpt_dir)
         if not self.config.resume:
             if existing:
@@ -227,9 +245,11 @@ class Trainer:
                     f"{self.ckpt_dir} already holds checkpoints (up to step {existing[-1][0]}); "
                     "pass --resume to continue that run, or choose another --out"
                 )
-            return 0
+            return self._branch() if self.config.branch_from else 0
         found = load_latest(self.ckpt_dir)
         if found is None:
+            if self.config.branch_from:
+                return self._branch()
             self._say(f"no usable checkpoint in {self.ckpt_dir}: starting from scratch")
             return 0
         path, state = found
@@ -238,6 +258,53 @@ class Trainer:
             raise ValueError(
                 f"cannot resume from {path}: its step {state['step']} is past this run's {self.total_steps} steps"
             )
+        self._restore(state)
+        self._say(f"resumed from {path} (step {self.step}, {self.tokens:,} tokens)")
+        return int(state["metrics_offset"])
+
+    def _branch(self) -> int:
+        """Start from another run's checkpoint taken before this recipe's precision switch: until the switch this
+        run trains exactly as that one did, so its steps need not be trained again. The source run's metrics up
+        to the branch point are copied, so this run's metrics.jsonl holds its whole curve."""
+        path = Path(self.config.branch_from)  # type: ignore[arg-type]
+        try:
+            state = load_checkpoint(path)
+        except CheckpointError as e:
+            raise ValueError(f"cannot branch: {e}") from None
+        step = int(state["step"])
+        source = Recipe.from_dict(state["recipe"])
+        if source.replace(name="", description="", switch=None) != self.recipe.replace(
+            name="", description="", switch=None
+        ):
+            raise ValueError(
+                f"cannot branch from {path}: its recipe {source.name!r} differs from {self.recipe.name!r} in more "
+                "than the late precision switch, so the runs differ before the branch point"
+            )
+        for recipe in (source, self.recipe):
+            first = recipe.switch.first_active_step(self.total_steps, self.tokens_per_step) if recipe.switch else None
+            if first is not None and step > first:
+                raise ValueError(
+                    f"cannot branch from {path} (step {step}): recipe {recipe.name!r} switches precision at step "
+                    f"{first}, before it; use a checkpoint from step {first} or earlier (--keep-steps {first})"
+                )
+        self._check_compatible(path, {**state, "config": {**state["config"], "recipe": self.config.recipe}})
+        if step > self.total_steps:
+            raise ValueError(f"cannot branch from {path}: its step {step} is past this run's {self.total_steps} steps")
+        self._restore(state)
+        offset = 0
+        source_metrics = path.parent.parent / METRICS_FILE  # <run>/checkpoints/step_N.pt -> <run>/metrics.jsonl
+        if self.ctx.is_main:
+            if not source_metrics.exists():
+                self._say(f"{source_metrics} not found: this run's metrics start at the branch point")
+            data = _metrics_until(source_metrics, step)
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(self.out / METRICS_FILE, data)
+            offset = len(data)
+        self._say(f"branched from {path} ({source.name}, step {self.step}, {self.tokens:,} tokens)")
+        return offset
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        """Load a checkpoint's full training state into this run."""
         D.load_model_state_dict(self.model, state["model"], self.ctx)
         D.load_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], self.ctx)
         nvfp4.load_sr_state_dict(self.model, state["sr"])
@@ -248,8 +315,6 @@ class Trainer:
         self.prior_elapsed.update(state.get("elapsed", {}))  # absent in checkpoints written before it existed
         self.resumed_from = self.step
         drop_weight_caches(self.model)
-        self._say(f"resumed from {path} (step {self.step}, {self.tokens:,} tokens)")
-        return int(state["metrics_offset"])
 
     def _check_compatible(self, path: Path, state: dict[str, Any]) -> None:
         saved = state["config"]
@@ -400,7 +465,8 @@ class Trainer:
 
     def _checkpoint_due(self) -> bool:
         every = self.config.checkpoint_interval
-        return self.step == self.total_steps or (every > 0 and self.step % every == 0)
+        kept = self.step in (self.config.keep_steps or ())
+        return kept or self.step == self.total_steps or (every > 0 and self.step % every == 0)
 
     def train_step(self) -> tuple[float, float, float, dict[str, str]]:
         """One optimizer step over grad_accum micro-batches; returns (loss, pre-clip grad norm, lr, precision).
@@ -492,7 +558,8 @@ class Trainer:
                 "elapsed": {k: v for k, v in self.elapsed().items() if k != "tokens_per_s"},
             }
             try:
-                save_checkpoint(self.ckpt_dir, self.step, state, keep=self.config.keep_checkpoints)
+                save_checkpoint(self.ckpt_dir, self.step, state, keep=self.config.keep_checkpoints,
+                                protect=set(self.config.keep_steps or ()))  # fmt: skip
             except CheckpointError as e:
                 self._say(str(e))
                 ok = False
