@@ -166,7 +166,8 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ablation-seeds", type=_comma_list(int), help="seeds for non-main recipes (default: --seeds)")
     p.add_argument("--reference", default="bf16", help="recipe the relative gaps refer to (default bf16)")
     p.add_argument("--mxfp4-token-multiplier", type=float,
-                   help="MXFP4 trains this many times longer (default 1.5 for --suite paper, else 1)")
+                   help="also train mxfp4 this many times longer (run 'mxfp4-long') to measure how many more tokens it "
+                        "needs (default 1.5 for --suite paper, else 1 = no such run)")
     p.add_argument("--no-branch", action="store_true",
                    help="train late-switch recipes from scratch instead of branching them from their base recipe's "
                         "checkpoint at the switch step (bit-identical, 80%% cheaper)")

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from nvfp4.analysis.compare import SUITES, CompareConfig, compare, run_dir
+from nvfp4.analysis.compare import SUITES, CompareConfig, _train_config, compare, run_dir
 
 TINY = dict(model="tiny", n_layer=4, max_steps=6, batch_size=4, seq_len=32, eval_interval=3, eval_batches=1,
             log_interval=1, tokenizer="byte", quiet=True)
@@ -60,11 +60,17 @@ def test_paper_suite_plan_runs_mxfp4_longer():
     cfg = CompareConfig(suite="paper", seeds=[1, 2], ablation_seeds=[1], train={"max_tokens": 1000})
     plan = cfg.runs()
     assert ("nvfp4", 2) in plan and ("nvfp4-no-sr", 2) not in plan and ("nvfp4-no-sr", 1) in plan
-    assert len(plan) == 4 * 2 + 8
+    assert len(plan) == 5 * 2 + 8
     # main recipes first, then the seed spread of bf16 and nvfp4, then the ablations, then the other seeds
-    assert plan[:6] == [("bf16", 1), ("fp8", 1), ("nvfp4", 1), ("mxfp4", 1), ("bf16", 2), ("nvfp4", 2)]
-    assert plan[6:14] == [(name, 1) for name in SUITES["paper"][4:]]
-    assert plan[14:] == [("fp8", 2), ("mxfp4", 2)]
+    assert plan[:7] == [("bf16", 1), ("fp8", 1), ("nvfp4", 1), ("mxfp4", 1), ("mxfp4-long", 1), ("bf16", 2),
+                        ("nvfp4", 2)]  # fmt: skip
+    assert plan[7:15] == [(name, 1) for name in SUITES["paper"][4:]]
+    assert plan[15:] == [("fp8", 2), ("mxfp4", 2), ("mxfp4-long", 2)]
+    # mxfp4 trains the same tokens as the others; mxfp4-long is the mxfp4 recipe, 1.5x longer
+    equal, longer = _train_config(cfg, "mxfp4", 1), _train_config(cfg, "mxfp4-long", 1)
+    assert (equal.recipe, equal.max_tokens) == ("mxfp4", 1000)
+    assert (longer.recipe, longer.max_tokens, longer.out) == ("mxfp4", 1500, str(run_dir(cfg.out, "mxfp4-long", 1)))
+    assert ("mxfp4-long", 1) not in CompareConfig(recipes=["bf16", "mxfp4"], train={"max_tokens": 1000}).runs()
     quick = CompareConfig(recipes=["nvfp4", "bf16"], seeds=[3, 1]).runs()
     assert quick == [("nvfp4", 3), ("bf16", 3), ("nvfp4", 1), ("bf16", 1)]
     assert cfg.mxfp4_token_multiplier == 1.5

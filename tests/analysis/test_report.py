@@ -29,7 +29,8 @@ def _write_run(path, offset: float, steps: int = 100, tokens_per_step: int = 100
 @pytest.fixture
 def runs(tmp_path):
     out = []
-    for recipe, offset, steps in (("bf16", 0.0, 100), ("nvfp4", 0.02, 100), ("mxfp4", 0.06, 150)):
+    for recipe, offset, steps in (("bf16", 0.0, 100), ("nvfp4", 0.02, 100), ("mxfp4", 0.06, 100),
+                                  ("mxfp4-long", 0.06, 150)):  # fmt: skip
         for seed in (1, 2):
             d = _write_run(tmp_path / recipe / f"seed{seed}", offset + 0.001 * seed, steps)
             out.append(load_run(d, recipe, seed))
@@ -43,7 +44,7 @@ def test_summary_gaps_are_relative_to_reference(runs):
     assert s["recipes"]["nvfp4"]["val_gap_to_reference"] == pytest.approx((nv - bf16) / bf16)
     assert s["recipes"]["bf16"]["val_gap_to_reference"] == 0.0
     assert s["recipes"]["nvfp4"]["final_val_loss_std"] == pytest.approx(0.0005)
-    assert len(s["runs"]) == 6
+    assert len(s["runs"]) == 8
 
 
 def test_final_train_loss_averages_the_last_tenth_of_tokens(tmp_path):
@@ -66,17 +67,24 @@ def test_relative_gap_curve_matches_constant_offset(runs):
     np.testing.assert_allclose(rel, 0.02 / (loss_ref + 0.0015), rtol=0.05)
 
 
-def test_token_efficiency_finds_where_the_slower_recipe_catches_up(runs):
+def test_token_efficiency_from_the_final_losses_of_two_run_lengths(runs):
     mx = [r for r in runs if r.recipe == "mxfp4"]
+    longer = [r for r in runs if r.recipe == "mxfp4-long"]
     nv = [r for r in runs if r.recipe == "nvfp4"]
-    eff = token_efficiency(mx, nv)
-    target = eff["target_val_loss"]
-    # analytic crossing: 5/log(s+2) + 0.06 + 0.0015 = target
-    s_cross = math.exp(5.0 / (target - 0.0615)) - 2
-    assert eff["tokens_needed"] == pytest.approx(s_cross * 1000, rel=0.02)
-    assert eff["extra_tokens_fraction"] > 0
-    never = token_efficiency(nv, [r for r in runs if r.recipe == "bf16"])  # same length, always above
-    assert never["extra_tokens_fraction"] is None and "not reached" in never["note"]
+    eff = token_efficiency(mx, longer, nv)
+    # final losses: 5/log(102) + offset at 100k tokens, 5/log(152) + offset at 150k; solve in log tokens
+    l1, l2 = 5 / math.log(102) + 0.0615, 5 / math.log(152) + 0.0615
+    goal = 5 / math.log(102) + 0.0215
+    t_star = math.exp(math.log(100_000) + (goal - l1) * (math.log(1.5)) / (l2 - l1))
+    assert eff["target_val_loss"] == pytest.approx(goal)
+    assert eff["tokens_needed"] == pytest.approx(t_star) and not eff["extrapolated"]  # between 100k and 150k
+    assert eff["extra_tokens_fraction"] == pytest.approx(t_star / 100_000 - 1)
+    ahead = token_efficiency(nv, longer, mx)  # a target above both final losses: fewer tokens, extrapolated
+    assert ahead["extra_tokens_fraction"] < 0 and ahead["extrapolated"]
+    missing = token_efficiency(mx, [], nv)
+    assert missing["extra_tokens_fraction"] is None and "mxfp4-long" in missing["note"]
+    flat = token_efficiency(mx, mx, nv)
+    assert flat["extra_tokens_fraction"] is None
 
 
 def test_plots_and_report_are_written(runs, tmp_path):

@@ -24,10 +24,11 @@ from typing import Any
 from nvfp4 import recipes
 from nvfp4._io import atomic_write
 from nvfp4._provenance import git_commit, hardware
-from nvfp4.analysis.report import RunRecord, load_run, summarize, write_plots, write_report
+from nvfp4.analysis.report import LONG_MXFP4, RunRecord, load_run, summarize, write_plots, write_report
 from nvfp4.train.checkpoint import checkpoint_path
 
 MAIN_RECIPES = ("bf16", "fp8", "nvfp4", "mxfp4")
+MAIN_RUNS = (*MAIN_RECIPES, LONG_MXFP4)  # run with the main seeds and first in the plan
 SUITES: dict[str, tuple[str, ...]] = {
     "paper": (
         "bf16", "fp8", "nvfp4", "mxfp4", "nvfp4-no-rht", "nvfp4-no-sr", "nvfp4-no-2d", "nvfp4-all-fp4",
@@ -49,7 +50,8 @@ class CompareConfig:
     # Seeds for recipes outside MAIN_RECIPES (ablations); None = the same as ``seeds``.
     ablation_seeds: list[int] | None = None
     reference: str = "bf16"
-    # MXFP4 runs this many times longer, to measure how many more tokens it needs (the paper: 1.36x).
+    # Also train MXFP4 this many times longer (the run "mxfp4-long", with its own full schedule): with the equal-token
+    # "mxfp4" run it measures how many more tokens MXFP4 needs to reach NVFP4's loss (the paper: 1.36x). 1 = none.
     mxfp4_token_multiplier: float | None = None
     train: dict[str, Any] = field(default_factory=dict)
     command: str | None = None
@@ -79,15 +81,23 @@ class CompareConfig:
     def recipe_names(self) -> list[str]:
         return list(SUITES[self.suite]) if self.suite else list(self.recipes or [])
 
+    @property
+    def run_names(self) -> list[str]:
+        """The recipes, plus "mxfp4-long" after "mxfp4" when MXFP4 also trains longer (token efficiency)."""
+        names = self.recipe_names
+        if "mxfp4" in names and self.mxfp4_token_multiplier != 1.0:
+            names.insert(names.index("mxfp4") + 1, LONG_MXFP4)
+        return names
+
     def runs(self) -> list[tuple[str, int]]:
-        """(recipe, seed) pairs, ordered so that a partly finished comparison says the most: the first seed of
-        the main recipes (bf16, fp8, nvfp4, mxfp4), then the other seeds of the reference and NVFP4 (the seed
-        spread every verdict is judged against, and the headline gap on more seeds), then the first seed of the
-        ablations, then everything else, seed-major."""
+        """(run name, seed) pairs, ordered so that a partly finished comparison says the most: the first seed of
+        the main recipes (bf16, fp8, nvfp4, mxfp4, mxfp4-long), then the other seeds of the reference and NVFP4
+        (the seed spread every verdict is judged against, and the headline gap on more seeds), then the first seed
+        of the ablations, then everything else, seed-major."""
         all_runs = []
         for seed in dict.fromkeys(self.seeds + (self.ablation_seeds or [])):
-            for name in self.recipe_names:
-                seeds = self.seeds if name in MAIN_RECIPES or self.ablation_seeds is None else self.ablation_seeds
+            for name in self.run_names:
+                seeds = self.seeds if name in MAIN_RUNS or self.ablation_seeds is None else self.ablation_seeds
                 if seed in seeds:
                     all_runs.append((name, seed))
         first_seed = {}
@@ -97,7 +107,7 @@ class CompareConfig:
         def priority(run: tuple[str, int]) -> int:
             name, seed = run
             if seed == first_seed[name]:
-                return 0 if name in MAIN_RECIPES else 2
+                return 0 if name in MAIN_RUNS else 2
             return 1 if name in (self.reference, "nvfp4") else 3
 
         return sorted(all_runs, key=priority)  # stable: seed-major within each group
@@ -111,7 +121,7 @@ class CompareConfig:
         planned = set(self.runs())
         points = {}
         for name, seed in self.runs():
-            recipe = recipes.get(name)
+            recipe = recipes.get(recipe_of(name))
             if recipe.switch is None:
                 continue
             stripped = recipe.replace(name="", description="", switch=None)
@@ -132,17 +142,22 @@ def run_dir(out: str | Path, recipe: str, seed: int) -> Path:
     return Path(out) / "runs" / recipe / f"seed{seed}"
 
 
-def _train_config(config: CompareConfig, recipe: str, seed: int):
+def recipe_of(run_name: str) -> str:
+    """The recipe a run trains: its name, except "mxfp4-long" (the recipe "mxfp4", trained longer)."""
+    return "mxfp4" if run_name == LONG_MXFP4 else run_name
+
+
+def _train_config(config: CompareConfig, name: str, seed: int):
     from nvfp4.train import TrainConfig
 
     options = dict(config.train)
-    if recipe == "mxfp4" and config.mxfp4_token_multiplier != 1.0:
+    if name == LONG_MXFP4:
         for key in ("max_tokens", "max_steps"):
             if options.get(key):
                 options[key] = int(round(options[key] * config.mxfp4_token_multiplier))
     options.setdefault("quiet", False)
-    out = str(run_dir(config.out, recipe, seed))
-    return TrainConfig.from_dict({**options, "recipe": recipe, "seed": seed, "out": out})
+    out = str(run_dir(config.out, name, seed))
+    return TrainConfig.from_dict({**options, "recipe": recipe_of(name), "seed": seed, "out": out})
 
 
 def compare(config: CompareConfig) -> dict:

@@ -17,6 +17,7 @@ import numpy as np
 
 from nvfp4.analysis.claims import assess_claims, seed_noise
 
+LONG_MXFP4 = "mxfp4-long"  # the run name of MXFP4 trained longer (``nvfp4 compare --mxfp4-token-multiplier``)
 FINAL_TRAIN_WINDOW = 0.1  # the "final train loss" averages the logged losses of the last 10% of tokens
 
 
@@ -119,32 +120,38 @@ def relative_gap_curve(runs: list[RunRecord], reference: list[RunRecord], which:
     return grid, (loss - ref) / ref
 
 
-def token_efficiency(slow: list[RunRecord], fast: list[RunRecord]) -> dict:
-    """How many more tokens ``slow`` (e.g. MXFP4) needs to reach ``fast``'s (e.g. NVFP4) final val loss."""
-    target = mean(r.final_val_loss for r in fast)
-    fast_tokens = mean(float(r.val_tokens[-1]) for r in fast if len(r.val_tokens))
-    reached = []
-    for r in slow:
-        below = np.nonzero(r.val_loss <= target)[0]
-        if len(below) == 0:
-            reached.append(math.nan)
-            continue
-        i = below[0]
-        if i == 0:
-            reached.append(float(r.val_tokens[0]))
-            continue
-        # linear interpolation between the two evals that bracket the target
-        x0, x1, y0, y1 = r.val_tokens[i - 1], r.val_tokens[i], r.val_loss[i - 1], r.val_loss[i]
-        reached.append(float(x0 + (y0 - target) * (x1 - x0) / (y0 - y1)))
-    valid = [t for t in reached if not math.isnan(t)]
-    max_tokens = max(float(r.val_tokens[-1]) for r in slow if len(r.val_tokens))
-    if len(valid) < len(reached):
-        return {"target_val_loss": target, "reference_tokens": fast_tokens, "tokens_needed": None,
-                "extra_tokens_fraction": None,
-                "note": f"not reached within {max_tokens:.0f} tokens (> {max_tokens / fast_tokens - 1:+.0%})"}
-    needed = mean(valid)
-    return {"target_val_loss": target, "reference_tokens": fast_tokens, "tokens_needed": needed,
-            "extra_tokens_fraction": needed / fast_tokens - 1, "note": ""}
+def _run_tokens(r: RunRecord) -> float:
+    return float(r.result.get("tokens") or (r.tokens[-1] if len(r.tokens) else math.nan))
+
+
+def token_efficiency(equal: list[RunRecord], longer: list[RunRecord], target: list[RunRecord]) -> dict:
+    """How many more tokens MXFP4 needs to reach NVFP4's final val loss (the paper: +36% at 8B/1T).
+
+    From the final losses of two complete MXFP4 runs, one with NVFP4's token budget (``equal``) and one longer
+    (``longer``), each with its own full LR schedule: the loss is taken as linear in log(tokens) between them
+    and solved for NVFP4's loss. A point inside one run's curve would not do: before its LR decay a run sits far
+    above the loss a run of that length ends at, so the crossing would measure the schedule, not the format."""
+    goal = mean(r.final_val_loss for r in target)
+    budget = mean(_run_tokens(r) for r in target)
+    out: dict = {"target_val_loss": goal, "reference_tokens": budget, "tokens_needed": None,
+                 "extra_tokens_fraction": None, "extrapolated": None, "points": [], "note": ""}
+    if not equal or not longer:
+        out["note"] = f"needs complete runs of mxfp4 and {LONG_MXFP4} (--mxfp4-token-multiplier > 1)"
+        return out
+    (t1, l1), (t2, l2) = [(mean(_run_tokens(r) for r in rs), mean(r.final_val_loss for r in rs))
+                          for rs in (equal, longer)]  # fmt: skip
+    out["points"] = [[t1, l1], [t2, l2]]
+    if not all(math.isfinite(v) for v in (goal, budget, t1, l1, t2, l2)) or t2 <= t1:
+        out["note"] = "no finite losses on two different token budgets"
+        return out
+    slope = (l2 - l1) / (math.log(t2) - math.log(t1))
+    if slope >= 0:
+        out["note"] = f"the longer MXFP4 run ended no lower ({l2:.4f} vs {l1:.4f}): no estimate"
+        return out
+    needed = math.exp(math.log(t1) + (goal - l1) / slope)
+    out.update(tokens_needed=needed, extra_tokens_fraction=needed / budget - 1,
+               extrapolated=not t1 <= needed <= t2)
+    return out
 
 
 def summarize(runs: list[RunRecord], reference: str = "bf16", meta: dict | None = None) -> dict:
@@ -187,7 +194,9 @@ def summarize(runs: list[RunRecord], reference: str = "bf16", meta: dict | None 
         }
     summary = {"reference": reference, "recipes": recipes, "runs": run_rows, **(meta or {})}
     if "mxfp4" in by_recipe and "nvfp4" in by_recipe:
-        summary["token_efficiency_mxfp4_vs_nvfp4"] = token_efficiency(by_recipe["mxfp4"], by_recipe["nvfp4"])
+        summary["token_efficiency_mxfp4_vs_nvfp4"] = token_efficiency(
+            by_recipe["mxfp4"], by_recipe.get(LONG_MXFP4, []), by_recipe["nvfp4"]
+        )
     summary["seed_noise"] = seed_noise(summary)
     summary["claims"] = assess_claims(summary)
     return summary
@@ -227,9 +236,10 @@ def write_plots(runs: list[RunRecord], out_dir: str | Path, reference: str = "bf
 
     if reference in by_recipe:
         fig, ax = plt.subplots(figsize=(9, 5.5))
+        ref_tokens = mean(_run_tokens(r) for r in by_recipe[reference])
         for name, rs in by_recipe.items():
-            if name == reference:
-                continue
+            if name == reference or not math.isclose(mean(_run_tokens(r) for r in rs), ref_tokens, rel_tol=0.01):
+                continue  # a run of another length has another LR schedule: its gap over tokens means little
             grid, rel = relative_gap_curve(rs, by_recipe[reference], "train")
             if len(grid):
                 ax.plot(grid, 100 * rel, color=colors[name], label=name)
@@ -301,19 +311,23 @@ def write_report(summary: dict, out_dir: str | Path, command: str | None = None)
                      f"| {pct(r['val_gap_to_reference'])} | {r['final_train_loss_mean']:.4f} "
                      f"| {pct(r['train_gap_to_reference'])} | {tps} | {'yes' if r['diverged'] else 'no'} |")
     multiplier = summary.get("mxfp4_token_multiplier") or 1.0
-    if "mxfp4" in summary["recipes"] and multiplier != 1.0:
-        lines += ["", f"mxfp4 trained {multiplier:g}× the tokens of the other recipes (with its schedule stretched "
-                      "to match), so its gap above is not at equal tokens; the token efficiency below compares it."]
+    if LONG_MXFP4 in summary["recipes"]:
+        lines += ["", f"{LONG_MXFP4} is the mxfp4 recipe trained {multiplier:g}× the tokens, with its own full "
+                      "schedule: its gap above is not at equal tokens; it serves the token efficiency below."]
     eff = summary.get("token_efficiency_mxfp4_vs_nvfp4")
     if eff:
         lines += ["", "## Token efficiency: MXFP4 vs NVFP4", ""]
         if eff["extra_tokens_fraction"] is not None:
-            lines.append(f"MXFP4 reaches NVFP4's final validation loss ({eff['target_val_loss']:.4f}) after "
-                         f"{eff['tokens_needed']:.0f} tokens, {100 * eff['extra_tokens_fraction']:+.1f}% vs NVFP4's "
-                         f"{eff['reference_tokens']:.0f} (the paper: +36% at 8B/1T).")
+            (t1, l1), (t2, l2) = eff["points"]
+            how = "extrapolated beyond" if eff["extrapolated"] else "interpolated between"
+            lines.append(f"MXFP4 would reach NVFP4's final validation loss ({eff['target_val_loss']:.4f}) with "
+                         f"{eff['tokens_needed']:,.0f} tokens, {100 * eff['extra_tokens_fraction']:+.1f}% vs NVFP4's "
+                         f"{eff['reference_tokens']:,.0f} ({how} its complete runs of {t1:,.0f} tokens, final "
+                         f"{l1:.4f}, and {t2:,.0f} tokens, final {l2:.4f}; loss linear in log tokens). The paper: "
+                         "+36% at 8B/1T.")
         else:
-            lines.append(f"MXFP4 does not reach NVFP4's final validation loss ({eff['target_val_loss']:.4f}): "
-                         f"{eff['note']}.")
+            lines.append(f"No estimate of how many more tokens MXFP4 needs to reach NVFP4's final validation loss "
+                         f"({eff['target_val_loss']:.4f}): {eff['note']}.")
     claims = summary.get("claims")
     if claims:
         lines += ["", "## The paper's claims (SPEC §6) at this scale", "",
