@@ -235,20 +235,24 @@ def write_plots(runs: list[RunRecord], out_dir: str | Path, reference: str = "bf
     paths.append(_save(fig, out_dir / "loss_curves.png"))
 
     if reference in by_recipe:
-        fig, ax = plt.subplots(figsize=(9, 5.5))
         ref_tokens = mean(_run_tokens(r) for r in by_recipe[reference])
-        for name, rs in by_recipe.items():
-            if name == reference or not math.isclose(mean(_run_tokens(r) for r in rs), ref_tokens, rel_tol=0.01):
-                continue  # a run of another length has another LR schedule: its gap over tokens means little
-            grid, rel = relative_gap_curve(rs, by_recipe[reference], "train")
-            if len(grid):
-                ax.plot(grid, 100 * rel, color=colors[name], label=name)
-        ax.axhline(0, color="k", lw=0.8)
-        ax.set(xlabel="tokens", ylabel=f"relative train-loss difference to {reference} (%)",
-               title=f"(L − L_{reference}) / L_{reference}, train loss EMA, mean over seeds")
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8, ncol=2)
+        # a run of another length has another LR schedule: its gap over tokens means little
+        same_length = [name for name, rs in by_recipe.items() if name != reference
+                       and math.isclose(mean(_run_tokens(r) for r in rs), ref_tokens, rel_tol=0.01)]  # fmt: skip
+        panels = _gap_panels(same_length)
+        fig, axes = plt.subplots(len(panels), 1, figsize=(9, 1.5 + 3.2 * len(panels)), sharex=True, squeeze=False)
+        for ax, (title, names) in zip(axes[:, 0], panels, strict=True):
+            for name in names:
+                grid, rel = relative_gap_curve(by_recipe[name], by_recipe[reference], "train")
+                if len(grid):
+                    ax.plot(grid, 100 * rel, color=colors[name], label=name, lw=1.8 if name == "nvfp4" else 1.2)
+            ax.axhline(0, color="k", lw=0.8)
+            ax.set(ylabel=f"vs {reference} (%)", title=title)
+            ax.grid(alpha=0.3)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=8, ncol=2)
+        axes[-1, 0].set_xlabel("tokens")
+        fig.suptitle(f"Relative train-loss difference (L − L_{reference}) / L_{reference} (EMA, paired by seed)")
         paths.append(_save(fig, out_dir / "relative_loss_difference.png"))
 
     fig, ax = plt.subplots(figsize=(9, 5.5))
@@ -272,6 +276,21 @@ def write_plots(runs: list[RunRecord], out_dir: str | Path, reference: str = "bf
     paths.append(_save(fig, out_dir / "final_val_loss.png"))
     plt.close("all")
     return paths
+
+
+def _gap_panels(names: list[str]) -> list[tuple[str, list[str]]]:
+    """The paper's figure groups: number formats; NVFP4 recipe ablations; late switches to BF16 (each ablation
+    panel repeats nvfp4 for comparison). Empty groups are dropped; there is always one panel."""
+    switches = [n for n in names if n.startswith("nvfp4-switch")]
+    ablations = [n for n in names if n.startswith("nvfp4-") and n not in switches]
+    formats = [n for n in names if n not in switches and n not in ablations]
+    base = ["nvfp4"] if "nvfp4" in names else []
+    panels = [("number formats", formats)] if formats or not (ablations or switches) else []
+    if ablations:
+        panels.append(("NVFP4 recipe ablations", base + ablations))
+    if switches:
+        panels.append(("late switch to BF16 (last 20% of tokens)", base + switches))
+    return panels
 
 
 def _tight_ylim(ax, runs: list[RunRecord]) -> None:
