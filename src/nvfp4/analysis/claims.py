@@ -47,11 +47,12 @@ def _runs(summary: dict, recipe: str) -> dict[int, dict]:
     return {row["seed"]: row for row in summary.get("runs", []) if row["recipe"] == recipe}
 
 
-def paired_gap(summary: dict, recipe: str, baseline: str) -> tuple[float, int] | None:
-    """Mean over shared seeds of (L_recipe − L_baseline) / L_baseline (final val loss), and how many seeds."""
+def paired_gap(summary: dict, recipe: str, baseline: str, seeds: set[int] | None = None) -> tuple[float, int] | None:
+    """Mean over shared seeds (within ``seeds`` if given) of (L_recipe − L_baseline) / L_baseline (final val loss),
+    and how many seeds."""
     a, b = _runs(summary, recipe), _runs(summary, baseline)
     gaps = []
-    for seed in sorted(a.keys() & b.keys()):
+    for seed in sorted(a.keys() & b.keys() & (seeds if seeds is not None else a.keys())):
         la, lb = a[seed].get("final_val_loss"), b[seed].get("final_val_loss")
         if la is not None and lb is not None and math.isfinite(la) and math.isfinite(lb):
             gaps.append((la - lb) / lb)
@@ -167,14 +168,16 @@ def _switch_claim(j: _Judge) -> Claim:
     needed = ("bf16", "nvfp4", "nvfp4-switch-fwd", "nvfp4-switch-bwd")
     if not j.has(*needed):
         return Claim(claim, "not measured", f"needs {', '.join(needed)}")
-    base = paired_gap(j.summary, "nvfp4", "bf16")
-    fwd = paired_gap(j.summary, "nvfp4-switch-fwd", "bf16")
-    bwd = paired_gap(j.summary, "nvfp4-switch-bwd", "bf16")
+    # every gap on the seeds all four runs share, so that the recovered share compares like with like
+    shared = set.intersection(*(set(_runs(j.summary, r)) for r in needed))
+    base = paired_gap(j.summary, "nvfp4", "bf16", shared)
+    fwd = paired_gap(j.summary, "nvfp4-switch-fwd", "bf16", shared)
+    bwd = paired_gap(j.summary, "nvfp4-switch-bwd", "bf16", shared)
     if base is None or fwd is None or bwd is None:
         return Claim(claim, "not measured", "no finite final losses on a shared seed")
     gap = base[0]
     text = (f"gap to bf16: nvfp4 {_pct(gap)}, switch-fwd {_pct(fwd[0])}, switch-bwd {_pct(bwd[0])}"
-            f" ({j.noise_note})")  # fmt: skip
+            f" (seed{'s' * (len(shared) > 1)} {', '.join(map(str, sorted(shared)))}; {j.noise_note})")  # fmt: skip
     if gap <= j.threshold:
         return Claim(claim, "not visible", f"no NVFP4 gap to recover: {text}")
     rec_fwd, rec_bwd = (gap - fwd[0]) / gap, (gap - bwd[0]) / gap
