@@ -242,8 +242,13 @@ def write_plots(runs: list[RunRecord], out_dir: str | Path, reference: str = "bf
         panels = _gap_panels(same_length)
         fig, axes = plt.subplots(len(panels), 1, figsize=(9, 1.5 + 3.2 * len(panels)), sharex=True, squeeze=False)
         for ax, (title, names) in zip(axes[:, 0], panels, strict=True):
+            # nvfp4 beside its ablations: only on the seeds they ran, so the panel compares paired runs
+            others = {r.seed for n in names if n != "nvfp4" for r in by_recipe[n]}
             for name in names:
-                grid, rel = relative_gap_curve(by_recipe[name], by_recipe[reference], "train")
+                rs = by_recipe[name]
+                if name == "nvfp4" and len(names) > 1 and title != "number formats":
+                    rs = [r for r in rs if r.seed in others] or rs
+                grid, rel = relative_gap_curve(rs, by_recipe[reference], "train")
                 if len(grid):
                     ax.plot(grid, 100 * rel, color=colors[name], label=name, lw=1.8 if name == "nvfp4" else 1.2)
             ax.axhline(0, color="k", lw=0.8)
