@@ -3,7 +3,7 @@
 # the GPU tests, the Triton quantize bandwidth, the layer and a training step against bf16.
 # Logs go to $OUT (or ./gpu-checks) so the figures come back with the command that produced them.
 #
-#   bash scripts/gpu_checks.sh               # tests + all benchmarks, about 5 minutes on an H100
+#   bash scripts/gpu_checks.sh               # tests + all benchmarks
 #   bash scripts/gpu_checks.sh --quick       # tests + the quantize benchmark only
 #
 # Runs from a bare checkout: the package is put on PYTHONPATH instead of being pip-installed, so the

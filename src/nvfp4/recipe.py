@@ -161,6 +161,14 @@ class Recipe:
     def replace(self, **changes) -> Recipe:
         return dataclasses.replace(self, **changes)
 
+    def same_until_switch(self, other: Recipe) -> bool:
+        """True if the two recipes train identically until a precision switch begins (they may differ only in the
+        switch and their names): a run of one can branch from the other's checkpoint taken before the switch."""
+        def strip(r: Recipe) -> Recipe:
+            return r.replace(name="", description="", switch=None)
+
+        return strip(self) == strip(other)
+
     def summary(self) -> str:
         """One line per GEMM operand, for tables and logs."""
         lines = []

@@ -104,11 +104,11 @@ def test_plots_and_report_are_written(runs, tmp_path):
 def test_gap_plot_groups_recipes_like_the_paper():
     from nvfp4.analysis.report import _gap_panels
 
-    panels = dict(_gap_panels(["fp8", "nvfp4", "mxfp4", "nvfp4-no-rht", "nvfp4-all-fp4", "nvfp4-switch-fwd"]))
-    assert panels == {
-        "number formats": ["fp8", "nvfp4", "mxfp4"],
-        "NVFP4 recipe ablations": ["nvfp4", "nvfp4-no-rht", "nvfp4-all-fp4"],
-        "late switch to BF16 (last 20% of tokens)": ["nvfp4", "nvfp4-switch-fwd"],
-    }
-    assert _gap_panels(["nvfp4-no-sr"]) == [("NVFP4 recipe ablations", ["nvfp4-no-sr"])]
-    assert _gap_panels([]) == [("number formats", [])]
+    panels = _gap_panels(["fp8", "nvfp4", "mxfp4", "nvfp4-no-rht", "nvfp4-all-fp4", "nvfp4-switch-fwd"])
+    assert panels == [
+        ("number formats", ["fp8", "nvfp4", "mxfp4"], False),
+        ("NVFP4 recipe ablations", ["nvfp4", "nvfp4-no-rht", "nvfp4-all-fp4"], True),
+        ("late switch to BF16 (last 20% of tokens)", ["nvfp4", "nvfp4-switch-fwd"], True),
+    ]
+    assert _gap_panels(["nvfp4-no-sr"]) == [("NVFP4 recipe ablations", ["nvfp4-no-sr"], True)]
+    assert _gap_panels([]) == [("number formats", [], False)]

@@ -140,13 +140,10 @@ def _mxfp4_claim(j: _Judge) -> Claim:
     mx, nv = _runs(j.summary, "mxfp4"), _runs(j.summary, "nvfp4")
     if any(mx[s].get("tokens") != nv[s].get("tokens") for s in mx.keys() & nv.keys()):
         return Claim(claim, "not measured", "mxfp4 and nvfp4 trained different token counts: no equal-token gap")
-    div = _diverged(j.summary, "mxfp4")
-    if div is not None:
-        return Claim(claim, "reproduces", f"mxfp4 diverged (step {div.get('diverged_step')})")
-    got = j.gap_text("mxfp4", "nvfp4")
-    if got is None:
-        return Claim(claim, "not measured", "no finite final losses for mxfp4 and nvfp4 on a shared seed")
-    gap, text = got
+    judged = _ablation_claim(j, claim, "mxfp4")
+    if judged.verdict == "not measured":
+        return judged
+    text = judged.evidence
     eff = j.summary.get("token_efficiency_mxfp4_vs_nvfp4") or {}
     extra = eff.get("extra_tokens_fraction")
     if extra is not None:
@@ -155,12 +152,8 @@ def _mxfp4_claim(j: _Judge) -> Claim:
                  "lengths)")  # fmt: skip
     elif eff.get("note"):
         text += f"; token efficiency: {eff['note']}"
-    direction = j.direction(gap)
-    if direction == "better":
-        return Claim(claim, "contradicted", text)
-    if direction == "same":
-        return Claim(claim, "not visible", text)
-    return Claim(claim, "partly" if extra is not None and extra <= TOKEN_EFFICIENCY_MARGIN else "reproduces", text)
+    catches_up = extra is not None and extra <= TOKEN_EFFICIENCY_MARGIN and _diverged(j.summary, "mxfp4") is None
+    return Claim(claim, "partly" if judged.verdict == "reproduces" and catches_up else judged.verdict, text)
 
 
 def _switch_claim(j: _Judge) -> Claim:

@@ -124,9 +124,8 @@ class CompareConfig:
             recipe = recipes.get(recipe_of(name))
             if recipe.switch is None:
                 continue
-            stripped = recipe.replace(name="", description="", switch=None)
             base = next((b for b in self.recipe_names if (b, seed) in planned and recipes.get(b).switch is None
-                         and recipes.get(b).replace(name="", description="") == stripped), None)  # fmt: skip
+                         and recipes.get(b).same_until_switch(recipe)), None)  # fmt: skip
             if base is None:
                 continue
             cfg, base_cfg = _train_config(self, name, seed), _train_config(self, base, seed)

@@ -241,12 +241,12 @@ def write_plots(runs: list[RunRecord], out_dir: str | Path, reference: str = "bf
                        and math.isclose(mean(_run_tokens(r) for r in rs), ref_tokens, rel_tol=0.01)]  # fmt: skip
         panels = _gap_panels(same_length)
         fig, axes = plt.subplots(len(panels), 1, figsize=(9, 1.5 + 3.2 * len(panels)), sharex=True, squeeze=False)
-        for ax, (title, names) in zip(axes[:, 0], panels, strict=True):
+        for ax, (title, names, base_on_their_seeds) in zip(axes[:, 0], panels, strict=True):
             # nvfp4 beside its ablations: only on the seeds they ran, so the panel compares paired runs
             others = {r.seed for n in names if n != "nvfp4" for r in by_recipe[n]}
             for name in names:
                 rs = by_recipe[name]
-                if name == "nvfp4" and len(names) > 1 and title != "number formats":
+                if name == "nvfp4" and base_on_their_seeds:
                     rs = [r for r in rs if r.seed in others] or rs
                 grid, rel = relative_gap_curve(rs, by_recipe[reference], "train")
                 if len(grid):
@@ -283,18 +283,19 @@ def write_plots(runs: list[RunRecord], out_dir: str | Path, reference: str = "bf
     return paths
 
 
-def _gap_panels(names: list[str]) -> list[tuple[str, list[str]]]:
-    """The paper's figure groups: number formats; NVFP4 recipe ablations; late switches to BF16 (each ablation
-    panel repeats nvfp4 for comparison). Empty groups are dropped; there is always one panel."""
+def _gap_panels(names: list[str]) -> list[tuple[str, list[str], bool]]:
+    """The paper's figure groups: number formats; NVFP4 recipe ablations; late switches to BF16. Each ablation
+    panel repeats nvfp4 for comparison (the flag: draw it on the seeds of the runs beside it). Empty groups are
+    dropped; there is always one panel."""
     switches = [n for n in names if n.startswith("nvfp4-switch")]
     ablations = [n for n in names if n.startswith("nvfp4-") and n not in switches]
     formats = [n for n in names if n not in switches and n not in ablations]
     base = ["nvfp4"] if "nvfp4" in names else []
-    panels = [("number formats", formats)] if formats or not (ablations or switches) else []
+    panels = [("number formats", formats, False)] if formats or not (ablations or switches) else []
     if ablations:
-        panels.append(("NVFP4 recipe ablations", base + ablations))
+        panels.append(("NVFP4 recipe ablations", base + ablations, True))
     if switches:
-        panels.append(("late switch to BF16 (last 20% of tokens)", base + switches))
+        panels.append(("late switch to BF16 (last 20% of tokens)", base + switches, True))
     return panels
 
 

@@ -273,9 +273,7 @@ class Trainer:
             raise ValueError(f"cannot branch: {e}") from None
         step = int(state["step"])
         source = Recipe.from_dict(state["recipe"])
-        if source.replace(name="", description="", switch=None) != self.recipe.replace(
-            name="", description="", switch=None
-        ):
+        if not source.same_until_switch(self.recipe):
             raise ValueError(
                 f"cannot branch from {path}: its recipe {source.name!r} differs from {self.recipe.name!r} in more "
                 "than the late precision switch, so the runs differ before the branch point"
