@@ -27,7 +27,8 @@ def _dequant_reference(t: torch.Tensor, cfg: OperandConfig, seed: int, offset: i
     t = t.float()
     if cfg.hadamard:
         pad = -t.shape[1] % cfg.hadamard
-        t = random_hadamard_transform(torch.nn.functional.pad(t, (0, pad)), size=cfg.hadamard).float()
+        signs = None if cfg.random_signs else torch.ones(cfg.hadamard)  # None = the default sign vector
+        t = random_hadamard_transform(torch.nn.functional.pad(t, (0, pad)), size=cfg.hadamard, signs=signs).float()
     if cfg.format == "nvfp4":
         return quantize_nvfp4(t, cfg.tile, cfg.stochastic, seed, offset=offset).dequantize(torch.float64)
     if cfg.format == "mxfp4":
@@ -101,7 +102,7 @@ def test_dgrad_reuses_the_bit_identical_2d_weight():
     assert torch.equal(direct, w_dgrad.values())
 
 
-@pytest.mark.parametrize("recipe", ["nvfp4", "nvfp4-no-2d", "fp8", "mxfp4"])
+@pytest.mark.parametrize("recipe", ["nvfp4", "nvfp4-no-2d", "nvfp4-rht4", "nvfp4-rht-no-signs", "fp8", "mxfp4"])
 def test_backward_equals_float64_reference(recipe):
     layer = _layer(recipe)
     r = layer.recipe
@@ -139,6 +140,32 @@ def test_exact_gemm_gives_fp32_weight_gradient():
     ref = dytq @ xtq.t()
     rel = (layer.weight.grad.double() - ref).abs().max() / ref.abs().max()
     assert rel < 1e-6  # FP32 accumulation only, no BF16 output rounding
+
+
+@pytest.mark.parametrize("size", [2, 4, 16, 32, 128])
+@pytest.mark.parametrize("random_signs", [True, False])
+@pytest.mark.parametrize("transpose", [False, True])
+def test_rht_operand_of_any_size_equals_transform_then_reference_quantizer(size, random_signs, transpose):
+    """The fused route (RHT16 in the kernel, other sizes transformed first) gives the bits of the plain pipeline:
+    pad, RHT to BF16, then the reference NVFP4 quantizer; codes, scales and SR bits, packed or as GEMM values."""
+    g = torch.Generator().manual_seed(size)
+    t = torch.randn(24, 70, generator=g) * torch.logspace(-3, 3, 70)  # K = 70: padded to the transform size
+    t[3] = 0.0
+    cfg = OperandConfig("nvfp4", (1, 16), "stochastic", hadamard=size, random_signs=random_signs)
+    pad = -t.shape[1] % size
+    signs = None if random_signs else torch.ones(size)
+    h = random_hadamard_transform(torch.nn.functional.pad(t, (0, pad)), size=size, signs=signs)
+    ref = quantize_nvfp4(h, (1, 16), True, 7, offset=99, backend="reference")
+    source = t.t().contiguous() if transpose else t
+    for keep_packed in (False, True):
+        for backend in ("auto", "reference"):
+            got = quantize_operand(source, cfg, seed=7, offset=99, backend=backend, transpose=transpose,
+                                   keep_packed=keep_packed)  # fmt: skip
+            assert got.cols == t.shape[1] + pad
+            assert torch.equal(got.values(), ref.scaled_values(torch.bfloat16, padded=True)[:, : got.cols])
+            assert torch.equal(got.decode_scale, ref.decode_scale)
+            if keep_packed:
+                assert torch.equal(got.data.packed, ref.packed) and torch.equal(got.data.scales, ref.scales)
 
 
 def test_rht_cancels_in_wgrad_in_exact_arithmetic():

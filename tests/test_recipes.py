@@ -9,8 +9,8 @@ from nvfp4.recipe import LayerPolicy, OperandConfig, PrecisionSwitch, Recipe
 
 PAPER_NAMES = {
     "bf16", "fp8", "mxfp4", "nvfp4", "nvfp4-no-rht", "nvfp4-no-sr", "nvfp4-no-2d", "nvfp4-all-fp4",
-    "nvfp4-sr-everywhere", "nvfp4-rht-everywhere", "nvfp4-base", "nvfp4-switch-fwd", "nvfp4-switch-bwd",
-    "nvfp4-switch-both",
+    "nvfp4-sr-everywhere", "nvfp4-rht-everywhere", "nvfp4-rht4", "nvfp4-rht-no-signs", "nvfp4-base",
+    "nvfp4-switch-fwd", "nvfp4-switch-bwd", "nvfp4-switch-both",
 }
 
 
@@ -61,6 +61,13 @@ def test_ablations_differ_from_nvfp4_in_exactly_their_component():
     assert all(sr_all.operand(o).stochastic for o in ("fprop_x", "fprop_w", "dgrad_w", "wgrad_x"))
     rht_all = nvfp4.recipes.get("nvfp4-rht-everywhere")
     assert rht_all.fprop_x.hadamard == rht_all.fprop_w.hadamard == 16
+    rht4, no_signs = nvfp4.recipes.get("nvfp4-rht4"), nvfp4.recipes.get("nvfp4-rht-no-signs")
+    for variant in (rht4, no_signs):  # they differ from nvfp4 in the Wgrad RHT only
+        assert variant.replace(wgrad_dy=base.wgrad_dy, wgrad_x=base.wgrad_x, name="nvfp4",
+                               description=base.description) == base  # fmt: skip
+    assert rht4.wgrad_dy.hadamard == rht4.wgrad_x.hadamard == 4
+    assert not no_signs.wgrad_dy.random_signs and not no_signs.wgrad_x.random_signs
+    assert "no sign flips" in no_signs.summary() and "no sign flips" not in base.summary()
     for name, passes in (("fwd", ("forward",)), ("bwd", ("backward",)), ("both", ("forward", "backward"))):
         r = nvfp4.recipes.get(f"nvfp4-switch-{name}")
         assert r.switch.passes == passes and r.switch.at_fraction == 0.8
@@ -83,6 +90,13 @@ def test_recipe_round_trips_through_dict():
         (lambda: LayerPolicy(first_fraction=1.5), "fraction"),
         (lambda: PrecisionSwitch(passes=("sideways",)), "passes"),
         (lambda: Recipe("x", wgrad_dy=OperandConfig("nvfp4", hadamard=16)), "same hadamard"),
+        (
+            lambda: Recipe(
+                "x", wgrad_dy=OperandConfig("nvfp4", hadamard=16), wgrad_x=OperandConfig("nvfp4", hadamard=16,
+                                                                                         random_signs=False)
+            ),
+            "same RHT signs",
+        ),
     ],
 )
 def test_bad_recipe_configs_are_clear_errors(make, message):

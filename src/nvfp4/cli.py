@@ -160,14 +160,15 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
         "TrainConfig fields shared by every run.",
     )
     p.add_argument("--recipes", type=_comma_list(str), help="comma-separated recipe names")
-    p.add_argument("--suite", help="a named set of recipes: paper, main or quick")
+    p.add_argument("--suite", help="a named set of recipes: paper (the 12 of the paper's main figures), paper-full "
+                   "(paper + every other SPEC §6 ablation), main or quick")
     p.add_argument("--out", required=True, help="output directory (runs/<recipe>/seed<k>/ inside)")
     p.add_argument("--seeds", type=_comma_list(int), default=[0], help="comma-separated seeds (default 0)")
     p.add_argument("--ablation-seeds", type=_comma_list(int), help="seeds for non-main recipes (default: --seeds)")
     p.add_argument("--reference", default="bf16", help="recipe the relative gaps refer to (default bf16)")
     p.add_argument("--mxfp4-token-multiplier", type=float,
                    help="also train mxfp4 this many times longer (run 'mxfp4-long') to measure how many more tokens it "
-                        "needs (default 1.5 for --suite paper, else 1 = no such run)")
+                        "needs (default 1.5 for --suite paper/paper-full, else 1 = no such run)")
     p.add_argument("--no-branch", action="store_true",
                    help="train late-switch recipes from scratch instead of branching them from their base recipe's "
                         "checkpoint at the switch step (bit-identical, 80%% cheaper)")

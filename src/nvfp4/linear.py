@@ -100,7 +100,7 @@ def quantize_operand(
     where the backend can. ``keep_packed``: keep NVFP4 codes + scales (4.5 bits/value, for tensors
     saved for backward) instead of the BF16 GEMM values that the fused path writes directly.
     """
-    if cfg.format == "nvfp4" and (cfg.hadamard is None or (cfg.hadamard == 16 and cfg.tile == (1, 16))):
+    if cfg.format == "nvfp4" and (cfg.hadamard is None or cfg.tile == (1, 16)):
         return _quantize_nvfp4_operand(t2d, cfg, seed, offset, global_amax, backend, transpose, keep_packed)
     if cfg.format == "mxfp4" and cfg.quantized:
         return _quantize_mxfp4_operand(t2d, cfg, seed, offset, backend, transpose)
@@ -117,7 +117,7 @@ def quantize_operand(
         if padded != cols:
             t2d = F.pad(t2d, (0, padded - cols))
         cols = padded
-        t2d = random_hadamard_transform(t2d, dim=-1, size=size)
+        t2d = random_hadamard_transform(t2d, dim=-1, size=size, signs=_rht_signs(cfg, t2d.device))
     if not cfg.quantized:  # RHT alone (a BF16 operand): used to check that the transform cancels
         return QuantizedOperand(t2d, cols)
     if cfg.format == "nvfp4":
@@ -125,6 +125,15 @@ def quantize_operand(
     else:  # fp8 with a Hadamard transform (MXFP4 always takes its fused path)
         q = quantize_fp8_blockwise(t2d, cfg.tile)
     return QuantizedOperand(q, cols)
+
+
+def _rht_signs(cfg: OperandConfig, device: torch.device) -> torch.Tensor | None:
+    """The RHT's sign vector for this operand (None without an RHT): the fixed default, or all +1 when the recipe
+    turns the sign randomisation off."""
+    if not cfg.hadamard:
+        return None
+    signs = default_signs(cfg.hadamard) if cfg.random_signs else torch.ones(cfg.hadamard)
+    return signs.to(device)
 
 
 def _fused_input(t2d: torch.Tensor, transpose: bool, hadamard: int | None) -> torch.Tensor:
@@ -152,7 +161,11 @@ def _quantize_nvfp4_operand(
     """NVFP4 through the backend's fused ops: (RHT +) quantize (+ dequantize to BF16) in one pass."""
     impl = kernels.select(backend, t2d.device)
     t2d = _fused_input(t2d, transpose, cfg.hadamard)
-    signs = default_signs(16).to(t2d.device) if cfg.hadamard else None
+    signs = _rht_signs(cfg, t2d.device)
+    if signs is not None and cfg.hadamard != 16:
+        # the kernels fuse the 16-point RHT only; other sizes are transformed here (to BF16, as the fused one rounds)
+        t2d = random_hadamard_transform(t2d.t() if transpose else t2d, dim=-1, size=cfg.hadamard, signs=signs)
+        signs, transpose = None, False
     rows, cols = (t2d.shape[1], t2d.shape[0]) if transpose else t2d.shape
     amax = None if global_amax is None else global_amax.to(torch.float32)
     if keep_packed:
@@ -184,7 +197,7 @@ def _quantize_mxfp4_operand(
     """
     impl = kernels.select(backend, t2d.device)
     t2d = _fused_input(t2d, transpose, cfg.hadamard)
-    signs = default_signs(cfg.hadamard).to(t2d.device) if cfg.hadamard else None
+    signs = _rht_signs(cfg, t2d.device)
     values = impl.fake_quantize_mxfp4(t2d, cfg.stochastic, seed, offset, transpose=transpose, rht_signs=signs)
     return QuantizedOperand(values, values.shape[1])
 

@@ -32,6 +32,9 @@ class OperandConfig:
     tile: tuple[int, int] = (1, 16)
     rounding: str = "nearest"
     hadamard: int | None = None  # RHT size along the reduction dim, None = off
+    # The RHT's diagonal of random signs (SPEC §4: TE's fixed vector). False = a plain Hadamard transform, for the
+    # paper's small-scale finding that sign randomisation made no measurable difference.
+    random_signs: bool = True
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -145,10 +148,16 @@ class Recipe:
     def __post_init__(self) -> None:
         # The RHT only cancels inside a GEMM when both operands get the same transform.
         for a, b in (("fprop_x", "fprop_w"), ("dgrad_dy", "dgrad_w"), ("wgrad_dy", "wgrad_x")):
-            if self.operand(a).hadamard != self.operand(b).hadamard:
+            ca, cb = self.operand(a), self.operand(b)
+            if ca.hadamard != cb.hadamard:
                 raise ValueError(
                     f"recipe {self.name!r}: {a} and {b} are operands of one GEMM and need the same hadamard size "
-                    f"(got {self.operand(a).hadamard} and {self.operand(b).hadamard})"
+                    f"(got {ca.hadamard} and {cb.hadamard})"
+                )
+            if ca.hadamard and ca.random_signs != cb.random_signs:
+                raise ValueError(
+                    f"recipe {self.name!r}: {a} and {b} are operands of one GEMM and need the same RHT signs "
+                    f"(random_signs {ca.random_signs} and {cb.random_signs})"
                 )
 
     def operand(self, name: str) -> OperandConfig:
@@ -177,7 +186,7 @@ class Recipe:
             if not cfg.quantized:
                 lines.append(f"{op:9s} bf16")
                 continue
-            extra = f", RHT{cfg.hadamard}" if cfg.hadamard else ""
+            extra = f", RHT{cfg.hadamard}{'' if cfg.random_signs else ' (no sign flips)'}" if cfg.hadamard else ""
             lines.append(f"{op:9s} {cfg.format} {cfg.tile[0]}x{cfg.tile[1]} {cfg.rounding}{extra}")
         return "\n".join(lines)
 

@@ -102,6 +102,18 @@ _PRESETS: dict[str, Recipe] = {
         dgrad_w=OperandConfig("nvfp4", (16, 16), "nearest", hadamard=16),
         description="ablation: RHT16 on the Fprop and Dgrad operands too",
     ),
+    "nvfp4-rht4": _NVFP4.replace(
+        name="nvfp4-rht4",
+        wgrad_dy=OperandConfig("nvfp4", (1, 16), "stochastic", hadamard=4),
+        wgrad_x=OperandConfig("nvfp4", (1, 16), "nearest", hadamard=4),
+        description="ablation: nvfp4 with a 4x4 instead of a 16x16 RHT on Wgrad",
+    ),
+    "nvfp4-rht-no-signs": _NVFP4.replace(
+        name="nvfp4-rht-no-signs",
+        wgrad_dy=OperandConfig("nvfp4", (1, 16), "stochastic", hadamard=16, random_signs=False),
+        wgrad_x=OperandConfig("nvfp4", (1, 16), "nearest", hadamard=16, random_signs=False),
+        description="ablation: nvfp4 with a plain 16x16 Hadamard transform on Wgrad (no random sign flips)",
+    ),
     "nvfp4-base": Recipe(
         name="nvfp4-base",
         fprop_x=_NV_1D,

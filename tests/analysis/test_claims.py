@@ -44,7 +44,7 @@ def test_paired_gap_uses_shared_seeds_only():
 def test_every_claim_is_not_measured_without_runs():
     verdicts = _verdicts(_summary({"bf16": {1: 4.0}}))
     assert set(verdicts.values()) == {"not measured"}
-    assert len(verdicts) == 9
+    assert len(verdicts) == 10
 
 
 def test_ablation_verdicts_follow_the_noise_threshold():
@@ -71,6 +71,18 @@ def test_divergence_claims():
     )
     assert _find(s, "all-FP4")["verdict"] == "reproduces" and "step 120" in _find(s, "all-FP4")["evidence"]
     assert _find(s, "SR on activations")["verdict"] == "partly"  # 5% worse, but no divergence
+
+
+def test_no_difference_claim_reproduces_inside_noise_and_is_contradicted_beyond_it():
+    base = {"bf16": {1: 3.998, 2: 4.002}, "nvfp4": {1: 4.02, 2: 4.02}}  # threshold 0.1%
+    same = _summary({**base, "nvfp4-rht4": {1: 4.021}, "nvfp4-rht-no-signs": {1: 4.019}})
+    assert _find(same, "Hadamard size")["verdict"] == "reproduces"
+    differs = _summary({**base, "nvfp4-rht4": {1: 4.021}, "nvfp4-rht-no-signs": {1: 3.9}})
+    assert _find(differs, "Hadamard size")["verdict"] == "contradicted"
+    half = _find(_summary({**base, "nvfp4-rht4": {1: 4.02}}), "Hadamard size")
+    assert half["verdict"] == "reproduces" and "not run: nvfp4-rht-no-signs" in half["evidence"]
+    diverged = _summary({**base, "nvfp4-rht4": {1: float("nan")}}, diverged={"nvfp4-rht4": 50})
+    assert _find(diverged, "Hadamard size")["verdict"] == "contradicted"
 
 
 def test_nvfp4_tracking_tolerance():

@@ -113,6 +113,29 @@ def _ablation_claim(j: _Judge, claim: str, recipe: str, baseline: str = "nvfp4",
     return Claim(claim, verdict, f"no divergence; {text}" if diverges else text)
 
 
+def _no_difference_claim(j: _Judge, claim: str, recipes: tuple[str, ...], baseline: str = "nvfp4") -> Claim:
+    """The paper: at small scale these variants of ``baseline`` make no measurable difference. Reproduces when every
+    measured variant stays within the noise threshold; any variant beyond it (either way) contradicts."""
+    measured = [r for r in recipes if j.has(r, baseline)]
+    if not measured:
+        return Claim(claim, "not measured", f"needs {baseline} and one of {', '.join(recipes)}")
+    texts, verdict = [], "reproduces"
+    for recipe in measured:
+        div = _diverged(j.summary, recipe)
+        got = None if div is not None else j.gap_text(recipe, baseline)
+        if got is None:
+            texts.append(f"{recipe} diverged (step {div.get('diverged_step')})" if div else f"{recipe}: no final loss")
+            verdict = "contradicted" if div else verdict
+            continue
+        texts.append(got[1])
+        if j.direction(got[0]) != "same":
+            verdict = "contradicted"
+    missing = [r for r in recipes if r not in measured]
+    if missing:
+        texts.append(f"not run: {', '.join(missing)}")
+    return Claim(claim, verdict, "; ".join(texts))
+
+
 def _tracking_claim(j: _Judge) -> Claim:
     claim = "NVFP4 tracks the higher-precision loss (within ~1-1.5%)"
     parts, gaps = [], []
@@ -195,5 +218,9 @@ def assess_claims(summary: dict) -> list[dict]:
         _ablation_claim(j, "the RHT on Fprop/Dgrad too hurts", "nvfp4-rht-everywhere"),
         _ablation_claim(j, "all-FP4 (no BF16 layers) diverges", "nvfp4-all-fp4", diverges=True),
         _switch_claim(j),
+        _no_difference_claim(
+            j, "at small scale the Hadamard size and the sign randomisation make no measurable difference",
+            ("nvfp4-rht4", "nvfp4-rht-no-signs"),
+        ),
     ]
     return [asdict(c) for c in claims]

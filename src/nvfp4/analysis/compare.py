@@ -29,14 +29,17 @@ from nvfp4.train.checkpoint import checkpoint_path
 
 MAIN_RECIPES = ("bf16", "fp8", "nvfp4", "mxfp4")
 MAIN_RUNS = (*MAIN_RECIPES, LONG_MXFP4)  # run with the main seeds and first in the plan
+PAPER_SUITE = (
+    "bf16", "fp8", "nvfp4", "mxfp4", "nvfp4-no-rht", "nvfp4-no-sr", "nvfp4-no-2d", "nvfp4-all-fp4",
+    "nvfp4-sr-everywhere", "nvfp4-switch-fwd", "nvfp4-switch-bwd", "nvfp4-switch-both",
+)  # fmt: skip
 SUITES: dict[str, tuple[str, ...]] = {
-    "paper": (
-        "bf16", "fp8", "nvfp4", "mxfp4", "nvfp4-no-rht", "nvfp4-no-sr", "nvfp4-no-2d", "nvfp4-all-fp4",
-        "nvfp4-sr-everywhere", "nvfp4-switch-fwd", "nvfp4-switch-bwd", "nvfp4-switch-both",
-    ),
+    "paper": PAPER_SUITE,
+    # every SPEC §6 claim: the paper suite plus the RHT on Fprop/Dgrad, the Hadamard size and the sign flips
+    "paper-full": (*PAPER_SUITE, "nvfp4-rht-everywhere", "nvfp4-rht4", "nvfp4-rht-no-signs"),
     "main": MAIN_RECIPES,
     "quick": ("bf16", "nvfp4"),
-}  # fmt: skip
+}
 
 
 @dataclass
@@ -70,7 +73,7 @@ class CompareConfig:
         if self.reference not in self.recipe_names:
             raise ValueError(f"the reference recipe {self.reference!r} is not among the compared recipes")
         if self.mxfp4_token_multiplier is None:
-            self.mxfp4_token_multiplier = 1.5 if self.suite == "paper" else 1.0
+            self.mxfp4_token_multiplier = 1.5 if self.suite in ("paper", "paper-full") else 1.0
         if self.mxfp4_token_multiplier < 1.0:
             raise ValueError("mxfp4_token_multiplier must be >= 1")
         for key in ("recipe", "seed", "out", "resume", "keep_steps", "branch_from"):
