@@ -83,6 +83,8 @@ def test_no_difference_claim_reproduces_inside_noise_and_is_contradicted_beyond_
     assert half["verdict"] == "reproduces" and "not run: nvfp4-rht-no-signs" in half["evidence"]
     diverged = _summary({**base, "nvfp4-rht4": {1: float("nan")}}, diverged={"nvfp4-rht4": 50})
     assert _find(diverged, "Hadamard size")["verdict"] == "contradicted"
+    no_finite_loss = _summary({"nvfp4": {1: 4.02}, "nvfp4-rht4": {1: float("inf")}})
+    assert _find(no_finite_loss, "Hadamard size")["verdict"] == "not measured"
 
 
 def test_nvfp4_tracking_tolerance():

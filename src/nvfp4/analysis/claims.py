@@ -119,20 +119,24 @@ def _no_difference_claim(j: _Judge, claim: str, recipes: tuple[str, ...], baseli
     measured = [r for r in recipes if j.has(r, baseline)]
     if not measured:
         return Claim(claim, "not measured", f"needs {baseline} and one of {', '.join(recipes)}")
-    texts, verdict = [], "reproduces"
+    texts, differs, judged = [], False, 0
     for recipe in measured:
         div = _diverged(j.summary, recipe)
-        got = None if div is not None else j.gap_text(recipe, baseline)
+        if div is not None:
+            texts.append(f"{recipe} diverged (step {div.get('diverged_step')})")
+            differs = True
+            continue
+        got = j.gap_text(recipe, baseline)
         if got is None:
-            texts.append(f"{recipe} diverged (step {div.get('diverged_step')})" if div else f"{recipe}: no final loss")
-            verdict = "contradicted" if div else verdict
+            texts.append(f"{recipe}: no finite final loss on a seed shared with {baseline}")
             continue
         texts.append(got[1])
-        if j.direction(got[0]) != "same":
-            verdict = "contradicted"
+        judged += 1
+        differs |= j.direction(got[0]) != "same"
     missing = [r for r in recipes if r not in measured]
     if missing:
         texts.append(f"not run: {', '.join(missing)}")
+    verdict = "contradicted" if differs else "reproduces" if judged else "not measured"
     return Claim(claim, verdict, "; ".join(texts))
 
 
