@@ -95,6 +95,11 @@ def test_plots_and_report_are_written(runs, tmp_path):
     report = write_report(s, tmp_path, command="nvfp4 compare --recipes bf16,nvfp4,mxfp4").read_text()
     assert "| nvfp4 | 2 |" in report and "![Loss curves](loss_curves.png)" in report
     assert "Token efficiency" in report
+    # each seed's mxfp4 sits 0.001·seed above, like its nvfp4 target: the same extra tokens on both seeds
+    per_seed = s["token_efficiency_mxfp4_vs_nvfp4"]["extra_tokens_fraction_per_seed"]
+    assert set(per_seed) == {1, 2} and per_seed[1] == pytest.approx(per_seed[2])
+    assert per_seed[1] == pytest.approx(s["token_efficiency_mxfp4_vs_nvfp4"]["extra_tokens_fraction"], rel=1e-3)
+    assert f"seed 1 {100 * per_seed[1]:+.1f}%" in report
     assert "## The paper's claims" in report
     # nvfp4 ends 0.02 above bf16 (final loss ~1.08: +1.8%, beyond the paper's ~1.5%), and the report says so
     tracking = next(c for c in s["claims"] if "tracks" in c["claim"])

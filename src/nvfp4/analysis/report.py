@@ -194,9 +194,15 @@ def summarize(runs: list[RunRecord], reference: str = "bf16", meta: dict | None 
         }
     summary = {"reference": reference, "recipes": recipes, "runs": run_rows, **(meta or {})}
     if "mxfp4" in by_recipe and "nvfp4" in by_recipe:
-        summary["token_efficiency_mxfp4_vs_nvfp4"] = token_efficiency(
-            by_recipe["mxfp4"], by_recipe.get(LONG_MXFP4, []), by_recipe["nvfp4"]
-        )
+        mx, longer, nv = by_recipe["mxfp4"], by_recipe.get(LONG_MXFP4, []), by_recipe["nvfp4"]
+        eff = token_efficiency(mx, longer, nv)
+        # the same solve on each seed's own three runs: how much the seed-mean estimate rests on one seed
+        eff["extra_tokens_fraction_per_seed"] = {
+            seed: token_efficiency(*([r for r in rs if r.seed == seed] for rs in (mx, longer, nv)))[
+                "extra_tokens_fraction"]
+            for seed in sorted({r.seed for r in mx} & {r.seed for r in longer} & {r.seed for r in nv})
+        }
+        summary["token_efficiency_mxfp4_vs_nvfp4"] = eff
     summary["seed_noise"] = seed_noise(summary)
     summary["claims"] = assess_claims(summary)
     return summary
@@ -350,6 +356,10 @@ def write_report(summary: dict, out_dir: str | Path, command: str | None = None)
                          f"{eff['reference_tokens']:,.0f} ({how} its complete runs of {t1:,.0f} tokens, final "
                          f"{l1:.4f}, and {t2:,.0f} tokens, final {l2:.4f}; loss linear in log tokens). The paper: "
                          "+36% at 8B/1T.")
+            per_seed = {k: v for k, v in (eff.get("extra_tokens_fraction_per_seed") or {}).items() if v is not None}
+            if len(per_seed) > 1:
+                lines.append("Per seed (the same solve on each seed's own runs): " + ", ".join(
+                    f"seed {k} {100 * v:+.1f}%" for k, v in per_seed.items()) + ".")
         else:
             lines.append(f"No estimate of how many more tokens MXFP4 needs to reach NVFP4's final validation loss "
                          f"({eff['target_val_loss']:.4f}): {eff['note']}.")
