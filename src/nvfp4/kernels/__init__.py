@@ -10,6 +10,7 @@ the tests enforce it. ``select("auto", device)`` picks the first available backe
 
 from __future__ import annotations
 
+import functools
 import importlib
 
 import torch
@@ -25,7 +26,14 @@ _REGISTRY = {
 _PREFERENCE = ("triton", "cpu", "reference")
 
 
+@functools.cache
 def _load(name: str):
+    """The backend class, or None when its module cannot be imported (e.g. no Triton).
+
+    Cached, failures included: Python does not cache a failed import, so without this every call would
+    re-read and (under PYTHONDONTWRITEBYTECODE=1, no .pyc) recompile the module source: about 5 ms per
+    operand, a 4-6x slower CPU training step (issue #12, item 0).
+    """
     module_name, class_name = _REGISTRY[name].split(":")
     try:
         module = importlib.import_module(module_name)

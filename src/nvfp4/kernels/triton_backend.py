@@ -110,6 +110,13 @@ def _nan_where(cond, x):
 
 
 @triton.jit
+def _negate(x):
+    """-x (fp32) by flipping the sign bit: IEEE negation, so -(+0.0) is -0.0. Triton's unary minus is 0 - x,
+    which gave +0.0 for a zero in Triton 3.6's interpreter and so lost the reference's -0."""
+    return (x.to(tl.uint32, bitcast=True) ^ 0x80000000).to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def _clamp_max(x, hi):
     """min(x, hi) that keeps NaN (like torch.clamp)."""
     return tl.where(x > hi, hi, x)
@@ -158,7 +165,7 @@ def _e4m3_decode(byte):
     subnormal = man.to(tl.float32) * _E4M3_SUBNORMAL_STEP
     mag = tl.where(exp == 0, subnormal, normal)
     mag = _nan_where((byte & 0x7F) == 0x7F, mag)
-    return tl.where((byte & 0x80) != 0, -mag, mag)
+    return tl.where((byte & 0x80) != 0, _negate(mag), mag)
 
 
 @triton.jit
@@ -205,7 +212,7 @@ def _e2m1_value(code):
     m = code & 7
     mf = m.to(tl.float32)
     mag = tl.where(m < 4, mf * 0.5, tl.where(m < 6, mf - 2.0, (mf - 4.0) * 2.0))
-    return tl.where(code >= 8, -mag, mag)
+    return tl.where(code >= 8, _negate(mag), mag)
 
 
 @triton.jit
@@ -221,7 +228,7 @@ def _butterfly_stage(y, ROWS: tl.constexpr, H: tl.constexpr, N: tl.constexpr = 1
     z = tl.reshape(y, (ROWS, N // (2 * H), 2, H))
     second = (tl.arange(0, 2) == 1)[None, None, :, None]
     total = _sum_along(z, 2, True)
-    difference = _sum_along(tl.where(second, -z, z), 2, True)
+    difference = _sum_along(tl.where(second, _negate(z), z), 2, True)
     return tl.reshape(tl.where(second, difference, total), (ROWS, N))
 
 

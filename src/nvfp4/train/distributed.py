@@ -35,6 +35,9 @@ class DistContext:
     world_size: int = 1
     local_rank: int = 0
     owns_group: bool = False  # this trainer created the process group, so it destroys it
+    # Where collectives' tensors must live: NCCL reduces CUDA tensors only (a CPU tensor on an NCCL group fails),
+    # gloo reduces CPU tensors. Every reduction below allocates on this device.
+    collective_device: torch.device = torch.device("cpu")
 
     @property
     def is_main(self) -> bool:
@@ -75,7 +78,8 @@ def setup(mode: str, device: str) -> tuple[DistContext, torch.device]:
             torch.cuda.set_device(torch_device)
         dist.init_process_group("nccl" if torch_device.type == "cuda" else "gloo")
         owns = True
-    ctx = DistContext(mode, dist.get_rank(), dist.get_world_size(), local_rank, owns)
+    collective = torch_device if dist.get_backend() == "nccl" else torch.device("cpu")
+    ctx = DistContext(mode, dist.get_rank(), dist.get_world_size(), local_rank, owns, collective)
     return ctx, torch_device
 
 
@@ -156,16 +160,16 @@ def mean(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     """Average a scalar tensor over the ranks (the logged loss of the global batch)."""
     if ctx.world_size == 1:
         return value
-    value = value.detach().float().clone()
-    dist.all_reduce(value, op=dist.ReduceOp.SUM)
-    return value / ctx.world_size
+    reduced = value.detach().float().to(ctx.collective_device, copy=True)
+    dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
+    return (reduced / ctx.world_size).to(value.device)
 
 
 def sum_floats(values: list[float], ctx: DistContext) -> list[float]:
     """Element-wise sums over the ranks (in float64, for loss sums and token counts)."""
     if ctx.world_size == 1:
         return values
-    t = torch.tensor(values, dtype=torch.float64)
+    t = torch.tensor(values, dtype=torch.float64, device=ctx.collective_device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t.tolist()
 
@@ -174,7 +178,7 @@ def any_rank(flag: bool, ctx: DistContext) -> bool:
     """True on every rank if it is True on one (a Ctrl-C seen by a single rank stops them all together)."""
     if ctx.world_size == 1:
         return flag
-    t = torch.tensor([1.0 if flag else 0.0])
+    t = torch.tensor([1.0 if flag else 0.0], device=ctx.collective_device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item() > 0)
 
@@ -189,7 +193,7 @@ def broadcast_object(obj: Any, ctx: DistContext) -> Any:
     if ctx.world_size == 1:
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=0)
+    dist.broadcast_object_list(box, src=0, device=ctx.collective_device)
     return box[0]
 
 
