@@ -24,21 +24,24 @@ import nvfp4  # noqa: E402
 
 
 def saved_bytes(layer: nn.Module, x: torch.Tensor) -> int:
-    """Bytes of tensors autograd keeps for this layer's backward (plus nvfp4's quantized x)."""
+    """Bytes of tensors autograd keeps for this layer's backward, as saved-tensor hooks see them (nvfp4.Linear saves
+    its quantized x through save_for_backward), without the FP32 master weight and nvfp4's cached quantized weight,
+    which exist once per layer, not per micro-batch."""
     total = 0
+    weights = {layer.weight.untyped_storage().data_ptr()}
 
     def pack(t: torch.Tensor):
         nonlocal total
-        if t.data_ptr() != layer.weight.data_ptr():  # the FP32 master weight is not an activation
+        if t.untyped_storage().data_ptr() not in weights:
             total += t.numel() * t.element_size()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            y = layer(x)
-    saved = getattr(y.grad_fn, "x_saved", None)
-    if saved is not None:
-        total += saved.nbytes
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            if isinstance(layer, nvfp4.Linear):
+                for operand in ("fprop_w", "dgrad_w"):
+                    weights.add(layer._weight_operand(operand).values().untyped_storage().data_ptr())
+            layer(x)
     return total
 
 

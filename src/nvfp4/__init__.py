@@ -22,7 +22,7 @@ from nvfp4.formats import (
     quantize_nvfp4,
 )
 from nvfp4.hadamard import random_hadamard_transform
-from nvfp4.linear import Linear
+from nvfp4.linear import Linear, checkpoint_context
 from nvfp4.recipe import LayerPolicy, OperandConfig, PrecisionSwitch, Recipe
 
 __version__ = "0.1.0"
@@ -34,6 +34,7 @@ __all__ = [
     "PrecisionSwitch",
     "Recipe",
     "apply_precision_schedule",
+    "checkpoint_context",
     "conversion_report",
     "convert",
     "invalidate_weight_caches",

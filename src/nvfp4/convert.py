@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from nvfp4 import recipes
-from nvfp4.linear import PRECISIONS, AmaxReducer, Linear, layer_seed
+from nvfp4.linear import PRECISIONS, AmaxReducer, Linear, checkpoint_context, layer_seed
 from nvfp4.recipe import PASSES, Recipe
 
 DEFAULT_EXCLUDE = ("lm_head", "output", "embed")
@@ -109,6 +109,8 @@ def convert(
             _set_submodule(model, name, replacement)
         report.append(ConvertedLayer(name, block, treatment, base.in_features, base.out_features))
     model._nvfp4_report = report  # type: ignore[attr-defined]
+    if hasattr(model, "checkpoint_context"):  # nvfp4.model.GPT: its activation checkpointing replays SR counters
+        model.checkpoint_context = checkpoint_context
     if verbose:
         print(report)
     return model

@@ -84,9 +84,14 @@ def random_hadamard_transform(
         )
     if signs is None:
         signs = default_signs(size)
-    signs = torch.as_tensor(signs, dtype=torch.float32, device=x.device)
-    if signs.shape != (size,) or not bool(((signs == 1) | (signs == -1)).all()):
+    if not isinstance(signs, torch.Tensor):
+        signs = torch.as_tensor(signs, dtype=torch.float32)
+    # Host-side values are checked; a vector already on the GPU (the layer's per-device cache) is not read back,
+    # which would cost a device sync per call.
+    if signs.shape != (size,) or (signs.device.type == "cpu" and not bool(((signs == 1) | (signs == -1)).all())):
         raise ValueError(f"signs must be a ({size},) tensor of ±1")
+    if signs.device != x.device or signs.dtype != torch.float32:
+        signs = signs.to(device=x.device, dtype=torch.float32)
 
     moved = x.movedim(dim, -1).to(torch.float32)
     chunks = moved.reshape(*moved.shape[:-1], length // size, size)

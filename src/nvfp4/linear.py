@@ -1,5 +1,12 @@
 """``nvfp4.Linear``: a drop-in ``nn.Linear`` whose three GEMMs run on quantized operands (SPEC §5).
 
+Layering: the module (``Linear``) owns the state — the quantized-weight cache, the stochastic-rounding call
+counter (a CPU tensor, so compiled graphs read it instead of baking it in) and the precision switch — and hands
+the autograd function (``_QuantizedLinearFn``) only tensors and one frozen ``_Plan``. The function is stateless:
+what backward needs goes through ``save_for_backward`` (the packed 4.5-bit activation too), so saved-tensor hooks,
+activation checkpointing and ``torch.compile(fullgraph=True)`` all see it. Under ``no_grad`` only the Fprop
+operands are quantized.
+
 Emulation, exact by construction: each operand is quantized along its GEMM's reduction dim
 and turned back into "value × block scale" numbers, which are exact in BF16 (FP8 baseline:
 FP32); a BF16 matmul accumulates in FP32 and the two FP32 tensor scales are applied to the
@@ -12,20 +19,23 @@ costs 2x here.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nvfp4 import kernels, recipes
-from nvfp4.formats.fp8 import FP8Tensor, quantize_fp8_blockwise
+from nvfp4 import recipes
+from nvfp4.formats.fp8 import FP8Tensor
 from nvfp4.formats.mxfp4 import MXFP4Tensor
-from nvfp4.formats.nvfp4 import NVFP4Tensor, global_decode_scale, quantize_nvfp4, tensor_amax
+from nvfp4.formats.nvfp4 import NVFP4Tensor, global_decode_scale, tensor_amax
 from nvfp4.formats.rng import derive_keys
 from nvfp4.hadamard import default_signs, random_hadamard_transform
+from nvfp4.kernels import ops
 from nvfp4.recipe import OPERANDS, OperandConfig, Recipe
 
 PRECISIONS = ("recipe", "bf16")
@@ -44,8 +54,8 @@ class QuantizedOperand:
     def values(self) -> torch.Tensor:
         """value × block scale: BF16 (exact) for FP4 formats, FP32 for FP8, the tensor itself for BF16."""
         d = self.data
-        if isinstance(d, NVFP4Tensor):
-            return d.scaled_values(torch.bfloat16, padded=True)[:, : self.cols]
+        if isinstance(d, NVFP4Tensor):  # through the custom op, so torch.compile can trace it
+            return ops.nvfp4_scaled_values(d.packed, d.scales, d.backend)[:, : self.cols]
         if isinstance(d, MXFP4Tensor):
             return d.scaled_values(torch.bfloat16, padded=True)[:, : self.cols]
         if isinstance(d, FP8Tensor):
@@ -83,6 +93,9 @@ class _TransposedOperand(QuantizedOperand):
         return self.source.values().t()
 
 
+_NO_CALL = torch.zeros((), dtype=torch.int64)  # the call counter of a stand-alone quantize_operand: offset as given
+
+
 def quantize_operand(
     t2d: torch.Tensor,
     cfg: OperandConfig,
@@ -100,10 +113,27 @@ def quantize_operand(
     where the backend can. ``keep_packed``: keep NVFP4 codes + scales (4.5 bits/value, for tensors
     saved for backward) instead of the BF16 GEMM values that the fused path writes directly.
     """
+    return _quantize_operand(
+        t2d, cfg, ops.signed64(seed), offset, _NO_CALL, global_amax, backend, transpose, keep_packed
+    )
+
+
+def _quantize_operand(
+    t2d: torch.Tensor,
+    cfg: OperandConfig,
+    seed: int,
+    stream: int,
+    call: torch.Tensor,
+    global_amax: torch.Tensor | None,
+    backend: str,
+    transpose: bool,
+    keep_packed: bool,
+) -> QuantizedOperand:
+    """``quantize_operand`` with the SR offset as (stream, call): offset = stream + OPERAND_COUNT * call."""
     if cfg.format == "nvfp4" and (cfg.hadamard is None or cfg.tile == (1, 16)):
-        return _quantize_nvfp4_operand(t2d, cfg, seed, offset, global_amax, backend, transpose, keep_packed)
+        return _quantize_nvfp4_operand(t2d, cfg, seed, stream, call, global_amax, backend, transpose, keep_packed)
     if cfg.format == "mxfp4" and cfg.quantized:
-        return _quantize_mxfp4_operand(t2d, cfg, seed, offset, backend, transpose)
+        return _quantize_mxfp4_operand(t2d, cfg, seed, stream, call, backend, transpose)
     if cfg.format == "fp8" and not cfg.hadamard:
         return _quantize_fp8_operand(t2d, cfg, backend, transpose, keep_packed)
     if transpose:
@@ -117,23 +147,36 @@ def quantize_operand(
         if padded != cols:
             t2d = F.pad(t2d, (0, padded - cols))
         cols = padded
-        t2d = random_hadamard_transform(t2d, dim=-1, size=size, signs=_rht_signs(cfg, t2d.device))
+        t2d = random_hadamard_transform(t2d, dim=-1, size=size, signs=rht_signs(cfg, t2d.device))
     if not cfg.quantized:  # RHT alone (a BF16 operand): used to check that the transform cancels
         return QuantizedOperand(t2d, cols)
     if cfg.format == "nvfp4":
-        q = quantize_nvfp4(t2d, cfg.tile, cfg.stochastic, seed, global_amax, offset=offset, backend=backend)
-    else:  # fp8 with a Hadamard transform (MXFP4 always takes its fused path)
-        q = quantize_fp8_blockwise(t2d, cfg.tile)
-    return QuantizedOperand(q, cols)
+        t2d = _fused_input(t2d, False, None)
+        packed, scales, amax = ops.nvfp4_packed(
+            t2d, global_amax, cfg.tile[0], cfg.stochastic, seed, stream, call, False, None, backend
+        )
+        return QuantizedOperand(NVFP4Tensor(packed, scales, amax, t2d.shape, cfg.tile, backend), cols)
+    # fp8 with a Hadamard transform (MXFP4 always takes its fused path)
+    data, scales = ops.fp8_packed(_fused_input(t2d, False, None), cfg.tile[0], cfg.tile[1], False, backend)
+    return QuantizedOperand(FP8Tensor(data, scales, t2d.shape, cfg.tile), cols)
 
 
-def _rht_signs(cfg: OperandConfig, device: torch.device) -> torch.Tensor | None:
+def rht_signs(cfg: OperandConfig, device: torch.device) -> torch.Tensor | None:
     """The RHT's sign vector for this operand (None without an RHT): the fixed default, or all +1 when the recipe
-    turns the sign randomisation off."""
+    turns the sign randomisation off. Cached per device, so a training step never copies it to a GPU."""
     if not cfg.hadamard:
         return None
-    signs = default_signs(cfg.hadamard) if cfg.random_signs else torch.ones(cfg.hadamard)
+    if torch.compiler.is_compiling():  # a constant of the graph (a cache cannot be traced)
+        return _make_signs(cfg.hadamard, cfg.random_signs, torch.device(device))
+    return _device_signs(cfg.hadamard, cfg.random_signs, torch.device(device))
+
+
+def _make_signs(size: int, random_signs: bool, device: torch.device) -> torch.Tensor:
+    signs = default_signs(size) if random_signs else torch.ones(size)
     return signs.to(device)
+
+
+_device_signs = functools.cache(_make_signs)
 
 
 def _fused_input(t2d: torch.Tensor, transpose: bool, hadamard: int | None) -> torch.Tensor:
@@ -152,16 +195,16 @@ def _quantize_nvfp4_operand(
     t2d: torch.Tensor,
     cfg: OperandConfig,
     seed: int,
-    offset: int,
+    stream: int,
+    call: torch.Tensor,
     global_amax: torch.Tensor | None,
     backend: str,
     transpose: bool,
     keep_packed: bool,
 ) -> QuantizedOperand:
     """NVFP4 through the backend's fused ops: (RHT +) quantize (+ dequantize to BF16) in one pass."""
-    impl = kernels.select(backend, t2d.device)
     t2d = _fused_input(t2d, transpose, cfg.hadamard)
-    signs = _rht_signs(cfg, t2d.device)
+    signs = rht_signs(cfg, t2d.device)
     if signs is not None and cfg.hadamard != 16:
         # the kernels fuse the 16-point RHT only; other sizes are transformed here (to BF16, as the fused one rounds)
         t2d = random_hadamard_transform(t2d.t() if transpose else t2d, dim=-1, size=cfg.hadamard, signs=signs)
@@ -169,36 +212,28 @@ def _quantize_nvfp4_operand(
     rows, cols = (t2d.shape[1], t2d.shape[0]) if transpose else t2d.shape
     amax = None if global_amax is None else global_amax.to(torch.float32)
     if keep_packed:
-        if signs is not None:
-            packed, scales, amax = impl.rht_quantize_nvfp4(
-                t2d, signs, amax, cfg.stochastic, seed, offset, transpose=transpose
-            )
-        else:
-            if amax is None:
-                amax = impl.amax(t2d)
-            packed, scales = impl.quantize_nvfp4(
-                t2d, amax, cfg.tile[0], cfg.stochastic, seed, offset, transpose=transpose
-            )
+        packed, scales, amax = ops.nvfp4_packed(
+            t2d, amax, cfg.tile[0], cfg.stochastic, seed, stream, call, transpose, signs, backend
+        )
         q = NVFP4Tensor(packed, scales, amax, torch.Size((rows, cols)), cfg.tile, backend)
         return QuantizedOperand(q, cols)
-    values, amax = impl.fake_quantize_nvfp4(
-        t2d, amax, cfg.tile[0], cfg.stochastic, seed, offset, transpose=transpose, rht_signs=signs
+    values, amax = ops.nvfp4_values(
+        t2d, amax, cfg.tile[0], cfg.stochastic, seed, stream, call, transpose, signs, backend
     )
     return QuantizedOperand(values, cols, decode=global_decode_scale(amax))
 
 
 def _quantize_mxfp4_operand(
-    t2d: torch.Tensor, cfg: OperandConfig, seed: int, offset: int, backend: str, transpose: bool
+    t2d: torch.Tensor, cfg: OperandConfig, seed: int, stream: int, call: torch.Tensor, backend: str, transpose: bool
 ) -> QuantizedOperand:
     """MXFP4 through the backend's fused op: (RHT +) quantize + dequantize to BF16 in one pass.
 
     MXFP4 has no tensor scale, so the BF16 values are the whole operand; they are kept as such for backward too
     (2 bytes/value rather than 4.25 bits: the CPU emulation trades that memory for one pass instead of three).
     """
-    impl = kernels.select(backend, t2d.device)
     t2d = _fused_input(t2d, transpose, cfg.hadamard)
-    signs = _rht_signs(cfg, t2d.device)
-    values = impl.fake_quantize_mxfp4(t2d, cfg.stochastic, seed, offset, transpose=transpose, rht_signs=signs)
+    signs = rht_signs(cfg, t2d.device)
+    values = ops.mxfp4_values(t2d, cfg.stochastic, seed, stream, call, transpose, signs, backend)
     return QuantizedOperand(values, values.shape[1])
 
 
@@ -207,13 +242,12 @@ def _quantize_fp8_operand(
 ) -> QuantizedOperand:
     """FP8 through the backend: the FP32 GEMM operand in one pass, or (keep_packed, for backward) E4M3 codes +
     scales (1 byte/value). E4M3 × FP32 scale is not exact in BF16, so FP8 GEMMs run in FP32."""
-    impl = kernels.select(backend, t2d.device)
     t2d = _fused_input(t2d, transpose, None)
     rows, cols = (t2d.shape[1], t2d.shape[0]) if transpose else t2d.shape
     if keep_packed:
-        data, scales = impl.quantize_fp8(t2d, cfg.tile, transpose=transpose)
+        data, scales = ops.fp8_packed(t2d, cfg.tile[0], cfg.tile[1], transpose, backend)
         return QuantizedOperand(FP8Tensor(data, scales, torch.Size((rows, cols)), cfg.tile), cols)
-    return QuantizedOperand(impl.fake_quantize_fp8(t2d, cfg.tile, transpose=transpose), cols)
+    return QuantizedOperand(ops.fp8_values(t2d, cfg.tile[0], cfg.tile[1], transpose, backend), cols)
 
 
 def emulated_gemm(
@@ -230,12 +264,10 @@ def emulated_gemm(
         acc = av.float() @ bv.float().t()
     elif on_cuda and exact:
         acc = torch.mm(av, bv.t(), out_dtype=torch.float32)
-    elif (out_dtype != torch.float32 or not exact) and (scale is None or bool(torch.isfinite(scale))):
-        # The CPU BF16 GEMM applies alpha to its FP32 accumulator, then rounds once to BF16: exact
-        # for BF16 outputs (SPEC §2); for the FP32 weight gradient it is one BF16 rounding.
-        alpha = 1.0 if scale is None else float(scale)
-        zero = torch.zeros((), dtype=av.dtype, device=av.device)
-        return torch.addmm(zero, av, bv.t(), beta=0, alpha=alpha).to(out_dtype)
+    elif out_dtype != torch.float32 or not exact:
+        # The CPU BF16 GEMM applies the scale to its FP32 accumulator, then rounds once to BF16: exact for BF16
+        # outputs (SPEC §2); for the FP32 weight gradient it is one BF16 rounding. (A custom op under compile.)
+        return ops.cpu_scaled_mm(av, bv, scale, out_dtype)
     else:
         acc = av.float() @ bv.float().t()
     if scale is not None:
@@ -243,48 +275,98 @@ def emulated_gemm(
     return acc.to(out_dtype)
 
 
+# -- the autograd function: stateless, tensors in, tensors saved ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Everything the autograd function needs besides tensors: hashable, so a compiled graph treats it as a
+    constant (one per layer, not one per call)."""
+
+    recipe: Recipe
+    seed: int  # the layer's SR seed as a signed int64 (ops.signed64)
+    rank: int  # data-parallel rank, part of the activation/gradient SR streams
+    backend: str
+    out_dtype: torch.dtype
+    quantize_fwd: bool
+    quantize_bwd: bool
+
+    def stream(self, operand: str) -> int:
+        """The constant part of an operand's SR offset: unique per operand and (for activations and gradients)
+        data-parallel rank; weight streams ignore the rank so every rank quantizes W alike."""
+        rank = 0 if operand in ("fprop_w", "dgrad_w") else self.rank
+        return (rank << 48) | _OPERAND_ID[operand]
+
+    def quantize(self, t2d, operand, call, global_amax=None, *, transpose=False, keep_packed=False) -> QuantizedOperand:
+        cfg = self.recipe.operand(operand)
+        return _quantize_operand(
+            t2d, cfg, self.seed, self.stream(operand), call, global_amax, self.backend, transpose, keep_packed
+        )
+
+
+def _saved_tensors(q: QuantizedOperand) -> tuple[str, tuple[torch.Tensor, ...], tuple]:
+    """A saved operand as (kind, tensors for save_for_backward, plain metadata)."""
+    d = q.data
+    if isinstance(d, NVFP4Tensor):
+        return "nvfp4", (d.packed, d.scales, d.global_amax), (tuple(d.shape), d.tile, d.backend, q.cols)
+    if isinstance(d, FP8Tensor):
+        return "fp8", (d.data, d.scales), (tuple(d.shape), d.tile, q.cols)
+    return "values", (d, q.decode), (q.cols,)
+
+
+def _restore_saved(kind: str, tensors: tuple[torch.Tensor, ...], meta: tuple) -> QuantizedOperand:
+    if kind == "nvfp4":
+        shape, tile, backend, cols = meta
+        return QuantizedOperand(NVFP4Tensor(tensors[0], tensors[1], tensors[2], torch.Size(shape), tile, backend), cols)
+    if kind == "fp8":
+        shape, tile, cols = meta
+        return QuantizedOperand(FP8Tensor(tensors[0], tensors[1], torch.Size(shape), tile), cols)
+    return QuantizedOperand(tensors[0], meta[0], tensors[1])
+
+
 class _QuantizedLinearFn(torch.autograd.Function):
+    """y = x Wᵀ (+ b) on quantized operands. Receives the quantized weight operands (from the module's cache) and
+    the SR call counter as tensors; keeps only tensors: W, its Dgrad operand, the counter and the quantized
+    (RHT'd, ~4.5-bit) xᵀ that Wgrad needs."""
+
     @staticmethod
-    def forward(ctx, x, weight, bias, layer: Linear, out_dtype, quantize_fwd: bool, quantize_bwd: bool):
-        recipe = layer.recipe
+    def forward(ctx, x, weight, bias, w_fprop, w_fprop_decode, w_dgrad, w_dgrad_decode, call, plan: _Plan):
         x2 = x.reshape(-1, x.shape[-1])
-        call = layer._next_call()
-        if quantize_fwd:
-            xq = layer._quantize(x2, "fprop_x", call)
-            y = emulated_gemm(xq, layer._weight_operand("fprop_w"), out_dtype, recipe.exact_gemm)
+        if plan.quantize_fwd:
+            xq = plan.quantize(x2, "fprop_x", call)
+            wq = QuantizedOperand(w_fprop, w_fprop.shape[1], w_fprop_decode)
+            y = emulated_gemm(xq, wq, plan.out_dtype, plan.recipe.exact_gemm)
         else:
-            y = (x2.to(torch.bfloat16) @ weight.to(torch.bfloat16).t()).to(out_dtype)
+            y = (x2.to(torch.bfloat16) @ weight.to(torch.bfloat16).t()).to(plan.out_dtype)
         if bias is not None:
             y = y + bias.to(y.dtype)
-
-        ctx.layer, ctx.call, ctx.quantize_bwd = layer, call, quantize_bwd
-        ctx.x_shape, ctx.x_dtype, ctx.has_bias = x.shape, x.dtype, bias is not None
-        if quantize_bwd:
-            # Keep only the quantized (RHT'd) copy of x that Wgrad needs: ~4.5 bits per element.
-            ctx.x_saved = layer._quantize(x2, "wgrad_x", call, transpose=True, keep_packed=True)
-            ctx.w_saved = layer._weight_operand("dgrad_w")
-            ctx.save_for_backward(weight)
+        ctx.plan, ctx.x_shape, ctx.x_dtype, ctx.has_bias = plan, x.shape, x.dtype, bias is not None
+        if plan.quantize_bwd:
+            kind, tensors, meta = _saved_tensors(plan.quantize(x2, "wgrad_x", call, transpose=True, keep_packed=True))
+            ctx.saved_kind, ctx.saved_meta = kind, meta
+            ctx.save_for_backward(weight, w_dgrad, w_dgrad_decode, call, *tensors)
         else:
             ctx.save_for_backward(weight, x2.to(torch.bfloat16))
         return y.reshape(*x.shape[:-1], y.shape[-1])
 
     @staticmethod
     def backward(ctx, grad_out):
-        layer, call = ctx.layer, ctx.call
-        weight = ctx.saved_tensors[0]
+        plan = ctx.plan
         dy2 = grad_out.reshape(-1, grad_out.shape[-1])
-        exact = layer.recipe.exact_gemm
+        exact = plan.recipe.exact_gemm
         grad_x = grad_w = grad_b = None
-        if ctx.quantize_bwd:
+        if plan.quantize_bwd:
+            weight, w_dgrad, w_dgrad_decode, call, *saved = ctx.saved_tensors
             if ctx.needs_input_grad[0]:
-                dyq = layer._quantize(dy2, "dgrad_dy", call)
-                grad_x = emulated_gemm(dyq, ctx.w_saved, ctx.x_dtype, exact).reshape(ctx.x_shape)
+                dyq = plan.quantize(dy2, "dgrad_dy", call)
+                wq = QuantizedOperand(w_dgrad, w_dgrad.shape[1], w_dgrad_decode)
+                grad_x = emulated_gemm(dyq, wq, ctx.x_dtype, exact).reshape(ctx.x_shape)
             if ctx.needs_input_grad[1]:
-                dytq = layer._quantize(dy2, "wgrad_dy", call, transpose=True)
-                grad_w = emulated_gemm(dytq, ctx.x_saved, torch.float32, exact).to(weight.dtype)
-            ctx.x_saved = ctx.w_saved = None
+                dytq = plan.quantize(dy2, "wgrad_dy", call, transpose=True)
+                xq = _restore_saved(ctx.saved_kind, tuple(saved), ctx.saved_meta)
+                grad_w = emulated_gemm(dytq, xq, torch.float32, exact).to(weight.dtype)
         else:
-            x_bf16 = ctx.saved_tensors[1]
+            weight, x_bf16 = ctx.saved_tensors
             dy_bf16 = dy2.to(torch.bfloat16)
             if ctx.needs_input_grad[0]:
                 grad_x = (dy_bf16 @ weight.to(torch.bfloat16)).to(ctx.x_dtype).reshape(ctx.x_shape)
@@ -292,7 +374,7 @@ class _QuantizedLinearFn(torch.autograd.Function):
                 grad_w = (dy_bf16.t() @ x_bf16).to(weight.dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = dy2.float().sum(0)
-        return grad_x, grad_w, grad_b, None, None, None, None
+        return grad_x, grad_w, grad_b, None, None, None, None, None, None
 
 
 class Linear(nn.Linear):
@@ -301,6 +383,8 @@ class Linear(nn.Linear):
     The FP32 master weight is quantized once per optimizer step (cached until its version
     counter changes) and reused for Fprop, Dgrad and every micro-batch. Stochastic-rounding
     bits come from (``sr_seed``, call counter, operand), so runs reproduce and resume exactly.
+    Under ``torch.compile`` the weight is quantized inside the graph on every call instead (same bits; a
+    recipe with SR on weights then draws new bits per micro-batch).
     """
 
     def __init__(
@@ -321,12 +405,23 @@ class Linear(nn.Linear):
     def _setup(self, recipe: str | Recipe, seed: int, backend: str) -> None:
         self.recipe = recipes.get(recipe)
         self.sr_seed = int(seed)
-        self.sr_calls = 0
+        # The call counter: a 0-d int64 CPU tensor (not a buffer: it stays on the CPU when the layer moves to a GPU,
+        # so reading it never syncs, and it stays out of the state_dict, which remains nn.Linear's).
+        self._sr_counter = torch.zeros((), dtype=torch.int64)
         self.backend = backend
         self.precision = {"forward": "recipe", "backward": "recipe"}
         self.amax_reducer: AmaxReducer | None = None
         self.sr_rank = 0  # data-parallel rank: decorrelates SR noise of activations/gradients across ranks
         self._weight_cache: dict[str, tuple[tuple, QuantizedOperand]] = {}
+
+    @property
+    def sr_calls(self) -> int:
+        """How many forward calls this layer has made (the SR stream position; saved with checkpoints)."""
+        return int(self._sr_counter)
+
+    @sr_calls.setter
+    def sr_calls(self, value: int) -> None:
+        self._sr_counter.fill_(int(value))
 
     def invalidate_weight_cache(self) -> None:
         """Forget the quantized weight. The cache is keyed on the weight's version counter and address,
@@ -350,35 +445,35 @@ class Linear(nn.Linear):
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, recipe={self.recipe.name}, precision={self.precision}"
 
-    # -- the pieces the autograd function calls --------------------------------------------
-    def _next_call(self) -> int:
-        call = self.sr_calls
-        self.sr_calls += 1
-        return call
-
-    def _quantize(
-        self, t2d: torch.Tensor, operand: str, call: int, global_amax=None, *, transpose=False, keep_packed=False
-    ) -> QuantizedOperand:
-        seed, offset = self._stream(operand, call)
-        return quantize_operand(
-            t2d, self.recipe.operand(operand), seed=seed, offset=offset, global_amax=global_amax,
-            backend=self.backend, transpose=transpose, keep_packed=keep_packed,
-        )  # fmt: skip
+    # -- the pieces the forward computes for the autograd function -----------------------------
+    def _plan(self, out_dtype: torch.dtype, quantize_fwd: bool, quantize_bwd: bool) -> _Plan:
+        return _Plan(
+            self.recipe, ops.signed64(self.sr_seed), self.sr_rank, self.backend, out_dtype, quantize_fwd, quantize_bwd
+        )
 
     def _stream(self, operand: str, call: int) -> tuple[int, int]:
-        """(seed, offset) of an operand's SR stream: unique per layer, call, operand and (for activations and
-        gradients) data-parallel rank; weight streams ignore the rank so every rank quantizes W alike."""
-        rank = 0 if operand in ("fprop_w", "dgrad_w") else self.sr_rank
-        return self.sr_seed, (rank << 48) | (call * len(OPERANDS) + _OPERAND_ID[operand])
+        """(seed, offset) of an operand's SR stream at forward call ``call``."""
+        stream = self._plan(torch.float32, True, True).stream(operand)
+        return self.sr_seed, ops.sr_offset(stream, call)
+
+    def _next_call(self) -> torch.Tensor:
+        """This call's counter value (a new 0-d CPU tensor), advancing the counter."""
+        call = self._sr_counter.clone()
+        self._sr_counter.add_(1)
+        return call
 
     def _weight_operand(self, operand: str) -> QuantizedOperand:
-        """The quantized weight for Fprop ("fprop_w") or Dgrad ("dgrad_w"), cached per weight version."""
+        """The quantized weight for Fprop ("fprop_w") or Dgrad ("dgrad_w"), cached per weight version in eager mode.
+
+        Under torch.compile the weight is quantized in the graph (Python-side caches cannot be traced)."""
         w = self.weight
         cfg = self.recipe.operand(operand)
-        key = (w._version, w.data_ptr(), w.dtype, cfg, id(self.amax_reducer))
-        cached = self._weight_cache.get(operand)
-        if cached is not None and cached[0] == key:
-            return cached[1]
+        compiling = torch.compiler.is_compiling()
+        if not compiling:
+            key = (w._version, w.data_ptr(), w.dtype, cfg, id(self.amax_reducer))
+            cached = self._weight_cache.get(operand)
+            if cached is not None and cached[0] == key:
+                return cached[1]
         square_tiles = cfg.tile[0] == cfg.tile[1] and cfg.format in ("nvfp4", "fp8")
         shares_fprop_bits = cfg == self.recipe.fprop_w and (square_tiles or not cfg.quantized)
         if operand == "dgrad_w" and shares_fprop_bits and not cfg.hadamard:
@@ -391,8 +486,11 @@ class Linear(nn.Linear):
             if self.amax_reducer is not None and cfg.format == "nvfp4":
                 amax = self.amax_reducer(tensor_amax(w2))
             transpose = operand == "dgrad_w"  # Dgrad reduces over `out`: quantize Wᵀ
-            result = self._quantize(w2, operand, call=self.sr_calls, global_amax=amax, transpose=transpose)
-        self._weight_cache[operand] = (key, result)
+            plan = self._plan(torch.float32, True, True)
+            result = plan.quantize(w2, operand, self._sr_counter.clone(), amax, transpose=transpose)
+            result = QuantizedOperand(result.values(), result.cols, result.decode_scale)  # the GEMM operand
+        if not compiling:
+            self._weight_cache[operand] = (key, result)
         return result
 
     # -- forward -----------------------------------------------------------------------------
@@ -410,17 +508,70 @@ class Linear(nn.Linear):
             return F.linear(x, self.weight, self.bias)
         if x.shape[-1] != self.in_features:
             raise ValueError(f"input has {x.shape[-1]} features on its last dim, this layer expects {self.in_features}")
-        return _apply_quantized(self, x, quantize_fwd, quantize_bwd)
+        device_type = x.device.type
+        autocast_on = torch.is_autocast_enabled(device_type)
+        out_dtype = torch.get_autocast_dtype(device_type) if autocast_on else x.dtype
+        call = self._next_call()
+        grad_needed = torch.is_grad_enabled() and (
+            x.requires_grad or self.weight.requires_grad or (self.bias is not None and self.bias.requires_grad)
+        )
+        with torch.autocast(device_type, enabled=False):
+            if not grad_needed:  # inference: the Fprop GEMM alone, no backward operand is computed
+                return self._forward_only(x, call, self._plan(out_dtype, quantize_fwd, False))
+            plan = self._plan(out_dtype, quantize_fwd, quantize_bwd)
+            w_fprop = self._weight_operand("fprop_w") if quantize_fwd else None
+            w_dgrad = self._weight_operand("dgrad_w") if quantize_bwd else None
+            return _QuantizedLinearFn.apply(
+                x, self.weight, self.bias,
+                None if w_fprop is None else w_fprop.values(), None if w_fprop is None else w_fprop.decode_scale,
+                None if w_dgrad is None else w_dgrad.values(), None if w_dgrad is None else w_dgrad.decode_scale,
+                call, plan,
+            )  # fmt: skip
+
+    def _forward_only(self, x: torch.Tensor, call: torch.Tensor, plan: _Plan) -> torch.Tensor:
+        x2 = x.reshape(-1, x.shape[-1])
+        if plan.quantize_fwd:
+            y = emulated_gemm(plan.quantize(x2, "fprop_x", call), self._weight_operand("fprop_w"), plan.out_dtype,
+                              plan.recipe.exact_gemm)  # fmt: skip
+        else:
+            y = (x2.to(torch.bfloat16) @ self.weight.to(torch.bfloat16).t()).to(plan.out_dtype)
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
-@torch.compiler.disable
-def _apply_quantized(layer: Linear, x: torch.Tensor, quantize_fwd: bool, quantize_bwd: bool) -> torch.Tensor:
-    # Runs eagerly under torch.compile (a graph break): the cache and counters are Python state.
-    device_type = x.device.type
-    autocast_on = torch.is_autocast_enabled(device_type)
-    out_dtype = torch.get_autocast_dtype(device_type) if autocast_on else x.dtype
-    with torch.autocast(device_type, enabled=False):
-        return _QuantizedLinearFn.apply(x, layer.weight, layer.bias, layer, out_dtype, quantize_fwd, quantize_bwd)
+# -- activation checkpointing --------------------------------------------------------------------------------------
+
+
+def checkpoint_context(
+    module: nn.Module,
+) -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
+    """A ``context_fn`` for ``torch.utils.checkpoint.checkpoint(..., use_reentrant=False)``: the recompute replays the
+    SR call counters of the ``nvfp4.Linear`` layers in ``module`` from where the original forward started, as
+    checkpoint replays torch's RNG, so a run with activation checkpointing draws the same bits as one without.
+
+        checkpoint(block, x, use_reentrant=False, context_fn=functools.partial(nvfp4.checkpoint_context, block))
+    """
+    layers = [m for m in module.modules() if isinstance(m, Linear)]
+    start: list[int] = []
+
+    @contextlib.contextmanager
+    def forward() -> Iterator[None]:
+        start[:] = [layer.sr_calls for layer in layers]
+        yield
+
+    @contextlib.contextmanager
+    def recompute() -> Iterator[None]:
+        now = [layer.sr_calls for layer in layers]
+        for layer, value in zip(layers, start, strict=True):
+            layer.sr_calls = value
+        try:
+            yield
+        finally:
+            for layer, value in zip(layers, now, strict=True):
+                layer.sr_calls = value
+
+    return forward(), recompute()
 
 
 def layer_seed(model_seed: int, layer_index: int) -> int:

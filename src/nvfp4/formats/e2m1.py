@@ -8,6 +8,8 @@ small negative value becomes −0 (code 8) as in Transformer Engine's reference.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 E2M1_MAX = 6.0
@@ -58,8 +60,13 @@ def _grid_step(a: torch.Tensor) -> torch.Tensor:
 
 def e2m1_values(codes: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Real values of codes (lookup table); exact in any float dtype."""
-    table = torch.tensor(E2M1_VALUES, dtype=dtype, device=codes.device)
-    return table[codes.long()]
+    return _value_table(dtype, codes.device)[codes.long()]
+
+
+@functools.cache
+def _value_table(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The 16-entry table, made once per dtype and device (not copied to a GPU on every call)."""
+    return torch.tensor(E2M1_VALUES, dtype=dtype, device=device)
 
 
 def pack_codes(codes: torch.Tensor) -> torch.Tensor:

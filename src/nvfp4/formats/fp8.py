@@ -10,7 +10,6 @@ from nvfp4.formats._validate import as_2d, ceil_div, check_finite_strict, check_
 
 E4M3_MAX = 448.0
 FP8_TILES = ((1, 128), (128, 128))
-_F32_E4M3_MAX = torch.tensor(E4M3_MAX, dtype=torch.float32)
 _SMALLEST_SUBNORMAL = torch.finfo(torch.float32).smallest_normal * 2.0**-23
 
 
@@ -44,12 +43,12 @@ def quantize_fp8_blockwise(
     prow, pcol = ceil_div(rows, tr) * tr, ceil_div(cols, tc) * tc
     xp = torch.nn.functional.pad(x2d.to(torch.float32), (0, pcol - cols, 0, prow - rows))
     block_amax = xp.abs().view(prow // tr, tr, pcol // tc, tc).amax(dim=(1, 3))
-    scale = block_amax / _F32_E4M3_MAX.to(xp.device)
+    scale = block_amax / torch.full_like(block_amax, E4M3_MAX)  # a true FP32 division (no scalar divisor on CUDA)
     # amax 0: any scale gives zeros, use 1; an underflowed scale (amax < ~6e-43) uses the smallest subnormal.
     scale = torch.where(
         scale > 0, scale, torch.where(block_amax > 0, _SMALLEST_SUBNORMAL, 1.0)
     ).to(torch.float32)
-    scale = torch.where(torch.isfinite(block_amax), scale, torch.tensor(float("nan")))
+    scale = torch.where(torch.isfinite(block_amax), scale, float("nan"))
     full_scale = scale.repeat_interleave(tr, dim=0).repeat_interleave(tc, dim=1)
     data = torch.clamp(xp / full_scale, -E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
     scales = scale.repeat_interleave(tr, dim=0)[:rows]

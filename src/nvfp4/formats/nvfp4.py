@@ -25,10 +25,10 @@ E4M3_MAX = 448.0
 FLT_MAX = torch.finfo(torch.float32).max
 NVFP4_TILES = ((1, 16), (16, 16))
 
-# FP32 constants as tensors, so every product below is an FP32 product (no double-precision scalars).
-_F32_E4M3_TIMES_E2M1 = torch.tensor(E4M3_MAX * E2M1_MAX, dtype=torch.float32)
-_F32_ONE_SIXTH = torch.tensor(1.0 / 6.0, dtype=torch.float32)
-_F32_ONE = torch.tensor(1.0, dtype=torch.float32)
+# FP32(1/6) as a Python float: a tensor times a Python scalar is an FP32 product (the scalar is exact in FP32),
+# on every device, with no constant tensor to copy to a GPU. Divisions instead take a full_like() tensor as the
+# dividend or divisor, never a scalar divisor: CUDA turns `t / scalar` into `t * (1/scalar)`, which rounds twice.
+_ONE_SIXTH_F32 = torch.tensor(1.0 / 6.0, dtype=torch.float32).item()
 
 
 @dataclass
@@ -74,7 +74,8 @@ class NVFP4Tensor:
 
 def global_encode_scale(global_amax: torch.Tensor) -> torch.Tensor:
     """S_enc = min(448·6 / amax, FLT_MAX); an all-zero tensor (amax 0) gives FLT_MAX."""
-    return torch.clamp(_F32_E4M3_TIMES_E2M1.to(global_amax.device) / global_amax, max=FLT_MAX)
+    dividend = torch.full_like(global_amax, E4M3_MAX * E2M1_MAX, dtype=torch.float32)
+    return torch.clamp(dividend / global_amax, max=FLT_MAX)
 
 
 def global_decode_scale(global_amax: torch.Tensor) -> torch.Tensor:
@@ -83,7 +84,7 @@ def global_decode_scale(global_amax: torch.Tensor) -> torch.Tensor:
 
 def fp32_reciprocal(t: torch.Tensor) -> torch.Tensor:
     """1/t as a true FP32 division (``1.0 / t`` may become reciprocal·1.0, not guaranteed exact)."""
-    return torch.div(_F32_ONE.to(t.device), t)
+    return torch.div(torch.ones_like(t), t)
 
 
 def tensor_amax(x: torch.Tensor) -> torch.Tensor:
@@ -124,12 +125,12 @@ def reference_quantize_nvfp4_2d(
 
     s_enc = global_encode_scale(amax)
     s_dec = fp32_reciprocal(s_enc)
-    scale_f32 = torch.clamp(block_amax * (s_enc * _F32_ONE_SIXTH.to(xp.device)), max=FLT_MAX)
+    scale_f32 = torch.clamp(block_amax * (s_enc * _ONE_SIXTH_F32), max=FLT_MAX)
     scales = torch.clamp(scale_f32, max=E4M3_MAX).to(torch.float8_e4m3fn)
     # Non-finite input must never become finite garbage: a NaN/Inf block (or tensor amax) gets a NaN scale.
     bad = ~torch.isfinite(block_amax) | ~torch.isfinite(amax)
     if bool(bad.any()):
-        scales = torch.where(bad, torch.tensor(float("nan")), scales.to(torch.float32)).to(torch.float8_e4m3fn)
+        scales = torch.where(bad, float("nan"), scales.to(torch.float32)).to(torch.float8_e4m3fn)
 
     # Encode with the ROUNDED scale, by a true FP32 division (SPEC §2).
     enc = torch.clamp(fp32_reciprocal(scales.to(torch.float32) * s_dec), max=FLT_MAX)

@@ -15,12 +15,15 @@ preset        non-embedding       total            vocab  use
 ============  ==================  ===============  =====  ===========================
 """
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint, noop_context_fn
 
 MLP_KINDS = ("relu2", "swiglu")
 
@@ -176,6 +179,11 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.final_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)  # untied from embed
+        # Activation checkpointing (a run-time choice, not architecture): recompute each block in backward instead
+        # of keeping its activations. ``checkpoint_context(block)`` gives the context_fn pair for the recompute;
+        # nvfp4.convert installs one that replays the layers' stochastic-rounding counters.
+        self.activation_checkpointing = False
+        self.checkpoint_context: Callable[[nn.Module], tuple] | None = None
         self.reset_parameters()
 
     @classmethod
@@ -212,7 +220,12 @@ class GPT(nn.Module):
             )
         x = self.embed(idx)
         for block in self.blocks:
-            x = block(x)
+            if self.activation_checkpointing and torch.is_grad_enabled():
+                context = self.checkpoint_context
+                context_fn = noop_context_fn if context is None else functools.partial(context, block)
+                x = checkpoint(block, x, use_reentrant=False, context_fn=context_fn)
+            else:
+                x = block(x)
         logits = self.lm_head(self.final_norm(x))
         if targets is None:
             return logits, None

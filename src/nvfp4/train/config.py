@@ -102,6 +102,9 @@ class TrainConfig:
     device: str = field(default="auto", metadata=_help("auto (cuda if available), cpu or cuda", choices=DEVICES))
     autocast: str = field(default="bf16", metadata=_help("autocast dtype of non-quantized ops", choices=AUTOCAST))
     compile: bool = field(default=False, metadata=_help("torch.compile the model"))
+    activation_checkpointing: bool = field(
+        default=False, metadata=_help("recompute each block in backward (less memory; same trajectory)")
+    )
     max_bad_steps: int = field(default=5, metadata=_help("stop after N non-finite steps in a row"))
     distributed: str = field(default="none", metadata=_help("data parallelism under torchrun", choices=DISTRIBUTED))
     backend: str = field(

@@ -194,6 +194,7 @@ class Trainer:
         self.model_config = self.model.config
         nvfp4.convert(self.model, self.recipe, seed=config.seed, backend=config.backend)
         nvfp4.set_sr_rank(self.model, ctx.rank)  # independent SR noise per data-parallel rank
+        self.model.activation_checkpointing = config.activation_checkpointing
         self.train_model = D.wrap_model(self.model, ctx, device)
         if config.compile:
             self.train_model = torch.compile(self.train_model)
