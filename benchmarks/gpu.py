@@ -8,7 +8,8 @@ on the same GPU, and a bit-exactness check of every kernel against it.
     PYTHONPATH=src python benchmarks/gpu.py            # 8192 x 8192, bf16 and fp32
     PYTHONPATH=src python benchmarks/gpu.py --size 4096 --no-reference
 
-Exits cleanly (status 0, with a message) when no CUDA device or no Triton is present.
+Exits with status 2 and a one-line message when no CUDA device or no Triton is present (a GPU check that finds
+no GPU has not passed).
 """
 
 from __future__ import annotations
@@ -158,12 +159,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if not torch.cuda.is_available():
         print("benchmarks/gpu.py: no CUDA device is available; nothing to benchmark (run it on a GPU machine).")
-        return 0
+        return 2
     try:
         import triton  # noqa: F401
     except ImportError:
         print("benchmarks/gpu.py: Triton is not installed; the Triton backend cannot run.")
-        return 0
+        return 2
     dtypes = [getattr(torch, d.strip()) for d in args.dtypes.split(",") if d.strip()]
     rows = run(args.size, dtypes, with_reference=not args.no_reference)
     print_table(rows, args.size)

@@ -87,8 +87,9 @@ def random_hadamard_transform(
     if not isinstance(signs, torch.Tensor):
         signs = torch.as_tensor(signs, dtype=torch.float32)
     # Host-side values are checked; a vector already on the GPU (the layer's per-device cache) is not read back,
-    # which would cost a device sync per call.
-    if signs.shape != (size,) or (signs.device.type == "cpu" and not bool(((signs == 1) | (signs == -1)).all())):
+    # which would cost a device sync per call, nor is one inside a compiled graph (a data-dependent branch).
+    check = signs.device.type == "cpu" and not torch.compiler.is_compiling()
+    if signs.shape != (size,) or (check and not bool(((signs == 1) | (signs == -1)).all())):
         raise ValueError(f"signs must be a ({size},) tensor of ±1")
     if signs.device != x.device or signs.dtype != torch.float32:
         signs = signs.to(device=x.device, dtype=torch.float32)

@@ -30,8 +30,10 @@ def without_triton(monkeypatch):
     monkeypatch.setitem(sys.modules, "triton", None)
     monkeypatch.delitem(sys.modules, "nvfp4.kernels.triton_backend", raising=False)
     getattr(kernels._load, "cache_clear", lambda: None)()
+    getattr(kernels, "_select", kernels._load).cache_clear()
     yield
     getattr(kernels._load, "cache_clear", lambda: None)()
+    getattr(kernels, "_select", kernels._load).cache_clear()
 
 
 def test_failed_backend_import_is_not_retried(without_triton):
@@ -70,3 +72,16 @@ def test_training_step_imports_nothing(without_triton, monkeypatch, recipe):
     finally:
         sys.meta_path.remove(recorder)
     assert recorder.names == [], f"a training step imported {sorted(set(recorder.names))}"
+
+
+def test_cuda_without_a_fast_backend_warns_once(without_triton, monkeypatch):
+    """The silent 20-100x slow path of issue #12: a CUDA tensor that gets the reference says so, once."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    kernels._warn_once.cache_clear()
+    with pytest.warns(RuntimeWarning, match="no fast backend"):
+        assert kernels.select("auto", "cuda").name == "reference"
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kernels.select("auto", "cuda")  # the second time: silent

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
+import warnings
 
 import torch
 
@@ -54,10 +56,24 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
 
 
 def select(backend: str, device: torch.device | str):
-    """The backend object for ``backend`` ("auto" = fastest available) on ``device``."""
+    """The backend object for ``backend`` ("auto" = fastest available) on ``device``.
+
+    Resolved once per (backend, device) and the environment switches that change availability (the hot path calls
+    this for every operand)."""
+    env = (os.environ.get("TRITON_INTERPRET"), os.environ.get("NVFP4_DISABLE_CPU_KERNEL"))
+    return _select(backend, torch.device(device), env)
+
+
+@functools.lru_cache(maxsize=64)
+def _select(backend: str, device: torch.device, env: tuple) -> object:
     names = available_backends(device)
     if backend == "auto":
         backend = names[0]
+        if backend == "reference" and torch.device(device).type == "cuda":
+            _warn_once(
+                f"nvfp4: no fast backend for {device} (is Triton installed?): quantizing with the plain-PyTorch "
+                "reference, 20-100x slower. `pip install triton`, or pass backend='reference' to silence this."
+            )
     if backend not in names:
         known = ", ".join(_REGISTRY)
         raise ValueError(
@@ -81,8 +97,17 @@ class _Fallback:
             if fast_op is not None:
                 try:
                     return fast_op(*args, **kwargs)
-                except NotImplementedError:
-                    pass
+                except NotImplementedError as e:
+                    tensor = next((a for a in args if isinstance(a, torch.Tensor)), None)
+                    if tensor is not None and tensor.is_cuda:
+                        _warn_once(f"nvfp4: the {self.name} backend does not run {op} here ({e}); using the "
+                                   "plain-PyTorch reference, which is much slower on a GPU")  # fmt: skip
             return ref_op(*args, **kwargs)
 
         return call
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    """One warning per distinct message per process: a slow path is worth knowing about, not 1,000 times a step."""
+    warnings.warn(message, RuntimeWarning, stacklevel=3)

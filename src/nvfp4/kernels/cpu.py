@@ -216,9 +216,29 @@ def _strided_layout(x2d: torch.Tensor, transpose: bool) -> tuple[torch.Tensor, i
 
 
 def _signbits(signs: torch.Tensor | None, size: int = 16) -> torch.Tensor | None:
-    """The RHT sign vector as the kernel's sign-bit words; NotImplementedError (-> the reference) if not size x ±1."""
+    """The RHT sign vector as the kernel's sign-bit words; NotImplementedError (-> the reference) if not size x ±1.
+
+    The layer passes the same cached sign tensor every call, so the conversion is remembered for it (keyed on the
+    tensor's identity and version: an in-place change is seen)."""
     if signs is None:
         return None
+    if isinstance(signs, torch.Tensor):
+        key = (id(signs), signs._version, size)
+        hit = _SIGNBITS_CACHE.get(key)
+        if hit is not None and hit[0] is signs:
+            return hit[1]
+        bits = _signbits_uncached(signs, size)
+        if len(_SIGNBITS_CACHE) > 64:
+            _SIGNBITS_CACHE.clear()
+        _SIGNBITS_CACHE[key] = (signs, bits)
+        return bits
+    return _signbits_uncached(signs, size)
+
+
+_SIGNBITS_CACHE: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _signbits_uncached(signs, size: int) -> torch.Tensor:
     signs_t = torch.as_tensor(signs)
     if signs_t.numel() != size:
         raise NotImplementedError(f"this fused RHT kernel supports Hadamard size {size} only")
