@@ -98,7 +98,7 @@ def check_sync() -> int:
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
         x = torch.randint(0, model.config.vocab_size, (4, 128), device="cuda")
 
-        def step():
+        def step(model=model, opt=opt, x=x):
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 _, loss = model(x, x)
             loss.backward()
