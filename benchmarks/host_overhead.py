@@ -9,9 +9,9 @@ hid there: a failed import retried per operand).
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
-import time
 from pathlib import Path
 
 
@@ -29,7 +29,7 @@ def main() -> None:
     from torch import nn
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _timing import machine
+    from _timing import interleaved_ms, machine
 
     import nvfp4
 
@@ -46,15 +46,11 @@ def main() -> None:
         if isinstance(layer, nvfp4.Linear):
             layer.invalidate_weight_cache()  # as after an optimizer step: the weight is quantized every step
 
-    times: dict[str, list[float]] = {n: [] for n in layers}
-    for layer in layers.values():
+    steps = {name: functools.partial(step, layer) for name, layer in layers.items()}
+    for fn in steps.values():
         for _ in range(20):
-            step(layer)
-    for _ in range(args.repeats):
-        for name, layer in layers.items():
-            start = time.perf_counter()
-            step(layer)
-            times[name].append((time.perf_counter() - start) * 1e6)
+            fn()
+    times = {name: [t * 1e3 for t in ts] for name, ts in interleaved_ms(steps, args.repeats).items()}  # us
     base = statistics.median(times["nn.Linear"])
     print(f"# {machine()}; {args.tokens} tokens x {args.features} features, fwd+bwd, bf16 autocast"
           + (", Triton blocked" if args.block_triton else ""))  # fmt: skip

@@ -10,13 +10,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import machine  # noqa: E402
+from _timing import interleaved_ms, machine  # noqa: E402
 
 import nvfp4  # noqa: E402
 from nvfp4.model import GPT  # noqa: E402
@@ -57,12 +56,7 @@ def main() -> None:
     for step in steps.values():  # warm-up (kernel compilation, allocator)
         step()
         step()
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for _ in range(args.repeats):
-        for n, step in steps.items():
-            start = time.perf_counter()
-            step()
-            times[n].append((time.perf_counter() - start) * 1e3)
+    times = interleaved_ms(steps, args.repeats)
     tokens = args.batch_size * args.seq_len
     base = statistics.median(times[names[0]])
     print(f"# {machine()}; model {args.model}, {tokens} tokens/step, device {args.device}, backend {args.backend}")

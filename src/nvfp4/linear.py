@@ -291,17 +291,27 @@ class _Plan:
     quantize_fwd: bool
     quantize_bwd: bool
 
-    def stream(self, operand: str) -> int:
-        """The constant part of an operand's SR offset: unique per operand and (for activations and gradients)
-        data-parallel rank; weight streams ignore the rank so every rank quantizes W alike."""
-        rank = 0 if operand in ("fprop_w", "dgrad_w") else self.rank
-        return (rank << 48) | _OPERAND_ID[operand]
-
     def quantize(self, t2d, operand, call, global_amax=None, *, transpose=False, keep_packed=False) -> QuantizedOperand:
         cfg = self.recipe.operand(operand)
-        return _quantize_operand(
-            t2d, cfg, self.seed, self.stream(operand), call, global_amax, self.backend, transpose, keep_packed
-        )
+        stream = _sr_stream(operand, self.rank)
+        return _quantize_operand(t2d, cfg, self.seed, stream, call, global_amax, self.backend, transpose, keep_packed)
+
+
+def _sr_stream(operand: str, rank: int) -> int:
+    """The constant part of an operand's SR offset: unique per operand and (for activations and gradients)
+    data-parallel rank; weight streams ignore the rank so every rank quantizes W alike."""
+    rank = 0 if operand in ("fprop_w", "dgrad_w") else rank
+    return (rank << 48) | _OPERAND_ID[operand]
+
+
+def _fprop(x2, weight, bias, wq: QuantizedOperand | None, call: torch.Tensor, plan: _Plan) -> torch.Tensor:
+    """y = x · Wᵀ (+ b) for 2-D x: on quantized operands when the plan quantizes the forward (wq is then the
+    quantized weight), else as a BF16 GEMM."""
+    if plan.quantize_fwd:
+        y = emulated_gemm(plan.quantize(x2, "fprop_x", call), wq, plan.out_dtype, plan.recipe.exact_gemm)
+    else:
+        y = (x2.to(torch.bfloat16) @ weight.to(torch.bfloat16).t()).to(plan.out_dtype)
+    return y if bias is None else y + bias.to(y.dtype)
 
 
 def _saved_tensors(q: QuantizedOperand) -> tuple[str, tuple[torch.Tensor, ...], tuple]:
@@ -332,14 +342,8 @@ class _QuantizedLinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, w_fprop, w_fprop_decode, w_dgrad, w_dgrad_decode, call, plan: _Plan):
         x2 = x.reshape(-1, x.shape[-1])
-        if plan.quantize_fwd:
-            xq = plan.quantize(x2, "fprop_x", call)
-            wq = QuantizedOperand(w_fprop, w_fprop.shape[1], w_fprop_decode)
-            y = emulated_gemm(xq, wq, plan.out_dtype, plan.recipe.exact_gemm)
-        else:
-            y = (x2.to(torch.bfloat16) @ weight.to(torch.bfloat16).t()).to(plan.out_dtype)
-        if bias is not None:
-            y = y + bias.to(y.dtype)
+        wq = QuantizedOperand(w_fprop, w_fprop.shape[1], w_fprop_decode) if plan.quantize_fwd else None
+        y = _fprop(x2, weight, bias, wq, call, plan)
         ctx.plan, ctx.x_shape, ctx.x_dtype, ctx.has_bias = plan, x.shape, x.dtype, bias is not None
         if plan.quantize_bwd:
             kind, tensors, meta = _saved_tensors(plan.quantize(x2, "wgrad_x", call, transpose=True, keep_packed=True))
@@ -453,8 +457,7 @@ class Linear(nn.Linear):
 
     def _stream(self, operand: str, call: int) -> tuple[int, int]:
         """(seed, offset) of an operand's SR stream at forward call ``call``."""
-        stream = self._plan(torch.float32, True, True).stream(operand)
-        return self.sr_seed, ops.sr_offset(stream, call)
+        return self.sr_seed, ops.sr_offset(_sr_stream(operand, self.sr_rank), call)
 
     def _next_call(self) -> torch.Tensor:
         """This call's counter value (a new 0-d CPU tensor), advancing the counter."""
@@ -529,14 +532,8 @@ class Linear(nn.Linear):
             )  # fmt: skip
 
     def _forward_only(self, x: torch.Tensor, call: torch.Tensor, plan: _Plan) -> torch.Tensor:
-        x2 = x.reshape(-1, x.shape[-1])
-        if plan.quantize_fwd:
-            y = emulated_gemm(plan.quantize(x2, "fprop_x", call), self._weight_operand("fprop_w"), plan.out_dtype,
-                              plan.recipe.exact_gemm)  # fmt: skip
-        else:
-            y = (x2.to(torch.bfloat16) @ self.weight.to(torch.bfloat16).t()).to(plan.out_dtype)
-        if self.bias is not None:
-            y = y + self.bias.to(y.dtype)
+        wq = self._weight_operand("fprop_w") if plan.quantize_fwd else None
+        y = _fprop(x.reshape(-1, x.shape[-1]), self.weight, self.bias, wq, call, plan)
         return y.reshape(*x.shape[:-1], y.shape[-1])
 
 

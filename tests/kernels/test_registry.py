@@ -29,11 +29,11 @@ def without_triton(monkeypatch):
     """As on a machine without Triton: `import triton` fails, and the backend module is not yet imported."""
     monkeypatch.setitem(sys.modules, "triton", None)
     monkeypatch.delitem(sys.modules, "nvfp4.kernels.triton_backend", raising=False)
-    getattr(kernels._load, "cache_clear", lambda: None)()
-    getattr(kernels, "_select", kernels._load).cache_clear()
+    kernels._load.cache_clear()
+    kernels._select.cache_clear()
     yield
-    getattr(kernels._load, "cache_clear", lambda: None)()
-    getattr(kernels, "_select", kernels._load).cache_clear()
+    kernels._load.cache_clear()
+    kernels._select.cache_clear()
 
 
 def test_failed_backend_import_is_not_retried(without_triton):

@@ -5,8 +5,8 @@ NaN checks), so each op the layer calls is registered with ``torch.library.custo
 implementation that only computes output shapes and dtypes. Dynamo then traces the layer, its autograd function and
 the whole model into one graph (``fullgraph=True`` works) while the kernels run as they do eagerly.
 
-In eager mode the same Python implementation is called directly: a custom-op call costs ~11 us of dispatch on the
-host, which would add up over six operands per layer per step. Both paths run the same function, so compiled and
+In eager mode the same Python implementation is called directly: custom-op dispatch costs host time that would
+add up over six operands per layer per step. Both paths run the same function, so compiled and
 eager results are the same bits.
 
 The stochastic-rounding stream crosses as (``seed``, ``stream``, ``call``): ``call`` is the layer's call counter as
