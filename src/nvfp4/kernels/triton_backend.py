@@ -68,6 +68,7 @@ _Q_BLOCK_M = 32
 _Q_BLOCKS_K = 8
 _Q_WARPS = 4
 _MX_BLOCKS_K = 4  # MXFP4: 4 blocks of 32, the same 128 columns per program
+_FP8_BLOCK_M = 16  # FP8: 16 rows x one 128-column block per program (a 128x128 tile loops over 8 of them)
 # amax reads more per program (fewer atomics on the single output word).
 _A_BLOCK_M = 32
 _A_BLOCK_K = 256
@@ -500,6 +501,63 @@ def _mxfp4_kernel(
 
 
 @triton.jit
+def _fp8_scale(amax_bits):
+    """The FP8 block scale from the block amax bits (nvfp4.formats.fp8): amax/448 by a true division; an all-zero
+    block gets 1, an amax whose quotient underflows gets the smallest subnormal, a non-finite amax NaN."""
+    amax = amax_bits.to(tl.float32, bitcast=True)
+    scale = tl.div_rn(amax, _E4M3_MAX)  # div.rn: never a multiply by 1/448 (which rounds twice)
+    tiny = (amax_bits * 0 + 1).to(tl.float32, bitcast=True)  # 2^-149, the smallest subnormal
+    scale = tl.where(scale > 0, scale, tl.where(amax > 0, tiny, 1.0))
+    return _nan_where(amax_bits >= _INF_BITS, scale)
+
+
+@triton.jit
+def _fp8_store(x, scale, rows, cols, M, K, out_ptr, stride_o, OUT_VALUES: tl.constexpr):
+    """E4M3 of x / scale (RNE, saturating at ±448; NaN stays NaN) as bytes, or (OUT_VALUES) e4m3 · scale in FP32."""
+    byte = _e4m3_encode(tl.div_rn(x, scale))
+    offs = rows.to(tl.int64)[:, None] * stride_o + cols.to(tl.int64)[None, :]
+    mask = (rows < M)[:, None] & (cols < K)[None, :]
+    if OUT_VALUES:
+        tl.store(out_ptr + offs, _e4m3_decode(byte) * scale, mask=mask)
+    else:
+        tl.store(out_ptr + offs, byte.to(tl.uint8), mask=mask)
+
+
+@triton.jit
+def _fp8_kernel(
+    x_ptr, out_ptr, scales_ptr, M, K, NB, stride_r, stride_k, stride_o, stride_s,
+    BF16_BITS: tl.constexpr, TILE_ROWS: tl.constexpr, OUT_VALUES: tl.constexpr, BLOCK_M: tl.constexpr,
+):  # fmt: skip
+    """Blockwise FP8 (E4M3 values, FP32 scales amax_b / 448) of 1x128 blocks or 128x128 tiles of the logical (M, K)
+    tensor. One program per block column and BLOCK_M rows (1x128) or per 128x128 tile (looping over its rows twice:
+    amax, then encode). The grid is 1-D (pid = row program * NB + block column): no 65,535 limit on either axis."""
+    pid = tl.program_id(0)
+    pid_m = pid // NB
+    pid_k = pid % NB
+    cols = pid_k * 128 + tl.arange(0, 128)
+    if TILE_ROWS == 1:
+        rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        x = _load_tile(x_ptr, rows, cols, M, K, stride_r, stride_k, BF16_BITS)
+        scale = _fp8_scale(_max_along(_abs_bits(x), 1))
+        _fp8_store(x, scale[:, None], rows, cols, M, K, out_ptr, stride_o, OUT_VALUES)
+        tl.store(scales_ptr + rows.to(tl.int64) * stride_s + pid_k, scale, mask=rows < M)
+    else:
+        first = pid_m * 128
+        amax_bits = tl.zeros((BLOCK_M,), dtype=tl.int32)
+        for r in range(0, 128, BLOCK_M):
+            rows = first + r + tl.arange(0, BLOCK_M)
+            x = _load_tile(x_ptr, rows, cols, M, K, stride_r, stride_k, BF16_BITS)
+            amax_bits = tl.maximum(amax_bits, _max_along(_abs_bits(x), 1))
+        scale = _fp8_scale(tl.max(amax_bits, 0))
+        for r in range(0, 128, BLOCK_M):
+            rows = first + r + tl.arange(0, BLOCK_M)
+            x = _load_tile(x_ptr, rows, cols, M, K, stride_r, stride_k, BF16_BITS)
+            _fp8_store(x, scale, rows, cols, M, K, out_ptr, stride_o, OUT_VALUES)
+            tl.store(scales_ptr + rows.to(tl.int64) * stride_s + pid_k, scale + tl.zeros((BLOCK_M,), tl.float32),
+                     mask=rows < M)  # fmt: skip
+
+
+@triton.jit
 def _scaled_values_kernel(
     packed_ptr, scales_ptr, out_ptr, M, NB, stride_p, stride_s, stride_o, BLOCK_M: tl.constexpr, BLOCKS_K: tl.constexpr
 ):
@@ -749,6 +807,25 @@ class TritonBackend:
             )
         return (out, None) if scales is None else (out, scales.view(torch.float8_e8m0fnu))
 
+    def _launch_fp8(
+        self, t: torch.Tensor, tile: tuple[int, int], out_values: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        tile = tuple(tile)
+        if tile not in ((1, 128), (128, 128)):
+            raise NotImplementedError("unsupported FP8 tile: the reference reports it")
+        rows, cols = t.shape
+        nblk = _cdiv(cols, 128)
+        out = torch.empty(rows, cols, dtype=torch.float32 if out_values else torch.uint8, device=t.device)
+        scales = torch.empty(rows, nblk, dtype=torch.float32, device=t.device)
+        row_programs = _cdiv(rows, _FP8_BLOCK_M if tile[0] == 1 else 128)
+        with self._device_guard(t.device):
+            _fp8_kernel[(row_programs * nblk,)](
+                _bf16_as_bits(t), out, scales, rows, cols, nblk, t.stride(0), t.stride(1), out.stride(0),
+                scales.stride(0), BF16_BITS=t.dtype == torch.bfloat16, TILE_ROWS=tile[0], OUT_VALUES=out_values,
+                BLOCK_M=_FP8_BLOCK_M, num_warps=4, enable_fp_fusion=False,
+            )  # fmt: skip
+        return out, scales
+
     # -- the backend interface (see nvfp4.kernels.reference.ReferenceBackend) ------------------
 
     def amax(self, x2d: torch.Tensor) -> torch.Tensor:
@@ -882,3 +959,15 @@ class TritonBackend:
                 enable_fp_fusion=False,
             )
         return out
+
+    def quantize_fp8(
+        self, x2d: torch.Tensor, tile: tuple[int, int], *, transpose: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(E4M3 data (M, K), FP32 scales (M, ceil(K/128))) of t = x2d (or x2d.t(), read in place)."""
+        data, scales = self._launch_fp8(self._check(x2d, transpose), tile, out_values=False)
+        return data.view(torch.float8_e4m3fn), scales
+
+    def fake_quantize_fp8(self, x2d: torch.Tensor, tile: tuple[int, int], *, transpose: bool = False) -> torch.Tensor:
+        """The FP8 GEMM operand e4m3(t / s_b) · s_b (FP32, (M, K)) of t = x2d (or x2d.t()), in one pass."""
+        values, _ = self._launch_fp8(self._check(x2d, transpose), tile, out_values=True)
+        return values
