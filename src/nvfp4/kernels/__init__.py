@@ -1,11 +1,11 @@
 """Backends behind the reference quantizers, selected per device.
 
-Every backend implements the interface of ``ReferenceBackend`` (amax, quantize_nvfp4,
-rht_quantize_nvfp4, fake_quantize_nvfp4, scaled_values; ``transpose=True`` reads x2d.t())
-and must match the plain-PyTorch reference bit for bit;
-the tests enforce it. ``select("auto", device)`` picks the first available backend in
-``_PREFERENCE`` order; ``backend="reference"`` forces the oracle. A backend may raise
-``NotImplementedError`` for an op, and then the reference runs instead.
+The contract (``nvfp4.kernels.contract``): every backend implements the ops of ``ReferenceBackend`` (amax,
+quantize_nvfp4, rht_quantize_nvfp4, fake_quantize_nvfp4, scaled_values, the MXFP4 and FP8 ops; ``transpose=True``
+reads x2d.t()) with its signatures, and must match the plain-PyTorch reference bit for bit; the conformance tests
+enforce it. ``select("auto", device)`` picks the first available backend in ``_PREFERENCE`` order, once per
+device; ``backend="reference"`` forces the oracle. A fast backend declines an input it has no kernel for by
+raising ``Unsupported`` before doing any work, and then the reference runs instead; any other exception propagates.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import warnings
 
 import torch
 
+from nvfp4.kernels.contract import OPS, Unsupported
 from nvfp4.kernels.reference import ReferenceBackend
 
 # name -> "module:Class"; loaded lazily so a missing compiler or Triton never breaks import.
@@ -85,25 +86,30 @@ def _select(backend: str, device: torch.device, env: tuple) -> object:
 
 
 class _Fallback:
-    """Wraps a backend so ops it does not implement run on the reference."""
+    """Wraps a fast backend: an op it declines (``Unsupported``) runs on the reference. Each op's wrapper is built
+    once and then found as a plain attribute (this sits on the per-operand hot path)."""
 
     def __init__(self, fast, reference: ReferenceBackend):
         self.fast, self.reference, self.name = fast, reference, fast.name
 
     def __getattr__(self, op: str):
+        if op not in OPS:
+            raise AttributeError(op)
         fast_op, ref_op = getattr(self.fast, op, None), getattr(self.reference, op)
+        name = self.name
 
         def call(*args, **kwargs):
             if fast_op is not None:
                 try:
                     return fast_op(*args, **kwargs)
-                except NotImplementedError as e:
+                except Unsupported as e:
                     tensor = next((a for a in args if isinstance(a, torch.Tensor)), None)
                     if tensor is not None and tensor.is_cuda:
-                        _warn_once(f"nvfp4: the {self.name} backend does not run {op} here ({e}); using the "
+                        _warn_once(f"nvfp4: the {name} backend does not run {op} here ({e}); using the "
                                    "plain-PyTorch reference, which is much slower on a GPU")  # fmt: skip
             return ref_op(*args, **kwargs)
 
+        setattr(self, op, call)  # later lookups skip __getattr__
         return call
 
 

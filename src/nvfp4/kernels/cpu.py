@@ -35,6 +35,7 @@ import torch
 
 from nvfp4.formats.nvfp4 import BLOCK
 from nvfp4.formats.rng import derive_keys
+from nvfp4.kernels.contract import Unsupported
 
 _SOURCE = Path(__file__).with_name("nvfp4_cpu.c")
 _ABI_VERSION = 3
@@ -189,11 +190,11 @@ def _kernel_layout(x2d: torch.Tensor, transpose: bool) -> tuple[torch.Tensor, in
     layout is copied to row-major first.
     """
     if x2d.device.type != "cpu":
-        raise NotImplementedError("the cpu backend handles CPU tensors only")
+        raise Unsupported("the cpu backend handles CPU tensors only")
     if x2d.dim() != 2:
         raise ValueError(f"expected a 2-D tensor, got shape {tuple(x2d.shape)}")
     if x2d.numel() == 0:
-        raise NotImplementedError("empty tensors go to the reference")
+        raise Unsupported("empty tensors go to the reference")
     if x2d.dtype == torch.bfloat16:
         dt = _DT_BF16
     else:
@@ -216,7 +217,7 @@ def _strided_layout(x2d: torch.Tensor, transpose: bool) -> tuple[torch.Tensor, i
 
 
 def _signbits(signs: torch.Tensor | None, size: int = 16) -> torch.Tensor | None:
-    """The RHT sign vector as the kernel's sign-bit words; NotImplementedError (-> the reference) if not size x ±1.
+    """The RHT sign vector as the kernel's sign-bit words; Unsupported (-> the reference) if not size x ±1.
 
     The layer passes the same cached sign tensor every call, so the conversion is remembered for it (keyed on the
     tensor's identity and version: an in-place change is seen)."""
@@ -241,10 +242,10 @@ _SIGNBITS_CACHE: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] =
 def _signbits_uncached(signs, size: int) -> torch.Tensor:
     signs_t = torch.as_tensor(signs)
     if signs_t.numel() != size:
-        raise NotImplementedError(f"this fused RHT kernel supports Hadamard size {size} only")
+        raise Unsupported(f"this fused RHT kernel supports Hadamard size {size} only")
     signs_f = signs_t.detach().to(device="cpu", dtype=torch.float32).reshape(size)
     if not bool(((signs_f == 1) | (signs_f == -1)).all()):
-        raise NotImplementedError("signs must be ±1; the reference reports the error")
+        raise Unsupported("signs must be ±1; the reference reports the error")
     return torch.where(signs_f < 0, -(2**31), 0).to(torch.int32)
 
 
@@ -252,7 +253,7 @@ def _amax_value(global_amax: torch.Tensor) -> float:
     """The FP32 tensor amax as a Python float; a negative (or -0) amax is outside the contract -> reference."""
     value = float(torch.as_tensor(global_amax).to(torch.float32).reshape(()))
     if not math.isnan(value) and math.copysign(1.0, value) < 0:
-        raise NotImplementedError("negative global_amax: left to the reference")
+        raise Unsupported("negative global_amax: left to the reference")
     return value
 
 
@@ -358,14 +359,14 @@ class CPUBackend:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """RHT16 along the last dim of t = x2d (or x2d.t()) fused with 1x16 quantization: (packed, scales, amax used).
 
-        Only Hadamard size 16 with ±1 signs and K % 16 == 0 is fused; anything else raises NotImplementedError so
+        Only Hadamard size 16 with ±1 signs and K % 16 == 0 is fused; anything else raises Unsupported so
         that the reference runs (and raises its own clear error where the input is invalid).
         """
         signbits = _signbits(signs)
         x, dt, kernel_t = self._prepare(x2d, transpose, 1)
         rows, cols = x.shape[::-1] if kernel_t else x.shape
         if cols % 16:
-            raise NotImplementedError("K must be a multiple of 16; the reference reports the error")
+            raise Unsupported("K must be a multiple of 16; the reference reports the error")
         amax_t = self._tensor_amax(x, dt, kernel_t, signbits) if global_amax is None else global_amax
         amax = _amax_value(amax_t)
         packed = torch.empty((rows, cols // 2), dtype=torch.uint8)
@@ -411,14 +412,14 @@ class CPUBackend:
     ) -> torch.Tensor:
         """value(q) × block scale for every (padded) element: (M, ceil(K/16)*16), exact in BF16."""
         if packed.device.type != "cpu" or scales.device.type != "cpu":
-            raise NotImplementedError("the cpu backend handles CPU tensors only")
+            raise Unsupported("the cpu backend handles CPU tensors only")
         if packed.dim() != 2 or scales.dim() != 2 or packed.shape != (scales.shape[0], scales.shape[1] * 8):
             raise ValueError(
                 f"packed {tuple(packed.shape)} and scales {tuple(scales.shape)} do not match: "
                 "expected packed (M, 8*nblk) uint8 and scales (M, nblk)"
             )
         if packed.numel() == 0:
-            raise NotImplementedError("empty tensors go to the reference")
+            raise Unsupported("empty tensors go to the reference")
         rows, nblk = scales.shape
         packed_c = packed.contiguous().view(torch.uint8)
         scales_c = scales.contiguous().view(torch.uint8)
@@ -436,7 +437,7 @@ class CPUBackend:
         seed: int, offset: int, out_kind: int, out: torch.Tensor, scales: torch.Tensor | None,
     ) -> None:  # fmt: skip
         if scale_rule not in ("ceil", "floor"):
-            raise NotImplementedError("unknown scale rule: left to the reference, which reports it")
+            raise Unsupported("unknown scale rule: left to the reference, which reports it")
         x, dt, rows, cols, sr, sk = _strided_layout(x2d, bool(transpose))
         k1, k2 = derive_keys(int(seed), int(offset)) if stochastic else (0, 0)
         self.lib.mxfp4_quantize(
@@ -489,7 +490,7 @@ class CPUBackend:
     def _run_fp8(self, x2d: torch.Tensor, tile: tuple[int, int], transpose: bool, out_kind: int) -> tuple:
         tile = tuple(tile)
         if tile not in ((1, 128), (128, 128)):
-            raise NotImplementedError("unsupported FP8 tile: the reference reports it")
+            raise Unsupported("unsupported FP8 tile: the reference reports it")
         x, dt, rows, cols, sr, sk = _strided_layout(x2d, bool(transpose))
         dtype = torch.float32 if out_kind == _OUT_F32 else torch.uint8
         out = torch.empty((rows, cols), dtype=dtype)

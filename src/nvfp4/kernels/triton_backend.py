@@ -43,6 +43,7 @@ import triton
 import triton.language as tl
 
 from nvfp4.formats.rng import derive_keys
+from nvfp4.kernels.contract import Unsupported
 
 BLOCK = 16
 _HADAMARD_SIZE = 16
@@ -636,11 +637,11 @@ class TritonBackend:
 
     def _check(self, x2d: torch.Tensor, transpose: bool = False) -> torch.Tensor:
         """The logical operand t = x2d (or x2d.t()), as a strided view the kernels read in place; anything they do
-        not handle raises NotImplementedError (-> reference)."""
+        not handle raises Unsupported (-> reference)."""
         if x2d.dim() != 2 or x2d.dtype not in _FLOAT_DTYPES or x2d.numel() == 0:
-            raise NotImplementedError("triton backend: needs a non-empty 2-D fp32/bf16/fp16 tensor")
+            raise Unsupported("triton backend: needs a non-empty 2-D fp32/bf16/fp16 tensor")
         if not self.is_available(x2d.device):
-            raise NotImplementedError(f"triton backend is not available on {x2d.device}")
+            raise Unsupported(f"triton backend is not available on {x2d.device}")
         t = x2d.t() if transpose else x2d
         return t if 1 in t.stride() else t.contiguous()  # row- or column-major views are read as they are
 
@@ -664,7 +665,7 @@ class TritonBackend:
             return signs.to(device=device, dtype=torch.float32).contiguous()
         values = tuple(float(v) for v in signs.reshape(-1).tolist())
         if any(v not in (1.0, -1.0) for v in values):
-            raise NotImplementedError("triton backend: signs must be ±1 (the reference raises the error)")
+            raise Unsupported("triton backend: signs must be ±1 (the reference raises the error)")
         key = (values, str(device))
         cached = self._signs_cache.get(key)
         if cached is None:
@@ -672,14 +673,14 @@ class TritonBackend:
         return cached
 
     def _rht_signs(self, signs: torch.Tensor | None, size: int, t: torch.Tensor) -> torch.Tensor | None:
-        """Device signs for a fused RHT of ``size`` points along t's rows, or NotImplementedError (-> reference)."""
+        """Device signs for a fused RHT of ``size`` points along t's rows, or Unsupported (-> reference)."""
         if signs is None:
             return None
         signs = torch.as_tensor(signs)
         if signs.numel() != size:
-            raise NotImplementedError(f"triton backend: RHT size {signs.numel()} (only {size} here)")
+            raise Unsupported(f"triton backend: RHT size {signs.numel()} (only {size} here)")
         if t.shape[1] % size:
-            raise NotImplementedError("triton backend: K must be a multiple of the Hadamard size")
+            raise Unsupported("triton backend: K must be a multiple of the Hadamard size")
         return self._device_signs(signs, t.device)
 
     def _launch_amax(self, t: torch.Tensor, signs: torch.Tensor | None) -> torch.Tensor:
@@ -768,7 +769,7 @@ class TritonBackend:
         values_dtype: torch.dtype | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if scale_rule not in ("ceil", "floor"):
-            raise NotImplementedError("unknown scale rule: the reference reports it")
+            raise Unsupported("unknown scale rule: the reference reports it")
         rows, cols = t.shape
         nblk = _cdiv(cols, 32)
         if values_dtype is None:
@@ -812,7 +813,7 @@ class TritonBackend:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         tile = tuple(tile)
         if tile not in ((1, 128), (128, 128)):
-            raise NotImplementedError("unsupported FP8 tile: the reference reports it")
+            raise Unsupported("unsupported FP8 tile: the reference reports it")
         rows, cols = t.shape
         nblk = _cdiv(cols, 128)
         out = torch.empty(rows, cols, dtype=torch.float32 if out_values else torch.uint8, device=t.device)
@@ -845,7 +846,7 @@ class TritonBackend:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(packed uint8 (M, ceil(K/16)*8), scales e4m3 (M, ceil(K/16))) of t = x2d (or x2d.t(), read in place)."""
         if tile_rows not in (1, 16):
-            raise NotImplementedError(f"triton backend: tile_rows={tile_rows}")
+            raise Unsupported(f"triton backend: tile_rows={tile_rows}")
         t = self._check(x2d, transpose)
         return self._launch_quantize(t, torch.as_tensor(global_amax), tile_rows, stochastic, seed, offset, None)
 
@@ -888,7 +889,7 @@ class TritonBackend:
         """The GEMM operand value(q)·s_b (M, K) of t = x2d (or x2d.t(), read in place), RHT16'd if rht_signs, and the
         amax used: the amax pass (unless given) and one fused quantize pass writing the values."""
         if tile_rows not in (1, 16):
-            raise NotImplementedError(f"triton backend: tile_rows={tile_rows}")
+            raise Unsupported(f"triton backend: tile_rows={tile_rows}")
         t = self._check(x2d, transpose)
         if rht_signs is not None and t.shape[1] % _HADAMARD_SIZE:
             raise ValueError(f"the RHT needs K % 16 == 0 (K = {t.shape[1]}); zero-pad the tensor first")
@@ -934,9 +935,9 @@ class TritonBackend:
     ) -> torch.Tensor:
         """value(q) × block scale for every (padded) element: (M, ceil(K/16)*16), exact in BF16."""
         if dtype not in _FLOAT_DTYPES or packed.dim() != 2 or packed.numel() == 0:
-            raise NotImplementedError("triton backend: scaled_values needs 2-D packed codes and a float dtype")
+            raise Unsupported("triton backend: scaled_values needs 2-D packed codes and a float dtype")
         if not self.is_available(packed.device):
-            raise NotImplementedError(f"triton backend is not available on {packed.device}")
+            raise Unsupported(f"triton backend is not available on {packed.device}")
         rows, nbytes = packed.shape
         nblk = nbytes // 8
         packed = packed.contiguous()

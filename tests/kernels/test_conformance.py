@@ -1,0 +1,178 @@
+"""One conformance suite for every backend that can run here: the contract's signatures, and the reference's bits.
+
+Backends: ``cpu`` (the C kernel) and ``triton`` (on a GPU, or in Triton's CPU interpreter: TRITON_INTERPRET=1
+must be set when the backend module is first imported, as in test_triton_backend.py). Every op of
+``nvfp4.kernels.contract.OPS`` runs through the registry (so a declined input falls back to the reference, as in
+training) on random, heavy-tailed, all-zero, NaN- and Inf-carrying inputs in FP32 and BF16, odd shapes, plain and
+transposed, and must return the reference's bits (any NaN equals any NaN).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+
+import pytest
+import torch
+
+from nvfp4 import kernels
+from nvfp4.hadamard import default_signs
+from nvfp4.kernels.contract import OPS, Unsupported
+from nvfp4.kernels.cpu import CPUBackend
+from nvfp4.kernels.reference import ReferenceBackend
+
+_GPU = torch.cuda.is_available()
+_SET_INTERPRET = not _GPU and "TRITON_INTERPRET" not in os.environ
+if not _GPU:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+try:
+    from nvfp4.kernels import triton_backend
+
+    if not _GPU and not triton_backend._interpreted():
+        triton_backend = importlib.reload(triton_backend)
+except ImportError:
+    triton_backend = None
+if _SET_INTERPRET:
+    del os.environ["TRITON_INTERPRET"]
+
+REF = ReferenceBackend()
+BACKENDS = {"cpu": CPUBackend} | ({"triton": triton_backend.TritonBackend} if triton_backend else {})
+
+
+@pytest.fixture
+def backend(request, monkeypatch):
+    """The registry's wrapper around the named backend, on its device (TRITON_INTERPRET set for Triton on a CPU)."""
+    name = request.param
+    if name == "triton" and not _GPU:
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    device = torch.device("cuda" if name == "triton" and _GPU else "cpu")
+    if not BACKENDS[name].is_available(device):
+        pytest.skip(f"{name} is not available on {device}")
+    return kernels.select(name, device), device
+
+
+def _inputs() -> list[tuple[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(20, 64, generator=g)
+    heavy = base * torch.exp(2.5 * torch.randn(20, 64, generator=g))
+    nan = base.clone()
+    nan[3, 5] = float("nan")
+    inf = base.clone()
+    inf[7, 1], inf[0, 63] = float("inf"), -float("inf")
+    return [
+        ("random-fp32", base * 3),
+        ("heavy-bf16", heavy.bfloat16()),
+        ("zeros-fp32", torch.zeros(20, 64)),
+        ("nan-fp32", nan),
+        ("inf-bf16", inf.bfloat16()),
+        ("odd-fp32", torch.randn(17, 40, generator=g) * 1e-3),  # K not a block multiple, M not a tile multiple
+    ]
+
+
+def _calls(op: str, x: torch.Tensor):
+    """(label, args, kwargs) variants of one op on one input; the inputs go to the backend's device later."""
+    rht_ok = x.shape[1] % 32 == 0 and x.shape[0] % 32 != 0  # K % 32 for the plain, M handled by transpose=False
+    if op == "amax":
+        yield "", (x,), {}
+    elif op == "quantize_nvfp4":
+        for tile_rows, sr, t in ((1, False, False), (16, False, True), (1, True, True), (1, True, False)):
+            t_in = x.t() if t else x
+            yield f"tile{tile_rows} sr={sr} T={t}", (x, REF.amax(t_in), tile_rows, sr, 5, 9), {"transpose": t}
+    elif op == "rht_quantize_nvfp4":
+        if x.shape[1] % 16 == 0:
+            for sr in (False, True):
+                yield f"sr={sr}", (x, default_signs(16), None, sr, 5, 9), {}
+    elif op == "fake_quantize_nvfp4":
+        for tile_rows, sr, t in ((1, False, False), (16, False, True), (1, True, True)):
+            yield f"tile{tile_rows} sr={sr} T={t}", (x, None, tile_rows, sr, 5, 9), {"transpose": t}
+        if x.shape[1] % 16 == 0:
+            yield "rht", (x, None, 1, True, 5, 9), {"rht_signs": default_signs(16)}
+    elif op == "scaled_values":
+        packed, scales = REF.quantize_nvfp4(x, REF.amax(x), 1, False, 0, 0)
+        for dtype in (torch.bfloat16, torch.float32):
+            yield f"{dtype}", (packed, scales, dtype), {}
+    elif op == "quantize_mxfp4":
+        for sr, t in ((False, False), (True, True)):
+            yield f"sr={sr} T={t}", (x, sr, 5, 9), {"transpose": t}
+    elif op == "fake_quantize_mxfp4":
+        for sr, t in ((False, True), (True, False)):
+            yield f"sr={sr} T={t}", (x, sr, 5, 9), {"transpose": t}
+        if rht_ok:
+            yield "rht32", (x, True, 5, 9), {"rht_signs": default_signs(32)}
+    elif op in ("quantize_fp8", "fake_quantize_fp8"):
+        for tile, t in (((1, 128), False), ((128, 128), True)):
+            yield f"{tile} T={t}", (x, tile), {"transpose": t}
+
+
+def _same(a, b) -> bool:
+    """Bit-equal tensors (or tuples of them); any NaN equals any NaN (FP32/BF16/FP16, E4M3 and E8M0 bytes)."""
+    if isinstance(a, tuple | list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    a, b = a.detach().cpu(), b.detach().cpu()
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    if a.dtype in (torch.float8_e4m3fn, torch.float8_e8m0fnu):
+        a, b = a.view(torch.uint8), b.view(torch.uint8)
+        nan_byte = 0x7F if a.dtype == torch.float8_e4m3fn else 0xFF
+        nan_a, nan_b = (a & nan_byte) == nan_byte, (b & nan_byte) == nan_byte
+        return torch.equal(nan_a, nan_b) and torch.equal(a[~nan_a], b[~nan_b])
+    if a.is_floating_point():
+        nan_a, nan_b = torch.isnan(a), torch.isnan(b)
+        if not torch.equal(nan_a, nan_b):
+            return False
+        a, b = a.masked_fill(nan_a, 0), b.masked_fill(nan_b, 0)
+    return torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
+
+
+def _to(value, device):
+    return value.to(device) if isinstance(value, torch.Tensor) else value
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_every_op_has_the_reference_signature(name):
+    for op in OPS:
+        want = inspect.signature(getattr(ReferenceBackend, op))
+        got = inspect.signature(getattr(BACKENDS[name], op))
+        assert list(got.parameters) == list(want.parameters), f"{name}.{op}{got} != reference{want}"
+        for p, q in zip(got.parameters.values(), want.parameters.values(), strict=True):
+            assert (p.kind, p.default) == (q.kind, q.default), f"{name}.{op}: parameter {p.name}"
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("backend", list(BACKENDS), indirect=True)
+def test_backend_returns_the_reference_bits(backend, op):
+    impl, device = backend
+    ran = declined = 0
+    for kind, x in _inputs():
+        for label, args, kwargs in _calls(op, x):
+            want = getattr(REF, op)(*args, **kwargs)
+            dev_args, dev_kwargs = [_to(a, device) for a in args], {k: _to(v, device) for k, v in kwargs.items()}
+            try:
+                got = getattr(impl.fast, op)(*dev_args, **dev_kwargs)  # the fast kernel itself, no fallback
+            except Unsupported:
+                declined += 1
+                continue
+            assert _same(got, want), f"{impl.name}.{op} differs from the reference on {kind} ({label})"
+            ran += 1
+    assert ran > 0, f"{impl.name} declined every {op} call ({declined}): nothing was checked"
+
+
+def test_only_unsupported_falls_back(monkeypatch):
+    """A fast op that declines (Unsupported) runs on the reference; any other error is a bug and surfaces."""
+    impl = kernels._Fallback(CPUBackend.instance(), REF)
+    x = torch.randn(4, 32)
+
+    def declines(*args, **kwargs):
+        raise Unsupported("no kernel for this")
+
+    monkeypatch.setattr(CPUBackend, "amax", declines)
+    assert _same(impl.amax(x), REF.amax(x))
+
+    def broken(*args, **kwargs):
+        raise NotImplementedError("a bug deep inside a kernel")
+
+    impl = kernels._Fallback(CPUBackend.instance(), REF)
+    monkeypatch.setattr(CPUBackend, "amax", broken)
+    with pytest.raises(NotImplementedError, match="a bug"):
+        impl.amax(x)
