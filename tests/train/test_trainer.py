@@ -295,3 +295,77 @@ def test_branch_refuses_other_recipes_and_points_past_the_switch(make_config, tm
         train(make_config(recipe="nvfp4-switch-bwd", branch_from=str(final), out=str(tmp_path / "b")))
     with pytest.raises(ValueError, match="cannot branch"):
         train(make_config(recipe="nvfp4-switch-bwd", branch_from=str(tmp_path / "missing.pt"), out=str(tmp_path / "c")))
+
+
+# -- deferred read-back (host_sync "log", the default on GPUs) --------------------------------------------------------
+
+
+def test_deferred_read_back_logs_the_same_steps_and_reads_nothing_in_between(make_config, monkeypatch):
+    """With host_sync="log" a training step never reads a tensor back; the losses of the steps in between are read in
+    one go at the next logging step, and the logged steps are those of the per-step mode."""
+    import nvfp4.train.trainer as trainer_module
+
+    inside = {"step": False}
+    original_step = trainer_module.Trainer.train_step
+
+    def guarded_step(self):
+        inside["step"] = True
+        try:
+            return original_step(self)
+        finally:
+            inside["step"] = False
+
+    def no_read(name):
+        original = getattr(torch.Tensor, name)
+
+        def read(t, *args, **kwargs):
+            assert not inside["step"], f"Tensor.{name} inside a deferred training step (a device sync on a GPU)"
+            return original(t, *args, **kwargs)
+
+        return read
+
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", guarded_step)
+    for name in ("item", "tolist", "__float__", "__bool__"):
+        monkeypatch.setattr(torch.Tensor, name, no_read(name))
+    runs = {}
+    for mode in ("step", "log"):
+        config = make_config(max_steps=7, log_interval=3, eval_interval=0, checkpoint_interval=0, host_sync=mode,
+                             out=str(Path(make_config().out).parent / mode))  # fmt: skip
+        if mode == "step":
+            monkeypatch.setattr(trainer_module.Trainer, "train_step", original_step)
+        else:
+            monkeypatch.setattr(trainer_module.Trainer, "train_step", guarded_step)
+        result = train(config)
+        runs[mode] = [r for r in read_metrics(config.out) if "train_loss" in r]
+        assert not result.diverged and math.isfinite(result.final_train_loss)
+    assert [r["step"] for r in runs["log"]] == [r["step"] for r in runs["step"]] == [1, 3, 6, 7]
+    assert all(math.isfinite(r["train_loss"]) and math.isfinite(r["grad_norm"]) for r in runs["log"])
+
+
+def test_deferred_nonfinite_steps_are_skipped_on_device_and_counted_late(make_config, monkeypatch):
+    poison_forward(monkeypatch, bad_steps=None, start=3)
+    config = make_config(max_steps=20, max_bad_steps=3, log_interval=4, checkpoint_interval=4, eval_interval=0,
+                         host_sync="log")  # fmt: skip
+    result = train(config)
+    # Read back at steps 1, 4 (bad: 3, 4) and 8 (bad: 5-8): the third bad step in a row is seen at step 8.
+    assert result.diverged and result.diverged_step == 8
+    events = [r["step"] for r in read_metrics(config.out) if r.get("event") == "skipped_nonfinite"]
+    assert events == [3, 4, 5, 6, 7, 8]
+    for _, path in list_checkpoints(Path(config.out) / "checkpoints"):
+        state = load_checkpoint(path)  # the skipped steps changed nothing: every checkpoint is finite
+        assert all(torch.isfinite(t).all() for t in state["model"].values())
+        assert int(state["step"]) == 4 and int(state["bad_steps"]) == 2
+
+
+def test_deferred_resume_is_bitwise_identical(make_config, tmp_path):
+    settings = dict(recipe="nvfp4", max_steps=6, eval_interval=3, checkpoint_interval=3, log_interval=2,
+                    host_sync="log")  # fmt: skip
+    straight = make_config(**settings, out=str(tmp_path / "straight"))
+    train(straight)
+    cut = make_config(**settings, out=str(tmp_path / "cut"))
+    first = train(cut, on_step=interrupt_at(2))  # Ctrl-C seen at step 2: read back, checkpoint, return
+    assert first.interrupted and first.steps == 2
+    resumed = train(make_config(**settings, out=cut.out, resume=True))
+    assert resumed.resumed_from == 2 and resumed.steps == 6
+    assert train_losses(cut.out) == train_losses(straight.out)
+    assert [s for s, _ in train_losses(straight.out)] == [1, 2, 3, 4, 6]

@@ -544,17 +544,17 @@ def _fp8_kernel(
         tl.store(scales_ptr + rows.to(tl.int64) * stride_s + pid_k, scale, mask=rows < M)
     else:
         first = pid_m * 128
-        amax_bits = tl.zeros((BLOCK_M,), dtype=tl.int32)
+        amax_bits = tl.full((BLOCK_M,), 0, tl.int32)  # tl.full, a builtin: tl.zeros is a jit function (see _max_along)
         for r in range(0, 128, BLOCK_M):
             rows = first + r + tl.arange(0, BLOCK_M)
             x = _load_tile(x_ptr, rows, cols, M, K, stride_r, stride_k, BF16_BITS)
             amax_bits = tl.maximum(amax_bits, _max_along(_abs_bits(x), 1))
-        scale = _fp8_scale(tl.max(amax_bits, 0))
+        scale = _fp8_scale(_max_along(amax_bits, 0))
         for r in range(0, 128, BLOCK_M):
             rows = first + r + tl.arange(0, BLOCK_M)
             x = _load_tile(x_ptr, rows, cols, M, K, stride_r, stride_k, BF16_BITS)
             _fp8_store(x, scale, rows, cols, M, K, out_ptr, stride_o, OUT_VALUES)
-            tl.store(scales_ptr + rows.to(tl.int64) * stride_s + pid_k, scale + tl.zeros((BLOCK_M,), tl.float32),
+            tl.store(scales_ptr + rows.to(tl.int64) * stride_s + pid_k, tl.full((BLOCK_M,), 0.0, tl.float32) + scale,
                      mask=rows < M)  # fmt: skip
 
 

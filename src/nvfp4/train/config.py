@@ -24,6 +24,7 @@ DEVICES = ("auto", "cpu", "cuda")
 AUTOCAST = ("bf16", "none")
 DISTRIBUTED = ("none", "ddp", "fsdp")
 BACKENDS = ("auto", "reference", "cpu", "triton")  # nvfp4.kernels; "auto" = fastest available
+HOST_SYNCS = ("auto", "step", "log")
 DEFAULT_MAX_STEPS = 300
 DEFAULT_WARMUP_FRACTION = 0.05
 
@@ -106,6 +107,12 @@ class TrainConfig:
         default=False, metadata=_help("recompute each block in backward (less memory; same trajectory)")
     )
     max_bad_steps: int = field(default=5, metadata=_help("stop after N non-finite steps in a row"))
+    host_sync: str = field(
+        default="auto",
+        metadata=_help("read loss and grad norm back every step, or only on logging steps (the GPU never waits for "
+                       "the host; non-finite steps are still skipped, on the device); auto: step on CPU, log on GPU",
+                       choices=HOST_SYNCS),
+    )  # fmt: skip
     distributed: str = field(default="none", metadata=_help("data parallelism under torchrun", choices=DISTRIBUTED))
     backend: str = field(
         default="auto", metadata=_help("quantization kernels (auto = fastest available)", choices=BACKENDS)
@@ -127,7 +134,7 @@ class TrainConfig:
             raise ValueError(f"unknown model preset {self.model!r}; valid presets: {', '.join(PRESETS)}")
         for name, choices in (
             ("tokenizer", TOKENIZERS), ("schedule", SCHEDULES), ("device", DEVICES),
-            ("autocast", AUTOCAST), ("distributed", DISTRIBUTED), ("backend", BACKENDS),
+            ("autocast", AUTOCAST), ("distributed", DISTRIBUTED), ("backend", BACKENDS), ("host_sync", HOST_SYNCS),
         ):  # fmt: skip
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {', '.join(choices)}; got {getattr(self, name)!r}")

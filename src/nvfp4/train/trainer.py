@@ -198,6 +198,9 @@ class Trainer:
         self.train_model = D.wrap_model(self.model, ctx, device)
         if config.compile:
             self.train_model = torch.compile(self.train_model)
+        # Deferred read-back: losses stay on the device until a logging step (see _read_back).
+        self.deferred = config.host_sync == "log" or (config.host_sync == "auto" and device.type != "cpu")
+        self._pending: list[dict[str, Any]] = []  # records of steps not yet read back (deferred mode)
         self.optimizer = self._build_optimizer()
         self.loader = TokenLoader(
             self.data.train, config.batch_size, config.seq_len, config.seed, ctx.rank, ctx.world_size
@@ -234,8 +237,9 @@ class Trainer:
             {"params": no_decay, "weight_decay": 0.0},
         ]
         c = self.config
-        # Fused on CUDA: one kernel for all parameters and no host reads of the step counters.
-        fused = self.device.type == "cuda"
+        # Fused on CUDA (one kernel for all parameters, no host reads of the step counters), and wherever the read-back
+        # is deferred: its found_inf input skips a non-finite step on the device.
+        fused = self.device.type == "cuda" or self.deferred
         return torch.optim.AdamW(groups, lr=c.lr, betas=c.betas, eps=c.eps, fused=fused or None)
 
     def _maybe_resume(self) -> int:
@@ -390,7 +394,9 @@ class Trainer:
                 self.metrics.write({"step": 0, "tokens": 0, "val_loss": self.last_losses[1]})
                 self.progress.message(f"step 0 | val {self.last_losses[1]:.4f}")
             while self.step < self.total_steps:
-                self._step_and_log()
+                read_back = self._step_and_log()
+                if not read_back and self.ctx.world_size > 1:
+                    continue  # deferred: ranks agree on stopping at read-back steps only (a collective)
                 if self.bad_steps >= self.config.max_bad_steps:
                     diverged_step = self.step
                     message = (
@@ -433,46 +439,72 @@ class Trainer:
             rank=self.ctx.rank,
         )
 
-    def _step_and_log(self) -> None:
-        """One training step, plus the evaluation, metrics record and progress update it is due."""
+    def _step_and_log(self) -> bool:
+        """One training step, plus the read-back, evaluation, metrics record and progress update it is due.
+
+        Returns whether this step's losses were read back: always, unless the read-back is deferred (host_sync
+        "log"), where it happens on logging, evaluation and checkpoint steps only."""
         c = self.config
         t0 = time.perf_counter()
         loss, grad_norm, lr, precision = self.train_step()
         dt = time.perf_counter() - t0
         self.train_time, self.train_tokens = self.train_time + dt, self.train_tokens + self.tokens_per_step
         self.window_time, self.window_tokens = self.window_time + dt, self.window_tokens + self.tokens_per_step
-        record: dict[str, Any] = {
+        self._pending.append({
             "step": self.step, "tokens": self.tokens, "train_loss": loss, "lr": lr, "grad_norm": grad_norm,
             "tokens_per_s": self.window_tokens / max(self.window_time, 1e-9), "precision": precision,
-        }  # fmt: skip
-        finite = math.isfinite(loss) and math.isfinite(grad_norm)
-        if finite:
-            self.last_losses = (loss, self.last_losses[1])
-        else:
-            record["event"] = "skipped_nonfinite"
-            self._say(f"step {self.step}: non-finite loss/grad norm ({loss}, {grad_norm}); step skipped")
-        final = self.step == self.total_steps
-        evaluate = final or (c.eval_interval > 0 and self.step % c.eval_interval == 0)
-        if evaluate:
-            record["val_loss"] = self.evaluate()
-            self.last_losses = (self.last_losses[0], record["val_loss"])
-        logged = evaluate or not finite or self.step == 1 or self.step % c.log_interval == 0
-        if logged:
-            self.metrics.write(record)
-            self.window_time, self.window_tokens = 0.0, 0
-        self.progress.step(record, logged)
-        if self.on_step is not None and self.ctx.is_main:
-            self.on_step(record)
+        })  # fmt: skip
+        evaluate = self.step == self.total_steps or (c.eval_interval > 0 and self.step % c.eval_interval == 0)
+        due = evaluate or self.step == 1 or self.step % c.log_interval == 0 or self._checkpoint_due()
+        # A single process reads back at once on Ctrl-C; ranks must read back (and agree on stopping) at the same steps.
+        stop_now = self.stop_requested and self.ctx.world_size == 1
+        if self.deferred and not (due or stop_now):
+            return False
+        self._read_back(evaluate)
+        return True
+
+    def _read_back(self, evaluate: bool) -> None:
+        """Account for the pending steps in order: finite or skipped (bad-step count, events), the latest losses,
+        the evaluation of the newest step if due, metrics records and progress. Deferred: one device sync for all."""
+        c = self.config
+        records, self._pending = self._pending, []
+        if self.deferred:
+            pairs = torch.stack([torch.stack((r["train_loss"], r["grad_norm"])) for r in records]).tolist()
+            for record, (loss, grad_norm) in zip(records, pairs, strict=True):
+                record["train_loss"], record["grad_norm"] = loss, grad_norm
+        for i, record in enumerate(records):
+            finite = math.isfinite(record["train_loss"]) and math.isfinite(record["grad_norm"])
+            if finite:
+                self.bad_steps = 0
+                self.last_losses = (record["train_loss"], self.last_losses[1])
+            else:
+                self.bad_steps += 1
+                record["event"] = "skipped_nonfinite"
+                self._say(f"step {record['step']}: non-finite loss/grad norm ({record['train_loss']}, "
+                          f"{record['grad_norm']}); step skipped")  # fmt: skip
+            evaluated = evaluate and i == len(records) - 1
+            if evaluated:
+                record["val_loss"] = self.evaluate()
+                self.last_losses = (self.last_losses[0], record["val_loss"])
+            step = record["step"]
+            logged = evaluated or not finite or step == 1 or step % c.log_interval == 0
+            if logged:
+                self.metrics.write(record)
+                self.window_time, self.window_tokens = 0.0, 0
+            self.progress.step(record, logged)
+            if self.on_step is not None and self.ctx.is_main:
+                self.on_step(record)
 
     def _checkpoint_due(self) -> bool:
         every = self.config.checkpoint_interval
         kept = self.step in (self.config.keep_steps or ())
         return kept or self.step == self.total_steps or (every > 0 and self.step % every == 0)
 
-    def train_step(self) -> tuple[float, float, float, dict[str, str]]:
+    def train_step(self) -> tuple[Any, Any, float, dict[str, str]]:
         """One optimizer step over grad_accum micro-batches; returns (loss, pre-clip grad norm, lr, precision).
 
-        A non-finite loss or gradient norm skips the update (the gradients are dropped).
+        A non-finite loss or gradient norm skips the update (the gradients are dropped). The loss and grad norm are
+        floats, or 0-d device tensors when the read-back is deferred (nothing here waits for the device then).
         """
         c = self.config
         nvfp4.apply_precision_schedule(self.model, self.recipe, self.step / self.total_steps, self.tokens)
@@ -488,22 +520,26 @@ class Trainer:
                 _, loss = self.train_model(x, y)
             (loss / c.grad_accum).backward()
             loss_sum += loss.detach().float()
-        loss_value = float(D.mean(loss_sum / c.grad_accum, self.ctx))
+        loss_mean = D.mean(loss_sum / c.grad_accum, self.ctx)
         max_norm = c.grad_clip if c.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.train_model.parameters(), max_norm)
         if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP2
             grad_norm = grad_norm.full_tensor()
-        grad_norm_value = float(grad_norm)
-        if math.isfinite(loss_value) and math.isfinite(grad_norm_value):
+        if self.deferred:
+            # No read-back: a non-finite step is skipped on the device (fused AdamW's found_inf), and counted when
+            # the losses are read back (_read_back).
+            self.optimizer.found_inf = (~(torch.isfinite(loss_mean) & torch.isfinite(grad_norm))).float()
             self.optimizer.step()
-            self.bad_steps = 0
+            loss_out, grad_norm_out = loss_mean.detach().float(), grad_norm.detach().float()
         else:
-            self.bad_steps += 1
+            loss_out, grad_norm_out = float(loss_mean), float(grad_norm)
+            if math.isfinite(loss_out) and math.isfinite(grad_norm_out):
+                self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         drop_weight_caches(self.model)
         self.step += 1
         self.tokens += self.tokens_per_step
-        return loss_value, grad_norm_value, lr, precision
+        return loss_out, grad_norm_out, lr, precision
 
     @torch.no_grad()
     def evaluate(self) -> float:
