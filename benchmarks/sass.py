@@ -63,12 +63,13 @@ def kernels() -> dict[str, tuple]:
     q_sig = {"x_ptr": "*i16", "amax_ptr": "*fp32", "signs_ptr": "*fp32", "packed_ptr": "*u8", "scales_ptr": "*u8",
              "M": "i32", "K": "i32", "NB": "i32", "stride_r": "i32", "stride_k": "constexpr", "stride_p": "i32",
              "stride_s": "i32", "key1": "i32", "key2": "i32", "BF16_BITS": "constexpr", "TILE_ROWS": "constexpr",
-             "STOCHASTIC": "constexpr", "RHT": "constexpr", "OUT_VALUES": "constexpr", "OUT_BF16": "constexpr",
-             "BLOCK_M": "constexpr", "BLOCKS_K": "constexpr"}  # fmt: skip
+             "STOCHASTIC": "constexpr", "INDEX64": "constexpr", "RHT": "constexpr", "OUT_VALUES": "constexpr",
+             "OUT_BF16": "constexpr", "BLOCK_M": "constexpr", "BLOCKS_K": "constexpr"}  # fmt: skip
     mx_sig = {"x_ptr": "*i16", "signs_ptr": "*fp32", "out_ptr": "*i16", "scales_ptr": "*u8", "M": "i32", "K": "i32",
               "NB": "i32", "stride_r": "i32", "stride_k": "constexpr", "stride_o": "i32", "stride_s": "i32",
               "key1": "i32", "key2": "i32", "BF16_BITS": "constexpr", "CEIL_RULE": "constexpr",
-              "STOCHASTIC": "constexpr", "RHT": "constexpr", "OUT_VALUES": "constexpr", "OUT_BF16": "constexpr",
+              "STOCHASTIC": "constexpr", "INDEX64": "constexpr", "RHT": "constexpr", "OUT_VALUES": "constexpr",
+              "OUT_BF16": "constexpr",
               "BLOCK_M": "constexpr", "BLOCKS_K": "constexpr"}  # fmt: skip
     fp8_sig = {"x_ptr": "*i16", "out_ptr": "*u8", "scales_ptr": "*fp32", "M": "i32", "K": "i32", "NB": "i32",
                "stride_r": "i32", "stride_k": "constexpr", "stride_o": "i32", "stride_s": "i32",
@@ -85,8 +86,9 @@ def kernels() -> dict[str, tuple]:
         "nvfp4 RHT16 RN packed, transposed (wgrad x)": (1, False, True, False, None),
     }.items():
         sig = dict(q_sig, packed_ptr="*i16") if values else dict(q_sig)
-        consts = {"BF16_BITS": True, "TILE_ROWS": tile_rows, "STOCHASTIC": sr, "RHT": rht, "OUT_VALUES": values,
-                  "OUT_BF16": True, "BLOCK_M": tb._Q_BLOCK_M, "BLOCKS_K": tb._Q_BLOCKS_K}  # fmt: skip
+        consts = {"BF16_BITS": True, "TILE_ROWS": tile_rows, "STOCHASTIC": sr, "INDEX64": False, "RHT": rht,
+                  "OUT_VALUES": values, "OUT_BF16": True, "BLOCK_M": tb._Q_BLOCK_M,
+                  "BLOCKS_K": tb._Q_BLOCKS_K}  # fmt: skip
         if stride_k == 1:
             consts["stride_k"] = 1
         else:  # a transposed operand: stride_k is the row stride of the original, stride_r = 1
@@ -96,8 +98,10 @@ def kernels() -> dict[str, tuple]:
         out[name] = (tb._quantize_kernel, sig, consts, tb._Q_WARPS, q_elems, 1)
     out["mxfp4 RHT32 SR values"] = (
         tb._mxfp4_kernel, mx_sig, {"stride_k": 1, "BF16_BITS": True, "CEIL_RULE": True, "STOCHASTIC": True,
-                                   "RHT": True, "OUT_VALUES": True, "OUT_BF16": True, "BLOCK_M": tb._Q_BLOCK_M,
-                                   "BLOCKS_K": tb._MX_BLOCKS_K}, tb._Q_WARPS, mx_elems, 1)  # fmt: skip
+                                   "INDEX64": False, "RHT": True, "OUT_VALUES": True, "OUT_BF16": True,
+                                   "BLOCK_M": tb._Q_BLOCK_M, "BLOCKS_K": tb._MX_BLOCKS_K},
+        tb._Q_WARPS, mx_elems, 1,
+    )  # fmt: skip
     if hasattr(tb, "_fp8_kernel"):
         for tile_rows, values in ((1, True), (128, False)):
             sig = dict(fp8_sig, out_ptr="*fp32") if values else fp8_sig

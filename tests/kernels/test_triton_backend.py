@@ -333,8 +333,8 @@ def ptx(fn, signature, constexprs, warps):
 quantize_sig = {"x_ptr": "*i16", "amax_ptr": "*fp32", "signs_ptr": "*fp32", "packed_ptr": "*u8", "scales_ptr": "*u8",
                 "M": "i32", "K": "i32", "NB": "i32", "stride_r": "i32", "stride_k": "constexpr", "stride_p": "i32",
                 "stride_s": "i32", "key1": "i32", "key2": "i32", "BF16_BITS": "constexpr", "TILE_ROWS": "constexpr",
-                "STOCHASTIC": "constexpr", "RHT": "constexpr", "OUT_VALUES": "constexpr", "OUT_BF16": "constexpr",
-                "BLOCK_M": "constexpr", "BLOCKS_K": "constexpr"}
+                "STOCHASTIC": "constexpr", "INDEX64": "constexpr", "RHT": "constexpr", "OUT_VALUES": "constexpr",
+                "OUT_BF16": "constexpr", "BLOCK_M": "constexpr", "BLOCKS_K": "constexpr"}
 amax_sig = {"x_ptr": "*i16", "signs_ptr": "*fp32", "out_ptr": "*i32", "M": "i32", "K": "i32", "stride_r": "i32",
             "stride_k": "constexpr", "BF16_BITS": "constexpr", "RHT": "constexpr", "BLOCK_M": "constexpr",
             "BLOCK_K": "constexpr"}
@@ -343,8 +343,8 @@ values_sig = {"packed_ptr": "*u8", "scales_ptr": "*u8", "out_ptr": "*bf16", "M":
 mx_sig = {"x_ptr": "*i16", "signs_ptr": "*fp32", "out_ptr": "*i16", "scales_ptr": "*u8", "M": "i32", "K": "i32",
           "NB": "i32", "stride_r": "i32", "stride_k": "constexpr", "stride_o": "i32", "stride_s": "i32", "key1": "i32",
           "key2": "i32", "BF16_BITS": "constexpr", "CEIL_RULE": "constexpr", "STOCHASTIC": "constexpr",
-          "RHT": "constexpr", "OUT_VALUES": "constexpr", "OUT_BF16": "constexpr", "BLOCK_M": "constexpr",
-          "BLOCKS_K": "constexpr"}
+          "INDEX64": "constexpr", "RHT": "constexpr", "OUT_VALUES": "constexpr", "OUT_BF16": "constexpr",
+          "BLOCK_M": "constexpr", "BLOCKS_K": "constexpr"}
 blocks = {"BLOCK_M": tb._Q_BLOCK_M, "BLOCKS_K": tb._Q_BLOCKS_K}
 out = {}
 variants = {"sr": (1, True, False, False), "2d": (16, False, False, False), "rht_sr": (1, True, True, False),
@@ -352,13 +352,13 @@ variants = {"sr": (1, True, False, False), "2d": (16, False, False, False), "rht
 for name, (tile_rows, sr, rht, values) in variants.items():
     sig = dict(quantize_sig, packed_ptr="*i16") if values else quantize_sig
     out["quantize_" + name] = ptx(tb._quantize_kernel, sig, {"stride_k": 1, "BF16_BITS": True, "TILE_ROWS": tile_rows,
-                                  "STOCHASTIC": sr, "RHT": rht, "OUT_VALUES": values, "OUT_BF16": True, **blocks},
-                                  tb._Q_WARPS)
+                                  "STOCHASTIC": sr, "INDEX64": name == "sr", "RHT": rht, "OUT_VALUES": values,
+                                  "OUT_BF16": True, **blocks}, tb._Q_WARPS)
 for name, (rht, values) in {"packed": (False, False), "values_rht_sr": (True, True)}.items():
     sig = mx_sig if values else dict(mx_sig, out_ptr="*u8")
     out["mxfp4_" + name] = ptx(tb._mxfp4_kernel, sig, {"stride_k": 1, "BF16_BITS": True, "CEIL_RULE": True,
-                               "STOCHASTIC": values, "RHT": rht, "OUT_VALUES": values, "OUT_BF16": True,
-                               "BLOCK_M": tb._Q_BLOCK_M, "BLOCKS_K": tb._MX_BLOCKS_K}, tb._Q_WARPS)
+                               "STOCHASTIC": values, "INDEX64": False, "RHT": rht, "OUT_VALUES": values,
+                               "OUT_BF16": True, "BLOCK_M": tb._Q_BLOCK_M, "BLOCKS_K": tb._MX_BLOCKS_K}, tb._Q_WARPS)
 out["amax_rht"] = ptx(tb._amax_kernel, amax_sig, {"stride_k": 1, "BF16_BITS": True, "RHT": True,
                       "BLOCK_M": tb._A_BLOCK_M, "BLOCK_K": tb._A_BLOCK_K}, tb._A_WARPS)
 out["scaled_values"] = ptx(tb._scaled_values_kernel, values_sig, blocks, tb._Q_WARPS)
@@ -503,3 +503,40 @@ def test_fp8_blockwise_matches_reference(tb, tile, dtype):
                 assert same_float(scales, want_scales), f"scales differ {where}"
                 values = tb.fake_quantize_fp8(x.to(DEVICE), tile, transpose=transpose)
                 assert same_float(values, REF.fake_quantize_fp8(x, tile, transpose=transpose)), f"values {where}"
+
+
+def _e2m1_boundary_rows() -> torch.Tensor:
+    """Rows of 16 whose block amax is 6 (so, with global amax 2688, every scale is 1 and v = x exactly), carrying
+    every E2M1 rounding boundary and grid value, its FP32 neighbours, both signs, and values just under 6."""
+    points = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0])
+    up, down = torch.nextafter(points, torch.tensor(7.0)), torch.nextafter(points, torch.tensor(-1.0))
+    values = torch.cat([points, up, down])
+    values = torch.cat([values, -values, torch.tensor([5.999, 1e-30, 0.1, 2.25, 4.5, 5.5])]).clamp(-6, 6)
+    values = values[: values.numel() // 15 * 15].view(-1, 15)
+    return torch.cat([torch.full((values.shape[0], 1), 6.0), values], dim=1)
+
+
+@pytest.mark.parametrize("stochastic", [False, True], ids=["RN", "SR"])
+def test_e2m1_rounding_at_every_boundary(tb, stochastic):
+    """The bit-level E2M1 rounding (RN) and the index-from-floor SR path equal the reference's comparisons exactly at
+    the rounding boundaries; for SR, over ~500 random bytes per value (so t lands exactly on 2 and 4 too)."""
+    x = _e2m1_boundary_rows().repeat(32 if stochastic else 1, 1)  # SR: each value meets most of the 256 bytes
+    amax = torch.tensor(2688.0)
+    for seed in range(16 if stochastic else 1):
+        got = tb.quantize_nvfp4(x.to(DEVICE), amax.to(DEVICE), 1, stochastic, seed, 3)
+        want = REF.quantize_nvfp4(x, amax, 1, stochastic, seed, 3)
+        assert same_bits(got[1], want[1]), "scales"  # all 1.0: v = x
+        assert same_bits(got[0], want[0]), f"codes differ (seed {seed})"
+
+
+def test_sr_index_paths_agree(tb, monkeypatch):
+    """Launches below 2^32 elements take the 32-bit SR index path; the 64-bit one (for larger tensors) gives the same
+    bits. Forced here on a small tensor, both must equal the reference."""
+    x = make_input("random", (33, 80), torch.float32, seed=4).to(DEVICE)
+    want = REF.quantize_nvfp4(x.cpu(), REF.amax(x.cpu()), 1, True, 11, 7)
+    for wide in (False, True):
+        monkeypatch.setattr(triton_backend, "_needs_index64", lambda rows, cols, wide=wide: wide)
+        got = tb.quantize_nvfp4(x, REF.amax(x), 1, True, 11, 7)
+        assert same_bits(got[0], want[0]), f"64-bit index path={wide}"
+        values = tb.fake_quantize_mxfp4(x[:, :64], True, 11, 7)
+        assert same_float(values, REF.fake_quantize_mxfp4(x[:, :64].cpu(), True, 11, 7)), f"mxfp4, 64-bit={wide}"

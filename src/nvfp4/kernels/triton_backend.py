@@ -172,16 +172,15 @@ def _e4m3_decode(byte):
 
 @triton.jit
 def _e2m1_magnitude_rn(a):
-    """E2M1 magnitude index 0..7 of |v| by the RNE decision boundaries (as in e2m1.py)."""
-    return (
-        (a > 0.25).to(tl.int32)
-        + (a >= 0.75).to(tl.int32)
-        + (a > 1.25).to(tl.int32)
-        + (a >= 1.75).to(tl.int32)
-        + (a > 2.5).to(tl.int32)
-        + (a >= 3.5).to(tl.int32)
-        + (a > 5.0).to(tl.int32)
-    )
+    """E2M1 magnitude index 0..7 of |v| in [0, 6] by round-to-nearest-even (the decision boundaries of e2m1.py).
+
+    From the bits instead of a 7-compare chain: for a >= 1, a = 1.m x 2^e and the index is 2 + 2e + (top mantissa
+    bit) after rounding the mantissa to one bit, nearest-even, by integer arithmetic (a carry moves into the
+    exponent: 1.75 -> 2.0); below 1 two compares pick 0, 0.5 or 1. NaN compares false: index 0."""
+    bits = a.to(tl.int32, bitcast=True)
+    big = ((bits + 0x1FFFFF + ((bits >> 22) & 1)) >> 22) - 252  # (exponent << 1 | m1) - (127 << 1) + 2
+    small = (a > 0.25).to(tl.int32) + (a >= 0.75).to(tl.int32)
+    return tl.where(a >= 1.0, big, small)
 
 
 @triton.jit
@@ -205,6 +204,13 @@ def _random_bytes(index, key1, key2):
     lo = index.to(tl.uint32)  # truncation keeps the low word
     hi = (index >> 32).to(tl.uint32)
     h = _mix32(_mix32(lo ^ key1) ^ hi ^ key2)
+    return (h >> 24).to(tl.int32)
+
+
+@triton.jit
+def _random_bytes32(index, key1, key2):
+    """_random_bytes for indices below 2^32 (uint32): the high word is 0, so no 64-bit arithmetic is needed."""
+    h = _mix32(_mix32(index ^ key1) ^ key2)
     return (h >> 24).to(tl.int32)
 
 
@@ -275,26 +281,31 @@ def _load_tile(x_ptr, rows, cols, M, K, stride_r, stride_k, BF16_BITS: tl.conste
 
 @triton.jit
 def _e2m1_codes(v, rows, cols, K, key1, key2, STOCHASTIC: tl.constexpr, BLOCK_M: tl.constexpr,
-                BLOCKS_K: tl.constexpr, BLOCK_SIZE: tl.constexpr):  # fmt: skip
+                BLOCKS_K: tl.constexpr, BLOCK_SIZE: tl.constexpr, INDEX64: tl.constexpr):  # fmt: skip
     """E2M1 codes (RN or SR, SPEC §2-3) of scaled values v (BLOCK_M, BLOCKS_K, BLOCK_SIZE): clamped to ±6 first
     (NaN stays NaN and gets code 0); SR bytes keyed by the element index row * K + col of the logical tensor."""
     v = tl.where(v < -6.0, -6.0, _clamp_max(v, 6.0))
     a = tl.abs(v)
     if STOCHASTIC:
         # Padding columns alias the next row's indices as in the reference; they hold zeros and round to 0.
-        index = rows.to(tl.int64)[:, None] * K + cols[None, :]
-        r = tl.reshape(
-            _random_bytes(index, key1.to(tl.uint32, bitcast=True), key2.to(tl.uint32, bitcast=True)),
-            (BLOCK_M, BLOCKS_K, BLOCK_SIZE),
-        )
+        k1, k2 = key1.to(tl.uint32, bitcast=True), key2.to(tl.uint32, bitcast=True)
+        if INDEX64:
+            index = rows.to(tl.int64)[:, None] * K + cols[None, :]
+            r = _random_bytes(index, k1, k2)
+        else:  # the launcher checked that every index (padding included) is below 2^32
+            index = rows.to(tl.uint32)[:, None] * K.to(tl.uint32) + cols.to(tl.uint32)[None, :]
+            r = _random_bytes32(index, k1, k2)
+        r = tl.reshape(r, (BLOCK_M, BLOCKS_K, BLOCK_SIZE))
         u = r.to(tl.float32) * 0.00390625  # r/256, exact
         t = a + u * _grid_step(a)  # u*step exact, so FMA or not gives the same t
-        step_t = _grid_step(t)
-        # t / step_t == t * (1/step_t) exactly: 1/step_t is a power of two, so both round the same
-        # real number once (and a multiply is far cheaper than div.rn on the GPU).
+        # q = min(floor(t / step(t)) * step(t), 6) is a grid value; its index follows from n = floor(t / step(t))
+        # directly: n on the 0.5-grid (t < 2), n + 2 on the 1-grid (t < 4), n + 4 on the 2-grid (t < 8 always, so
+        # n <= 3 there and the clamp to 6 is the index clamp to 7). t / step(t) == t * (1/step(t)) exactly: the
+        # reciprocal is a power of two. A NaN t gets index 0, as the reference's comparisons give it.
         inv_step_t = tl.where(t < 2.0, 2.0, tl.where(t < 4.0, 1.0, 0.5))
-        q = _clamp_max(tl.floor(t * inv_step_t) * step_t, 6.0)
-        mag = _e2m1_magnitude_rn(q)
+        offset = tl.where(t < 2.0, 0, tl.where(t < 4.0, 2, 4))
+        n = tl.floor(t * inv_step_t)
+        mag = tl.where(t != t, 0, tl.minimum(tl.where(t != t, 0.0, n).to(tl.int32) + offset, 7))
     else:
         mag = _e2m1_magnitude_rn(a)
     return mag | ((v < 0).to(tl.int32) << 3)
@@ -362,6 +373,7 @@ def _quantize_kernel(
     BF16_BITS: tl.constexpr,
     TILE_ROWS: tl.constexpr,
     STOCHASTIC: tl.constexpr,
+    INDEX64: tl.constexpr,
     RHT: tl.constexpr,
     OUT_VALUES: tl.constexpr,
     OUT_BF16: tl.constexpr,
@@ -404,7 +416,7 @@ def _quantize_kernel(
     # Encode with the ROUNDED scale, by a true division; zero scale -> 1/0 = inf -> FLT_MAX.
     enc = _clamp_max(tl.div_rn(1.0, _e4m3_decode(scale_byte) * s_dec), _FLT_MAX)
     v = x3 * enc[:, :, None]
-    codes = _e2m1_codes(v, rows, cols, K, key1, key2, STOCHASTIC, BLOCK_M, BLOCKS_K, 16)
+    codes = _e2m1_codes(v, rows, cols, K, key1, key2, STOCHASTIC, BLOCK_M, BLOCKS_K, 16, INDEX64)
     if OUT_VALUES:
         values = _e2m1_value(codes) * _e4m3_decode(scale_byte)[:, :, None]
         _store_values(packed_ptr, tl.reshape(values, (BLOCK_M, BK)), rows, cols, M, K, stride_p, OUT_BF16)
@@ -451,6 +463,7 @@ def _mxfp4_kernel(
     BF16_BITS: tl.constexpr,
     CEIL_RULE: tl.constexpr,
     STOCHASTIC: tl.constexpr,
+    INDEX64: tl.constexpr,
     RHT: tl.constexpr,
     OUT_VALUES: tl.constexpr,
     OUT_BF16: tl.constexpr,
@@ -480,7 +493,7 @@ def _mxfp4_kernel(
     e = tl.where(e < -127, -127, tl.where(e > 127, 127, e))
     bad = amax_bits >= _INF_BITS  # a NaN or Inf in the block: NaN scale (0xFF), codes 0, values NaN
     inv = _nan_where(bad, _pow2(-e))
-    codes = _e2m1_codes(x3 * inv[:, :, None], rows, cols, K, key1, key2, STOCHASTIC, BLOCK_M, BLOCKS_K, 32)
+    codes = _e2m1_codes(x3 * inv[:, :, None], rows, cols, K, key1, key2, STOCHASTIC, BLOCK_M, BLOCKS_K, 32, INDEX64)
     if OUT_VALUES:
         values = _e2m1_value(codes) * _nan_where(bad, _pow2(e))[:, :, None]
         _store_values(out_ptr, tl.reshape(values, (BLOCK_M, BK)), rows, cols, M, K, stride_o, OUT_BF16)
@@ -606,6 +619,12 @@ def _as_int32(key: int) -> int:
 def _bf16_as_bits(x: torch.Tensor) -> torch.Tensor:
     """BF16 tensors go to the kernels as int16 bits (see _load_tile)."""
     return x.view(torch.int16) if x.dtype == torch.bfloat16 else x
+
+
+def _needs_index64(rows: int, padded_cols: int) -> bool:
+    """Whether SR element indices (row * K + col, padding columns included) can reach 2^32 (then 64-bit index
+    arithmetic; else the cheaper 32-bit path, same bits)."""
+    return rows * padded_cols >= 1 << 32
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -748,6 +767,7 @@ class TritonBackend:
                 BF16_BITS=t.dtype == torch.bfloat16,
                 TILE_ROWS=tile_rows,
                 STOCHASTIC=bool(stochastic),
+                INDEX64=_needs_index64(rows, nblk * BLOCK),
                 RHT=signs is not None,
                 OUT_VALUES=values_dtype is not None,
                 OUT_BF16=values_dtype == torch.bfloat16,
@@ -798,6 +818,7 @@ class TritonBackend:
                 BF16_BITS=t.dtype == torch.bfloat16,
                 CEIL_RULE=scale_rule == "ceil",
                 STOCHASTIC=bool(stochastic),
+                INDEX64=_needs_index64(rows, nblk * 32),
                 RHT=signs is not None,
                 OUT_VALUES=values_dtype is not None,
                 OUT_BF16=values_dtype == torch.bfloat16,
