@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -83,7 +84,9 @@ def _train(args: argparse.Namespace) -> int:
         print(result.summary())
     if result.diverged:
         return EXIT_DIVERGED
-    return EXIT_INTERRUPTED if result.interrupted else 0
+    if result.interrupted:  # 128 + the signal, as a shell reports it: 130 Ctrl-C, 143 SIGTERM, 138 SIGUSR1
+        return 128 + int(getattr(signal, result.stop_signal or "SIGINT", signal.SIGINT))
+    return 0
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -276,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit status (0 ok, 1 diverged, 2 bad input, 130 interrupted)."""
+    """Entry point; returns the exit status (0 ok, 1 diverged, 2 bad input, 130 Ctrl-C, 143 SIGTERM, 138 SIGUSR1)."""
     try:
         parser = build_parser()
         args = parser.parse_args(argv)

@@ -133,12 +133,70 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, bad pickle, I/O error: all mean "unusable"
-        raise CheckpointError(f"{path}: cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+        detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else "no detail (an empty or cut-off file?)"
+        raise CheckpointError(f"{path}: cannot be read ({type(e).__name__}: {detail})") from e
     if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS):
         raise CheckpointError(f"{path}: not an nvfp4 training checkpoint (missing keys)")
     if state["version"] != CHECKPOINT_VERSION:
         raise CheckpointError(f"{path}: checkpoint version {state['version']}, this nvfp4 reads {CHECKPOINT_VERSION}")
     return state
+
+
+def unreadable_reasons(directory: str | Path, limit: int = 3) -> str:
+    """Why the checkpoints in ``directory`` cannot be used, newest first, for one error line."""
+    reasons = []
+    for _, path in reversed(list_checkpoints(directory)):
+        try:
+            load_checkpoint(path)
+        except CheckpointError as e:
+            reasons.append(str(e).replace(str(path), path.name))
+    more = f"; and {len(reasons) - limit} more" if len(reasons) > limit else ""
+    return "; ".join(reasons[:limit]) + more
+
+
+class RunLock:
+    """An exclusive OS lock on a run directory (``OUT/.nvfp4.lock``), held for the whole run.
+
+    ``flock`` locks belong to the open file, so the kernel drops this one when the process exits in any way (kill -9
+    included): there is never a stale lock to clean up. The file holds the owner's PID, for the refusal message. On
+    platforms without ``fcntl`` (Windows) runs are not locked.
+    """
+
+    NAME = ".nvfp4.lock"
+
+    def __init__(self, directory: str | Path) -> None:
+        self.path = Path(directory) / self.NAME
+        self._file = None
+
+    def acquire(self) -> str | None:
+        """Take the lock; None on success, else the one-line reason (who holds it)."""
+        try:
+            import fcntl
+        except ImportError:
+            return None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(self.path, "a+")  # noqa: SIM115 - held open for the lock's lifetime
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            f.close()
+            return (
+                f"{self.path.parent} is in use by another trainer (pid {holder}); wait for it to finish, stop it, or "
+                "choose another --out"
+            )
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        self._file = f
+        return None
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing the file drops the lock
+            self._file = None
 
 
 def load_latest(directory: str | Path) -> tuple[Path, dict[str, Any]] | None:

@@ -42,6 +42,7 @@ from nvfp4.train import distributed as D
 from nvfp4.train.checkpoint import (
     CHECKPOINT_VERSION,
     CheckpointError,
+    RunLock,
     atomic_write_bytes,
     list_checkpoints,
     load_checkpoint,
@@ -49,6 +50,7 @@ from nvfp4.train.checkpoint import (
     rng_state,
     save_checkpoint,
     set_rng_state,
+    unreadable_reasons,
 )
 from nvfp4.train.config import IDENTITY_FIELDS, TrainConfig
 from nvfp4.train.metrics import METRICS_FILE, MetricsLog, Progress
@@ -74,6 +76,7 @@ class TrainResult:
     resumed_from: int | None = None
     message: str = ""
     rank: int = 0  # the process that returned this (only rank 0 prints the summary)
+    stop_signal: str | None = None  # what interrupted the run: SIGINT (Ctrl-C), SIGTERM or SIGUSR1 (preemption)
 
     def summary(self) -> str:
         """The lines ``nvfp4 train`` prints at the end."""
@@ -176,6 +179,24 @@ class Trainer:
         self.recipe = nvfp4.recipes.get(config.recipe)
         self.verbose = ctx.is_main and not config.quiet
         self.stop_requested = False
+        self.stop_signal: str | None = None  # the signal that asked to stop (SIGINT, SIGTERM, SIGUSR1)
+        # One trainer per run directory: rank 0 holds an OS file lock for the whole run (released when it exits, even
+        # on kill -9). Every rank learns whether it got it, so a refused job stops on all ranks.
+        self.lock = RunLock(self.out) if ctx.is_main else None
+        refusal = self.lock.acquire() if self.lock is not None else None
+        refusal = D.broadcast_object(refusal, ctx)
+        if refusal:
+            raise ValueError(refusal)
+        try:
+            self._build()
+        except BaseException:
+            if self.lock is not None:
+                self.lock.release()
+            raise
+
+    def _build(self) -> None:
+        """Everything of __init__ after the run directory is locked: data, model, optimizer, resume, run files."""
+        config, ctx, device = self.config, self.ctx, self.device
 
         if self.recipe.quantized:
             kernels.select(config.backend, device)  # an unavailable backend fails here, not mid-run
@@ -254,10 +275,17 @@ class Trainer:
                 )
             return self._branch() if self.config.branch_from else 0
         found = load_latest(self.ckpt_dir)
+        if found is None and existing:
+            # Never start over on top of a run: that would overwrite its metrics and rotate its checkpoints away.
+            raise ValueError(
+                f"cannot resume: none of the {len(existing)} checkpoint(s) in {self.ckpt_dir} can be read "
+                f"({unreadable_reasons(self.ckpt_dir)}); nothing was changed. Move them away to start over, or use "
+                "another --out"
+            )
         if found is None:
             if self.config.branch_from:
                 return self._branch()
-            self._say(f"no usable checkpoint in {self.ckpt_dir}: starting from scratch")
+            self._say(f"no checkpoint in {self.ckpt_dir}: starting from scratch")
             return 0
         path, state = found
         self._check_compatible(path, state)
@@ -412,8 +440,8 @@ class Trainer:
                 if stop:
                     interrupted = True
                     message = (
-                        f"interrupted at step {self.step}: checkpoint saved; "
-                        "run the same command with --resume to continue"
+                        f"{'interrupted' if self.stop_signal in (None, 'SIGINT') else 'stopped by ' + self.stop_signal}"
+                        f" at step {self.step}: checkpoint saved; run the same command with --resume to continue"
                     )
                     break
         finally:
@@ -437,6 +465,7 @@ class Trainer:
             resumed_from=self.resumed_from,
             message=message,
             rank=self.ctx.rank,
+            stop_signal=self.stop_signal if interrupted else None,
         )
 
     def _step_and_log(self) -> bool:
@@ -628,28 +657,41 @@ class Trainer:
         elif self.verbose:
             print(text, flush=True)
 
+    STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGUSR1")  # Ctrl-C; schedulers' preemption; SLURM's advance warning
+
     def _install_sigint(self) -> Any:
-        """Ctrl-C finishes the current step, saves a checkpoint and returns; a second Ctrl-C aborts."""
+        """Ctrl-C, SIGTERM and SIGUSR1 finish the current step, save a checkpoint and return; a second one aborts."""
         if threading.current_thread() is not threading.main_thread():
             return None
-        previous = signal.getsignal(signal.SIGINT)
+        signums = [getattr(signal, name) for name in self.STOP_SIGNALS if hasattr(signal, name)]
+        previous = {signum: signal.getsignal(signum) for signum in signums}
 
         def handler(signum: int, frame: Any) -> None:
-            if self.stop_requested:
-                signal.signal(signal.SIGINT, signal.default_int_handler)
-                raise KeyboardInterrupt
+            if self.stop_requested:  # the second request: stop now, as the signal would without us
+                for restored in signums:
+                    signal.signal(restored, signal.default_int_handler if restored == signal.SIGINT else signal.SIG_DFL)
+                if signum == signal.SIGINT:
+                    raise KeyboardInterrupt
+                signal.raise_signal(signum)
+                return
             self.stop_requested = True
-            self._say("\ninterrupt: finishing this step and saving a checkpoint (Ctrl-C again to abort)")
+            self.stop_signal = signal.Signals(signum).name
+            self._say(f"\n{self.stop_signal}: finishing this step and saving a checkpoint (again to abort)")
 
-        signal.signal(signal.SIGINT, handler)
+        for signum in signums:
+            signal.signal(signum, handler)
         return previous
 
     @staticmethod
     def _restore_sigint(previous: Any) -> None:
         if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
     def close(self) -> None:
-        """Close the logs and let go of the model, optimizer and wrappers (see distributed.teardown)."""
+        """Close the logs, release the run directory and let go of the model, optimizer and wrappers (see
+        distributed.teardown)."""
         self.metrics.close()
+        if self.lock is not None:
+            self.lock.release()
         self.train_model = self.model = self.optimizer = None  # type: ignore[assignment]
