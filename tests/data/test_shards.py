@@ -24,7 +24,8 @@ def test_write_read_round_trip(tmp_path):
     assert path.stat().st_size == HEADER_BYTES + 2 * len(tokens)
     assert path.read_bytes()[:8] == MAGIC
     header = read_shard_header(path)
-    assert (header.num_tokens, header.vocab_size, header.version) == (5, 65536, 1)
+    assert (header.num_tokens, header.vocab_size, header.version) == (5, 65536, 2)
+    assert header.body_crc == zlib.crc32(np.asarray(tokens, dtype='<u2').tobytes())
     loaded = read_shard(path)
     assert isinstance(loaded, np.memmap) and loaded.dtype == np.uint16
     np.testing.assert_array_equal(loaded, tokens)
@@ -83,7 +84,9 @@ def _header_with(version: int = 1, dtype_code: int = 1, num_tokens: int = 100) -
         (lambda good: good + b"\0\0", "body has trailing bytes"),
         (lambda good: good[:30], "too short for the 64-byte shard header"),
         (lambda good: good[:20] + b"\x01" + good[21:], "header checksum mismatch"),
-        (lambda good: _header_with(version=2) + good[HEADER_BYTES:], "shard format version 2"),
+        (lambda good: _header_with(version=3) + good[HEADER_BYTES:], "shard format version 3"),
+        (lambda good: good[:-8] + bytes([good[-8] ^ 0x01]) + good[-7:], "body checksum mismatch"),  # one flipped bit
+        (lambda good: _header_with() + good[HEADER_BYTES:-2] + b"\xff\x00", "token id 255 at position 99 is not below"),
         (lambda good: _header_with(dtype_code=9) + good[HEADER_BYTES:], "unknown token dtype code 9"),
     ],
 )
@@ -143,3 +146,12 @@ def test_mixing_vocab_sizes_is_refused(tmp_path):
     b = write_shard(tmp_path / "b.bin", [1, 2], vocab_size=257)
     with pytest.raises(ShardError, match="different vocab sizes"):
         TokenStream([a, b])
+
+
+def test_version_1_shards_are_still_read(tmp_path):
+    """Shards written before the body checksum (format version 1): read, with the token-id check only."""
+    body = np.arange(100, dtype="<u2").tobytes()
+    path = _corrupt(tmp_path, _header_with() + body)
+    header = read_shard_header(path)
+    assert header.version == 1 and header.body_crc is None
+    assert np.array_equal(read_shard(path), np.arange(100))
