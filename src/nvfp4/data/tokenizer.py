@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from nvfp4._io import atomic_write  # noqa: F401  (re-exported for nvfp4.data users)
+from nvfp4._io import atomic_write, file_sha256  # noqa: F401  (re-exported for nvfp4.data users)
 
 EOT_TOKEN = "<|endoftext|>"
 # Bump when anything about how the BPE is trained changes, so that cached tokenizers are retrained.
@@ -40,14 +40,6 @@ def resolve_cache_dir(cache_dir: str | Path | None = None) -> Path:
     if cache_dir is None:
         cache_dir = os.environ.get("NVFP4_CACHE") or Path.home() / ".cache" / "nvfp4"
     return Path(cache_dir).expanduser()
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class ByteTokenizer:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from nvfp4._io import atomic_write
+from nvfp4._io import atomic_write, file_sha256
 
 CHECKPOINT_VERSION = 1
 LATEST = "latest"
@@ -86,6 +86,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     atomic_write(path, data)
 
 
+def checksum_path(path: Path) -> Path:
+    """The sidecar holding the SHA-256 of a checkpoint file's bytes (``step_N.pt.sha256``)."""
+    return path.with_name(path.name + ".sha256")
+
+
 def save_checkpoint(
     directory: str | Path, step: int, state: dict[str, Any], keep: int, protect: Collection[int] = ()
 ) -> Path:
@@ -109,6 +114,9 @@ def save_checkpoint(
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
+        # The checksum goes down before the file appears under its name: a crash in between leaves a checkpoint
+        # that fails its check (and is skipped), never one that is trusted unchecked.
+        atomic_write_bytes(checksum_path(final), f"{file_sha256(tmp)}  {final.name}\n".encode())
         os.replace(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -118,6 +126,7 @@ def save_checkpoint(
     rotating = [path for s, path in list_checkpoints(directory) if s not in protect]
     for old in rotating[:-keep]:
         old.unlink(missing_ok=True)
+        checksum_path(old).unlink(missing_ok=True)
     return final
 
 
@@ -128,8 +137,23 @@ def _remove_stale_temp_files(directory: Path) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load and sanity-check one checkpoint file (tensors on CPU); raises CheckpointError if unusable."""
+    """Load and check one checkpoint file (tensors on CPU); raises CheckpointError if unusable.
+
+    Checks: the SHA-256 of its bytes against the ``.sha256`` sidecar written with it (checkpoints from before the
+    sidecars are loaded unverified), that it loads, its keys and version, and that the model and optimizer
+    states are finite (a flipped bit can make a NaN; resuming from it would only look like a divergence)."""
     path = Path(path)
+    sidecar = checksum_path(path)
+    if sidecar.exists():
+        expected = sidecar.read_text().split()[0] if sidecar.read_text().strip() else ""
+        try:
+            actual = file_sha256(path)
+        except OSError as e:
+            raise CheckpointError(f"{path}: cannot be read ({e.strerror or type(e).__name__})") from e
+        if actual != expected:
+            raise CheckpointError(
+                f"{path}: content checksum mismatch (the file changed after it was written: disk or copy corruption)"
+            )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, bad pickle, I/O error: all mean "unusable"
@@ -139,6 +163,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not an nvfp4 training checkpoint (missing keys)")
     if state["version"] != CHECKPOINT_VERSION:
         raise CheckpointError(f"{path}: checkpoint version {state['version']}, this nvfp4 reads {CHECKPOINT_VERSION}")
+    for part in ("model", "optimizer"):
+        bad = first_non_finite(state[part])
+        if bad is not None:
+            raise CheckpointError(f"{path}: {part} tensor {bad!r} is not finite")
     return state
 
 
