@@ -16,6 +16,7 @@ import dataclasses
 import signal
 import sys
 import typing
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -280,6 +281,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (0 ok, 1 diverged, 2 bad input, 130 Ctrl-C, 143 SIGTERM, 138 SIGUSR1)."""
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        return _main(argv)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one `warning: ...` line on stderr (not Python's two-line form with a source excerpt)."""
+    print(f"warning: {str(message).strip().splitlines()[0] if str(message).strip() else category.__name__}",
+          file=sys.stderr)  # fmt: skip
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)

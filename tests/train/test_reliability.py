@@ -55,7 +55,10 @@ def test_resume_refusal_is_one_error_line_with_status_2(make_config, capsys):
     status = cli.main(args)
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 2, err
-    assert len(err) == 1 and err[0].startswith("error: cannot resume: none of the 1 checkpoint")
+    errors = [line for line in err if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: cannot resume: none of the 1 checkpoint")
+    assert any(line.startswith("warning: ignoring checkpoint") for line in err), err  # one line per warning
+    assert all(line.startswith(("error:", "warning: ignoring checkpoint")) for line in err), err
 
 
 def test_a_second_trainer_on_the_same_out_is_refused(make_config):
