@@ -25,6 +25,7 @@ from nvfp4.data import DEFAULT_VAL_FRACTION
 EXIT_USAGE = 2
 EXIT_DIVERGED = 1
 EXIT_INTERRUPTED = 130
+EXIT_IO = 3  # the machine failed the run: disk full or an I/O error while writing (the message names path and space)
 
 
 class UsageError(Exception):
@@ -280,7 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit status (0 ok, 1 diverged, 2 bad input, 130 Ctrl-C, 143 SIGTERM, 138 SIGUSR1)."""
+    """Entry point; returns the exit status (0 ok, 1 diverged, 2 bad input, 3 write failure such as a full disk,
+    130 Ctrl-C, 143 SIGTERM, 138 SIGUSR1)."""
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         return _main(argv)
@@ -303,11 +305,20 @@ def _main(argv: list[str] | None) -> int:
     except SystemExit as e:  # --help
         return e.code if isinstance(e.code, int) else 0
     except (ValueError, OSError, ImportError) as e:
+        if isinstance(e, OSError) and _is_write_failure(e):  # the machine's fault, not the input's
+            print(f"error: {e.strerror or e}", file=sys.stderr)
+            return EXIT_IO
         # Bad configs, unknown recipes/presets, missing or corrupt data: all raise these with a full message.
         return _fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _is_write_failure(error: OSError) -> bool:
+    from nvfp4.train.checkpoint import CheckpointWriteError
+
+    return isinstance(error, CheckpointWriteError)
 
 
 def _fail(message: str) -> int:

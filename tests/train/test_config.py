@@ -15,6 +15,7 @@ from nvfp4.train.config import DEFAULT_MAX_STEPS
     [
         (dict(lr=-1.0), "lr must be a positive number"),
         (dict(lr=float("nan")), "lr must be a positive number"),
+        (dict(lr=3.4e38), r"lr=3.4e\+38 is too large to train with"),
         (dict(max_steps=10, max_tokens=1000), "either max_steps or max_tokens, not both"),
         (dict(warmup_steps=10, warmup_fraction=0.1), "either warmup_steps or warmup_fraction"),
         (dict(recipe="fp3"), "unknown recipe 'fp3'; valid recipes: bf16"),

@@ -187,3 +187,22 @@ def test_a_checkpoint_with_non_finite_weights_is_refused_on_load(make_config):
     checkpoint_module.checksum_path(path).unlink()
     with pytest.raises(checkpoint_module.CheckpointError, match=f"model tensor '{name}' is not finite"):
         checkpoint_module.load_checkpoint(path)
+
+
+def test_a_full_disk_is_one_error_line_with_status_3(make_config, monkeypatch, capsys):
+    """ENOSPC while checkpointing: exit status 3 (not 'diverged', not a traceback), naming the path and free space."""
+    import errno
+
+    def full_disk(state, f):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", full_disk)
+    config = make_config(max_steps=2, checkpoint_interval=2)
+    args = ["train", "--data", config.data[0], "--model", "tiny", "--n-layer", "4", "--d-model", "64", "--d-ff", "256",
+            "--batch-size", "4", "--seq-len", "64", "--max-steps", "2", "--checkpoint-interval", "2",
+            "--out", config.out, "--quiet"]  # fmt: skip
+    assert cli.main(args) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot write checkpoint" in err[0] and "No space left on device" in err[0]
+    assert "MB free in" in err[0]
+    assert not list((Path(config.out) / "checkpoints").glob(".*.tmp"))  # no half-written file left behind

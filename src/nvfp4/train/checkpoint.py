@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import shutil
 import uuid
 import warnings
 from collections.abc import Collection, Iterator
@@ -31,6 +32,20 @@ REQUIRED_KEYS = ("version", "step", "tokens", "model", "optimizer", "rng", "sr",
 
 class CheckpointError(RuntimeError):
     """A checkpoint that must not be written (non-finite values) or cannot be used."""
+
+
+class CheckpointWriteError(OSError):
+    """Writing a checkpoint failed (disk full, permissions, I/O error): a failure of the machine, not of the run."""
+
+
+def _write_failure(path: Path, error: BaseException) -> CheckpointWriteError:
+    """One line: what could not be written, why, and the free space where it was going."""
+    reason = getattr(error, "strerror", None) or str(error).strip().splitlines()[-1][:200] or type(error).__name__
+    try:
+        free = f"; {shutil.disk_usage(path.parent).free / 2**20:,.0f} MB free in {path.parent}"
+    except OSError:
+        free = ""
+    return CheckpointWriteError(getattr(error, "errno", None) or 0, f"cannot write checkpoint {path}: {reason}{free}")
 
 
 def checkpoint_path(directory: str | Path, step: int) -> Path:
@@ -111,13 +126,16 @@ def save_checkpoint(
     tmp = directory / f".{final.name}.{uuid.uuid4().hex[:8]}.tmp"
     try:
         with open(tmp, "wb") as f:
-            torch.save(state, f)
+            torch.save(state, f)  # a full disk surfaces as OSError, or as torch's RuntimeError around it
             f.flush()
             os.fsync(f.fileno())
         # The checksum goes down before the file appears under its name: a crash in between leaves a checkpoint
         # that fails its check (and is skipped), never one that is trusted unchecked.
         atomic_write_bytes(checksum_path(final), f"{file_sha256(tmp)}  {final.name}\n".encode())
         os.replace(tmp, final)
+    except (OSError, RuntimeError) as e:
+        tmp.unlink(missing_ok=True)
+        raise _write_failure(final, e) from e
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -25,6 +25,7 @@ AUTOCAST = ("bf16", "none")
 DISTRIBUTED = ("none", "ddp", "fsdp")
 BACKENDS = ("auto", "reference", "cpu", "triton")  # nvfp4.kernels; "auto" = fastest available
 HOST_SYNCS = ("auto", "step", "log")
+MAX_LR = 10.0  # the largest --lr accepted
 DEFAULT_MAX_STEPS = 300
 DEFAULT_WARMUP_FRACTION = 0.05
 
@@ -159,6 +160,8 @@ class TrainConfig:
             raise ValueError(f"warmup_steps must be a non-negative integer, got {self.warmup_steps!r}")
         if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if self.lr > MAX_LR:  # beyond this AdamW's update (~lr per step) and the weights overflow FP32 quickly
+            raise ValueError(f"lr={self.lr!r} is too large to train with (at most {MAX_LR:g}; typical: 1e-4 to 1e-2)")
         for name, lo, hi in (
             ("min_lr_ratio", 0.0, 1.0), ("decay_fraction", 0.0, 1.0), ("weight_decay", 0.0, math.inf),
             ("grad_clip", 0.0, math.inf),
