@@ -410,3 +410,18 @@ def test_fast_backend_trains_bit_identically_to_the_reference(recipe):
         params.append([p.detach().clone() for p in model.parameters()])
     for fast, ref in zip(*params, strict=True):
         assert torch.equal(fast, ref)
+
+
+def test_edges_behave_like_nn_linear():
+    """Integer input raises (as nn.Linear does, instead of silently truncated integers); an empty batch gives an
+    empty output and zero-size gradients, as nn.Linear does."""
+    layer = nvfp4.Linear(32, 16, recipe="nvfp4")
+    with pytest.raises(RuntimeError, match="floating-point input"):
+        layer(torch.ones(2, 32, dtype=torch.long))
+    with pytest.raises(RuntimeError):
+        nn.Linear(32, 16)(torch.ones(2, 32, dtype=torch.long))
+    x = torch.zeros(0, 32, requires_grad=True)
+    y = layer(x)
+    assert y.shape == (0, 16) == nn.Linear(32, 16)(x).shape
+    y.sum().backward()
+    assert x.grad.shape == (0, 32) and layer.weight.grad is not None and not layer.weight.grad.any()

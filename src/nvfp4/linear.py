@@ -509,8 +509,12 @@ class Linear(nn.Linear):
         quantize_fwd, quantize_bwd = self._passes_quantized()
         if not (quantize_fwd or quantize_bwd):
             return F.linear(x, self.weight, self.bias)
+        if not x.is_floating_point():  # nn.Linear raises too: a quantized integer GEMM would silently truncate
+            raise RuntimeError(f"nvfp4.Linear needs a floating-point input, got {x.dtype}")
         if x.shape[-1] != self.in_features:
             raise ValueError(f"input has {x.shape[-1]} features on its last dim, this layer expects {self.in_features}")
+        if x.numel() == 0:  # an empty batch: nothing to quantize; nn.Linear's empty output and gradients
+            return F.linear(x, self.weight, self.bias)
         device_type = x.device.type
         autocast_on = torch.is_autocast_enabled(device_type)
         out_dtype = torch.get_autocast_dtype(device_type) if autocast_on else x.dtype

@@ -369,3 +369,25 @@ def test_deferred_resume_is_bitwise_identical(make_config, tmp_path):
     assert resumed.resumed_from == 2 and resumed.steps == 6
     assert train_losses(cut.out) == train_losses(straight.out)
     assert [s for s, _ in train_losses(straight.out)] == [1, 2, 3, 4, 6]
+
+
+def test_stop_messages_are_printed_once_and_say_what_was_saved(make_config, monkeypatch, capsys):
+    poison_forward(monkeypatch, bad_steps=None, start=3)
+    config = make_config(max_steps=20, max_bad_steps=3, checkpoint_interval=2, eval_interval=0, quiet=False)
+    result = train(config)
+    print(result.summary())  # what the CLI prints after the run
+    out = capsys.readouterr().out
+    assert out.count("training diverged") == 1
+    assert "the last checkpoint is step 4" in result.message  # finite: the skipped steps changed nothing
+
+
+def test_resume_with_changed_settings_says_so(make_config, capsys):
+    train(make_config(max_steps=2, checkpoint_interval=2))
+    train(make_config(max_steps=4, checkpoint_interval=2, resume=True, lr=1e-3, quiet=False))
+    out = capsys.readouterr().out
+    assert "note: resuming with changed settings: lr=0.001 (was 0.003), max_steps=4 (was 2)" in out
+
+
+def test_a_recipe_that_quantizes_nothing_says_so(make_config, capsys):
+    train(make_config(recipe="nvfp4", n_layer=2, max_steps=1, quiet=False))  # first and last block kept in BF16
+    assert "quantizes none of this model's" in capsys.readouterr().out

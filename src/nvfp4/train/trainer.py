@@ -57,6 +57,17 @@ from nvfp4.train.metrics import METRICS_FILE, MetricsLog, Progress
 from nvfp4.train.schedule import LRSchedule
 
 StepCallback = Callable[[dict[str, Any]], None]
+# Settings a resumed run may change (unlike IDENTITY_FIELDS), but which change its trajectory: a resume says so.
+RESUME_NOTED_FIELDS = (
+    "lr", "min_lr_ratio", "schedule", "warmup_steps", "warmup_fraction", "decay_fraction", "weight_decay", "betas",
+    "eps", "grad_clip", "batch_size", "max_steps", "max_tokens", "backend", "host_sync",
+)  # fmt: skip
+
+
+def _differs(saved: Any, now: Any) -> bool:
+    """Config values as saved in JSON (lists) against live ones (tuples)."""
+    norm = lambda v: list(v) if isinstance(v, tuple | list) else v  # noqa: E731
+    return norm(saved) != norm(now)
 
 
 @dataclass
@@ -79,15 +90,13 @@ class TrainResult:
     stop_signal: str | None = None  # what interrupted the run: SIGINT (Ctrl-C), SIGTERM or SIGUSR1 (preemption)
 
     def summary(self) -> str:
-        """The lines ``nvfp4 train`` prints at the end."""
+        """The lines ``nvfp4 train`` prints at the end (the trainer has printed the stop message, if any, already)."""
         val = "-" if self.final_val_loss is None else f"{self.final_val_loss:.4f}"
         train = "-" if self.final_train_loss is None else f"{self.final_train_loss:.4f}"
         lines = [
             f"final train loss {train} | val loss {val} | steps {self.steps} | tokens {self.tokens:,}",
             f"{self.tokens_per_s:,.0f} tokens/s | wall time {self.wall_time_s:.1f} s | outputs in {self.out_dir}",
         ]
-        if self.message:
-            lines.append(self.message)
         return "\n".join(lines)
 
 
@@ -295,6 +304,13 @@ class Trainer:
             )
         self._restore(state)
         self._say(f"resumed from {path} (step {self.step}, {self.tokens:,} tokens)")
+        changed = [
+            f"{name}={getattr(self.config, name)!r} (was {state['config'].get(name)!r})"
+            for name in RESUME_NOTED_FIELDS
+            if name in state["config"] and _differs(state["config"][name], getattr(self.config, name))
+        ]
+        if changed:  # allowed (a deliberate change of schedule is common), but never silently
+            self._say(f"note: resuming with changed settings: {', '.join(changed)}")
         return int(state["metrics_offset"])
 
     def _branch(self) -> int:
@@ -406,6 +422,12 @@ class Trainer:
     def run(self) -> TrainResult:
         """Train up to ``total_steps``; stop early on divergence, or on Ctrl-C after a checkpoint."""
         self._say(self._banner())
+        report = nvfp4.conversion_report(self.model)
+        if self.recipe.quantized and not any(r.treatment.startswith("quantized") for r in report):
+            self._say(
+                f"note: recipe {self.recipe.name} quantizes none of this model's {len(report)} linear layers (its "
+                f"BF16 layer policy covers all {self.model.num_blocks} blocks): this run trains in BF16"
+            )
         self.progress = Progress(self.total_steps, self.step, enabled=self.verbose)
         previous_handler = self._install_sigint()
         self.run_start = time.perf_counter()
@@ -427,9 +449,11 @@ class Trainer:
                     continue  # deferred: ranks agree on stopping at read-back steps only (a collective)
                 if self.bad_steps >= self.config.max_bad_steps:
                     diverged_step = self.step
+                    saved = list_checkpoints(self.ckpt_dir)
+                    where = f"the last checkpoint is step {saved[-1][0]}" if saved else "no checkpoint was saved"
                     message = (
                         f"training diverged: {self.bad_steps} non-finite steps in a row (last at step {self.step}); "
-                        "stopped without saving a checkpoint. Try a lower --lr or a higher-precision recipe."
+                        f"stopped without saving this state ({where}). Try a lower --lr or a higher-precision recipe."
                     )
                     break
                 stop = D.any_rank(self.stop_requested, self.ctx)
