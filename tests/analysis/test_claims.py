@@ -58,15 +58,22 @@ def test_ablation_verdicts_follow_the_noise_threshold():
     assert "2 x seed std" in _find(s, "stochastic")["evidence"]
 
 
-def test_provisional_threshold_without_seed_spread():
-    s = _summary({"nvfp4": {1: 4.0}, "nvfp4-no-sr": {1: 4.01}})  # +0.25% < the provisional 0.5%
+def test_no_verdict_from_differences_without_a_seed_spread():
+    """One seed each (compare --quick): a 10% gap is still no evidence, so every difference-based claim is 'not
+    measured' (the gap shown); a divergence still counts."""
+    s = _summary({"nvfp4": {1: 4.0}, "nvfp4-no-sr": {1: 4.4}, "bf16": {1: 4.0}, "nvfp4-all-fp4": {1: float("nan")}},
+                 diverged={"nvfp4-all-fp4": 7})  # fmt: skip
     claim = _find(s, "stochastic")
-    assert claim["verdict"] == "not visible" and "provisional" in claim["evidence"]
+    assert claim["verdict"] == "not measured"
+    assert "+10.00%" in claim["evidence"] and "no seed spread" in claim["evidence"]
+    assert _find(s, "tracks")["verdict"] == "not measured"
+    assert _find(s, "all-FP4")["verdict"] == "reproduces"
 
 
 def test_divergence_claims():
     s = _summary(
-        {"nvfp4": {1: 4.0}, "nvfp4-all-fp4": {1: float("nan")}, "nvfp4-sr-everywhere": {1: 4.2}},
+        {"nvfp4": {1: 4.0}, "nvfp4-all-fp4": {1: float("nan")}, "nvfp4-sr-everywhere": {1: 4.2},
+         "bf16": {1: 4.0, 2: 4.0}},  # a (zero) seed spread, so differences are judged
         diverged={"nvfp4-all-fp4": 120},
     )
     assert _find(s, "all-FP4")["verdict"] == "reproduces" and "step 120" in _find(s, "all-FP4")["evidence"]
@@ -88,9 +95,9 @@ def test_no_difference_claim_reproduces_inside_noise_and_is_contradicted_beyond_
 
 
 def test_nvfp4_tracking_tolerance():
-    ok = _summary({"bf16": {1: 4.0}, "fp8": {1: 4.01}, "nvfp4": {1: 4.04}})
+    ok = _summary({"bf16": {1: 4.0, 2: 4.0}, "fp8": {1: 4.01}, "nvfp4": {1: 4.04}})
     assert _find(ok, "tracks")["verdict"] == "reproduces"
-    bad = _summary({"bf16": {1: 4.0}, "nvfp4": {1: 4.2}})
+    bad = _summary({"bf16": {1: 4.0, 2: 4.0}, "nvfp4": {1: 4.2}})
     assert _find(bad, "tracks")["verdict"] == "contradicted"
 
 

@@ -5,11 +5,12 @@ Each claim gets a verdict from the numbers, never by hand:
 - "partly": in the paper's direction beyond noise, but weaker than claimed (e.g. worse, not diverged);
 - "not visible": within seed noise at this scale;
 - "contradicted": the opposite effect, beyond seed noise;
-- "not measured": the runs it needs are not complete.
+- "not measured": the runs it needs are not complete, or there is no seed spread yet to judge a difference by.
 
 Seed noise is measured, not assumed: the largest relative standard deviation of the final validation loss across
 seeds of any recipe run with 2+ seeds. A difference counts when it exceeds ``NOISE_MULTIPLE`` times that. Until some
-recipe has 2 seeds the threshold is a provisional ``PROVISIONAL_THRESHOLD`` and every verdict says so. Differences
+recipe has 2 seeds nothing can be told from noise, so every verdict that rests on a difference is "not measured" (its
+evidence still shows the gap); only a divergence is a verdict without a spread. Differences
 between recipes are paired by seed (same initialisation and data order), averaged over the seeds both finished.
 """
 
@@ -20,7 +21,6 @@ from dataclasses import asdict, dataclass
 from statistics import mean, pstdev
 
 NOISE_MULTIPLE = 2.0
-PROVISIONAL_THRESHOLD = 0.005  # relative, used only while no recipe has two seeds
 NVFP4_TRACKING_TOLERANCE = 0.015  # the paper: within ~1% of FP8 (stable phase), ~1.5% after the LR decay
 TOKEN_EFFICIENCY_MARGIN = 0.05  # MXFP4 "needs more tokens" when it needs > 5% more
 
@@ -71,11 +71,15 @@ class _Judge:
     def __init__(self, summary: dict):
         self.summary = summary
         self.noise = seed_noise(summary)
-        self.threshold = NOISE_MULTIPLE * self.noise if self.noise is not None else PROVISIONAL_THRESHOLD
+        self.threshold = NOISE_MULTIPLE * self.noise if self.noise is not None else 0.0
         if self.noise is None:
-            self.noise_note = f"provisional threshold {100 * self.threshold:.1f}% (no recipe has 2 seeds yet)"
+            self.noise_note = "no seed spread yet: run 2+ seeds of a recipe (--seeds 1,2) to judge differences"
         else:
             self.noise_note = f"noise threshold {100 * self.threshold:.2f}% = {NOISE_MULTIPLE:g} x seed std"
+
+    def judged(self, verdict: str) -> str:
+        """A verdict that rests on a difference: only with a measured seed spread."""
+        return verdict if self.noise is not None else "not measured"
 
     def has(self, *recipes: str) -> bool:
         return all(_runs(self.summary, r) for r in recipes)
@@ -109,7 +113,7 @@ def _ablation_claim(j: _Judge, claim: str, recipe: str, baseline: str = "nvfp4",
         return Claim(claim, "not measured", f"no finite final loss for {recipe} and {baseline} on a shared seed")
     gap, text = got
     worse = "partly" if diverges else "reproduces"
-    verdict = {"worse": worse, "same": "not visible", "better": "contradicted"}[j.direction(gap)]
+    verdict = j.judged({"worse": worse, "same": "not visible", "better": "contradicted"}[j.direction(gap)])
     return Claim(claim, verdict, f"no divergence; {text}" if diverges else text)
 
 
@@ -136,7 +140,9 @@ def _no_difference_claim(j: _Judge, claim: str, recipes: tuple[str, ...], baseli
     missing = [r for r in recipes if r not in measured]
     if missing:
         texts.append(f"not run: {', '.join(missing)}")
-    verdict = "contradicted" if differs else "reproduces" if judged else "not measured"
+    diverged = any(_diverged(j.summary, r) is not None for r in measured)
+    verdict = "contradicted" if diverged else j.judged("contradicted" if differs else "reproduces") if judged else (
+        "not measured")  # fmt: skip
     return Claim(claim, verdict, "; ".join(texts))
 
 
@@ -154,7 +160,7 @@ def _tracking_claim(j: _Judge) -> Claim:
     if _diverged(j.summary, "nvfp4") is not None:
         return Claim(claim, "contradicted", "nvfp4 diverged")
     worst = max(gaps)
-    verdict = "reproduces" if worst <= NVFP4_TRACKING_TOLERANCE else "contradicted"
+    verdict = j.judged("reproduces" if worst <= NVFP4_TRACKING_TOLERANCE else "contradicted")
     return Claim(claim, verdict, "; ".join(parts))
 
 
@@ -198,6 +204,8 @@ def _switch_claim(j: _Judge) -> Claim:
     gap = base[0]
     text = (f"gap to bf16: nvfp4 {_pct(gap)}, switch-fwd {_pct(fwd[0])}, switch-bwd {_pct(bwd[0])}"
             f" (seed{'s' * (len(shared) > 1)} {', '.join(map(str, sorted(shared)))}; {j.noise_note})")  # fmt: skip
+    if j.noise is None:
+        return Claim(claim, "not measured", text)
     if gap <= j.threshold:
         return Claim(claim, "not visible", f"no NVFP4 gap to recover: {text}")
     rec_fwd, rec_bwd = (gap - fwd[0]) / gap, (gap - bwd[0]) / gap
