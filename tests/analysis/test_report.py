@@ -117,3 +117,13 @@ def test_gap_plot_groups_recipes_like_the_paper():
     ]
     assert _gap_panels(["nvfp4-no-sr"]) == [("NVFP4 recipe ablations", ["nvfp4-no-sr"], True)]
     assert _gap_panels([]) == [("number formats", [], False)]
+
+
+def test_the_smoothed_curve_ends_near_where_a_short_run_ended():
+    """A fixed EMA (alpha 0.1) lags ~9 points: a 20-point run's curve ended ~1 loss unit above its last losses."""
+    from nvfp4.analysis.report import ema
+
+    short = np.linspace(6.0, 4.0, 20)
+    assert abs(ema(short)[-1] - short[-1]) < 0.25
+    long = np.linspace(6.0, 4.0, 2000) + np.random.default_rng(0).normal(0, 0.05, 2000)
+    assert abs(ema(long)[-1] - 4.0) < 0.05  # long runs keep the smoothing (alpha 0.1)
