@@ -116,3 +116,13 @@ def test_load_tokenizer(tmp_path, small_texts):
         load_tokenizer(tmp_path / "junk.json")
     with pytest.raises(FileNotFoundError, match="neither 'byte' nor an existing"):
         load_tokenizer(tmp_path / "missing.json")
+
+
+def test_a_vocabulary_smaller_than_asked_for_is_reported(tmp_path):
+    from nvfp4.data.tokenizer import train_or_load_bpe
+
+    with pytest.warns(UserWarning, match=r"has \d+ tokens, fewer than the 8192 asked for"):
+        tokenizer = train_or_load_bpe(["a tiny corpus, far too small for 8192 tokens"] * 3, 8192, cache_dir=tmp_path)
+    assert tokenizer.vocab_size < 8192
+    with pytest.warns(UserWarning, match="fewer than the 8192"):  # loading it back from the cache says so too
+        train_or_load_bpe(["a tiny corpus, far too small for 8192 tokens"] * 3, 8192, cache_dir=tmp_path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -166,9 +167,16 @@ def train_or_load_bpe(
     key = bpe_cache_key(texts, vocab_size)
     path = resolve_cache_dir(cache_dir) / "tokenizers" / f"bpe{vocab_size}-{key[:20]}.json"
     if path.is_file():
-        return BPETokenizer.from_file(path)
-    tokenizer = BPETokenizer.train(texts, vocab_size)
-    tokenizer.save(path)
+        tokenizer = BPETokenizer.from_file(path)
+    else:
+        tokenizer = BPETokenizer.train(texts, vocab_size)
+        tokenizer.save(path)
+    if tokenizer.vocab_size < vocab_size:  # BPE stops when no pair repeats: say so rather than cut silently
+        warnings.warn(
+            f"the BPE vocabulary has {tokenizer.vocab_size} tokens, fewer than the {vocab_size} asked for: this text "
+            "has no more pairs to merge (more text, or a smaller --vocab-size, makes them agree)",
+            stacklevel=2,
+        )
     return tokenizer
 
 
