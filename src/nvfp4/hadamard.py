@@ -40,6 +40,10 @@ def hadamard_matrix(size: int) -> torch.Tensor:
     return h
 
 
+_BIG = 2.0**120  # chunks with a |value| at least this are pre-scaled (32 x 2^120 < FLT_MAX: no sum overflows)
+_PRE = 2.0**-8
+
+
 def _check_size(size: int) -> None:
     if not isinstance(size, int) or size < 2 or size > 128 or size & (size - 1):
         raise ValueError(f"Hadamard size must be a power of 2 between 2 and 128, got {size!r}")
@@ -98,7 +102,12 @@ def random_hadamard_transform(
     chunks = moved.reshape(*moved.shape[:-1], length // size, size)
     if not inverse:
         chunks = chunks * signs
-    chunks = _butterfly(chunks, size) * torch.tensor(1.0 / math.sqrt(size), dtype=torch.float32)
+    # Overflow-safe (SPEC §4): a chunk with a value >= 2^120 is scaled by 2^-8 before the butterfly (exact: a power
+    # of two) and by norm x 2^8 after it, so no partial sum overflows where the exact result is finite; every other
+    # chunk takes the plain path, bit for bit (the fast kernels do the same).
+    norm = torch.tensor(1.0 / math.sqrt(size), dtype=torch.float32).item()
+    big = chunks.abs().amax(dim=-1, keepdim=True) >= _BIG
+    chunks = _butterfly(torch.where(big, chunks * _PRE, chunks), size) * torch.where(big, norm * 256.0, norm)
     if inverse:
         chunks = chunks * signs
     return chunks.reshape(moved.shape).to(torch.bfloat16).movedim(-1, dim)

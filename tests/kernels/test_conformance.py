@@ -176,3 +176,38 @@ def test_only_unsupported_falls_back(monkeypatch):
     monkeypatch.setattr(CPUBackend, "amax", broken)
     with pytest.raises(NotImplementedError, match="a bug"):
         impl.amax(x)
+
+
+def _huge_inputs() -> list[tuple[str, torch.Tensor]]:
+    """Where a sum-then-scale RHT overflows although the exact transform is finite (issue #13 item 7)."""
+    g = torch.Generator().manual_seed(3)
+    block = torch.randn(8, 64, generator=g)
+    block[2, 16:18] = 3e38  # one chunk with two huge values among ordinary ones (pre-scaled: they share it)
+    pairs = torch.zeros(4, 64)
+    pairs[:, 0::16] = pairs[:, 1::16] = 3e38  # the first butterfly stage adds them: 6e38 overflows, y = ±a/2 does not
+    return [("gaussian-3e37", torch.randn(8, 64, generator=g) * 3e37), ("pair-3e38", pairs), ("one-huge-chunk", block)]
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS), indirect=True)
+def test_rht_stays_finite_and_equal_at_the_top_of_the_range(backend):
+    """The RHT pre-scales chunks with a value >= 2^120, so it stays finite wherever the exact transform is, and every
+    backend returns the reference's bits there too (16-point, fused with NVFP4; 32-point, fused with MXFP4)."""
+    from nvfp4.hadamard import random_hadamard_transform
+
+    impl, device = backend
+    for kind, x in _huge_inputs():
+        for size in (16, 32):
+            h = random_hadamard_transform(x, size=size, signs=default_signs(size)).float()
+            assert torch.isfinite(h).all(), f"{kind}, RHT{size}: not finite"
+        signs = default_signs(16)
+        want = REF.rht_quantize_nvfp4(x, signs, None, False, 5, 9)
+        assert torch.isfinite(want[2]), f"{kind}: the transformed amax is not finite"
+        got = impl.fast.rht_quantize_nvfp4(x.to(device), signs.to(device), None, False, 5, 9)
+        assert _same(got, want), f"{impl.name} rht_quantize_nvfp4 on {kind}"
+        want_t = REF.rht_quantize_nvfp4(x.t().contiguous(), signs, None, True, 5, 9, transpose=True)
+        got_t = impl.fast.rht_quantize_nvfp4(x.t().contiguous().to(device), signs.to(device), None, True, 5, 9,
+                                            transpose=True)  # fmt: skip
+        assert _same(got_t, want_t), f"{impl.name} transposed rht_quantize_nvfp4 on {kind}"
+        want_mx = REF.fake_quantize_mxfp4(x, True, 5, 9, rht_signs=default_signs(32))
+        got_mx = impl.fast.fake_quantize_mxfp4(x.to(device), True, 5, 9, rht_signs=default_signs(32).to(device))
+        assert _same(got_mx, want_mx), f"{impl.name} MXFP4 RHT32 on {kind}"

@@ -162,10 +162,26 @@ static inline uint32_t random_byte(uint64_t i, uint32_t k1, uint32_t k2) {
     return mix32(mix32((uint32_t)i ^ k1) ^ (uint32_t)(i >> 32) ^ k2) >> 24;
 }
 
+/*
+ * Overflow-safe RHT (hadamard.py): a chunk whose largest |value| is >= 2^120 is scaled by 2^-8 before the
+ * butterfly and by (norm x 2^8) after it instead of by norm, so no sum of up to 32 values can overflow where the
+ * exact result is finite. Every other chunk is computed exactly as before (bit-identical on ordinary data).
+ */
+#define RHT_BIG_BITS 0x7B800000u /* 2^120 */
+#define RHT_PRE 0x1p-8f
+
 /* The 16-point Walsh-Hadamard butterfly of nvfp4/hadamard.py: signs, stages h = 1, 2, 4, 8, x 1/4, BF16. */
 static inline void rht16_scalar(const float *in, const uint32_t *signbits, float *out) {
     float x[16];
-    for (int i = 0; i < 16; i++) x[i] = u2f(f2u(in[i]) ^ signbits[i]);
+    uint32_t am = 0;
+    for (int i = 0; i < 16; i++) {
+        x[i] = u2f(f2u(in[i]) ^ signbits[i]);
+        const uint32_t a = f2u(x[i]) & 0x7FFFFFFFu;
+        am = a > am ? a : am;
+    }
+    const int big = am >= RHT_BIG_BITS;
+    if (big)
+        for (int i = 0; i < 16; i++) x[i] *= RHT_PRE;
     for (int h = 1; h < 16; h *= 2)
         for (int g = 0; g < 16; g += 2 * h)
             for (int i = g; i < g + h; i++) {
@@ -173,7 +189,8 @@ static inline void rht16_scalar(const float *in, const uint32_t *signbits, float
                 x[i] = a + b;
                 x[i + h] = a - b;
             }
-    for (int i = 0; i < 16; i++) out[i] = round_bf16(x[i] * 0.25f);
+    const float post = big ? 64.0f : 0.25f; /* 1/4, or 1/4 x 2^8 after the 2^-8 */
+    for (int i = 0; i < 16; i++) out[i] = round_bf16(x[i] * post);
 }
 
 /* ------------------------------------------------------------------------------------------------------------ */
@@ -375,10 +392,14 @@ static inline void store_packed16(uint8_t *out, __m512i codes) {
     _mm_storel_epi64((__m128i *)out, _mm512_cvtepi64_epi8(q));
 }
 
-/* Signs and the four butterfly stages of rht16_scalar, without the final x 1/4 and BF16 rounding. */
+/* Signs, the four butterfly stages and the x 1/4 of rht16_scalar (overflow-safe), without the BF16 rounding. */
 static inline __m512 rht16_butterfly(__m512 x, __m512i signbits) {
     __m512 s;
     x = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(x), signbits));
+    const uint32_t am = (uint32_t)_mm512_reduce_max_epu32(_mm512_and_si512(_mm512_castps_si512(x),
+                                                                            _mm512_set1_epi32(0x7FFFFFFF)));
+    const int big = am >= RHT_BIG_BITS;
+    if (big) x = _mm512_mul_ps(x, _mm512_set1_ps(RHT_PRE));
     /* stage h: lanes with bit h clear get a + b, lanes with it set get a - b (a = lane i - h, b = lane i) */
     s = _mm512_permute_ps(x, 0xB1);
     x = _mm512_mask_sub_ps(_mm512_add_ps(x, s), 0xAAAA, s, x);
@@ -387,12 +408,13 @@ static inline __m512 rht16_butterfly(__m512 x, __m512i signbits) {
     s = _mm512_shuffle_f32x4(x, x, 0xB1);
     x = _mm512_mask_sub_ps(_mm512_add_ps(x, s), 0xF0F0, s, x);
     s = _mm512_shuffle_f32x4(x, x, 0x4E);
-    return _mm512_mask_sub_ps(_mm512_add_ps(x, s), 0xFF00, s, x);
+    x = _mm512_mask_sub_ps(_mm512_add_ps(x, s), 0xFF00, s, x);
+    return _mm512_mul_ps(x, _mm512_set1_ps(big ? 64.0f : 0.25f));
 }
 
-/* x 1/4, then FP32 -> BF16 RNE (widened back to FP32); NaN -> canonical NaN. As round_bf16(x * 0.25f). */
-static inline __m512 quarter_bf16_16(__m512 x) {
-    __m512i b = _mm512_castps_si512(_mm512_mul_ps(x, _mm512_set1_ps(0.25f)));
+/* FP32 -> BF16 RNE (widened back to FP32); NaN -> canonical NaN. As round_bf16(x). */
+static inline __m512 bf16_16(__m512 x) {
+    __m512i b = _mm512_castps_si512(x);
     const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(b, _mm512_set1_epi32(0x7FFFFFFF)),
                                                   _mm512_set1_epi32(0x7F800000));
     const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
@@ -402,13 +424,14 @@ static inline __m512 quarter_bf16_16(__m512 x) {
     return _mm512_castsi512_ps(b);
 }
 
-static inline __m512 rht16_vec(__m512 x, __m512i signbits) { return quarter_bf16_16(rht16_butterfly(x, signbits)); }
+static inline __m512 rht16_vec(__m512 x, __m512i signbits) { return bf16_16(rht16_butterfly(x, signbits)); }
 
 /* ---- the transposed layout: 16 registers v[j] = input row r0 + j, lane l = input column c0 + l ----------------- */
 /* A logical 16-element block (a block of a row of x^T) is lane l across the 16 registers, so block amaxes, encode
  * factors and the RHT are lane-wise (vertical) operations; only the values written out need a 16x16 transpose. */
 
-/* The signs and butterfly stages of rht16_scalar across the 16 registers (no x 1/4, no BF16 rounding). */
+/* The signs, butterfly stages and x 1/4 of rht16_scalar across the 16 registers, each lane one chunk
+ * (overflow-safe per lane), without the BF16 rounding. */
 /* (Fully unrolled, so that v[] lives in registers: GCC does not unroll the nested stage loops by itself.) */
 #define RHT_STAGE(h)                                                                                                \
     NVFP4_UNROLL for (int i = 0; i < 16; i++) if (!(i & (h))) {                                                     \
@@ -417,12 +440,21 @@ static inline __m512 rht16_vec(__m512 x, __m512i signbits) { return quarter_bf16
         v[i + (h)] = _mm512_sub_ps(a, b);                                                                           \
     }
 static inline void rht16_butterfly_v(__m512 *v, const uint32_t *signbits) {
-    NVFP4_UNROLL for (int j = 0; j < 16; j++)
+    const __m512i absm = _mm512_set1_epi32(0x7FFFFFFF);
+    __m512i am = _mm512_setzero_si512();
+    NVFP4_UNROLL for (int j = 0; j < 16; j++) {
         v[j] = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(v[j]), _mm512_set1_epi32((int)signbits[j])));
+        am = _mm512_max_epu32(am, _mm512_and_si512(_mm512_castps_si512(v[j]), absm));
+    }
+    const __mmask16 big = _mm512_cmpge_epu32_mask(am, _mm512_set1_epi32((int)RHT_BIG_BITS));
+    if (big)
+        NVFP4_UNROLL for (int j = 0; j < 16; j++) v[j] = _mm512_mask_mul_ps(v[j], big, v[j], _mm512_set1_ps(RHT_PRE));
     RHT_STAGE(1)
     RHT_STAGE(2)
     RHT_STAGE(4)
     RHT_STAGE(8)
+    const __m512 post = _mm512_mask_blend_ps(big, _mm512_set1_ps(0.25f), _mm512_set1_ps(64.0f));
+    NVFP4_UNROLL for (int j = 0; j < 16; j++) v[j] = _mm512_mul_ps(v[j], post);
 }
 #undef RHT_STAGE
 
@@ -754,7 +786,7 @@ static void tile_t(const void *x, int dtype, int64_t R, int64_t C, int64_t r0, i
     load_tile16(x, dtype, C, r0, nr, c0, nc, v);
     if (signbits) {
         rht16_butterfly_v(v, signbits);
-        NVFP4_UNROLL for (int j = 0; j < 16; j++) v[j] = quarter_bf16_16(v[j]);
+        NVFP4_UNROLL for (int j = 0; j < 16; j++) v[j] = bf16_16(v[j]);
     }
     am = _mm512_and_si512(_mm512_castps_si512(v[0]), absm);
     NVFP4_UNROLL for (int j = 1; j < 16; j++)
@@ -982,7 +1014,7 @@ int nvfp4_quantize(const void *x, int dtype, int64_t rows, int64_t cols, float g
 /*
  * max |RHT(x)| (BF16-rounded) over a (rows, cols) tensor, cols % 16 == 0; NaN if any NaN.
  * x 1/4 and the BF16 rounding are monotone and symmetric, so they are applied once, to the max of the raw
- * butterfly outputs: max_i bf16(|y_i| / 4) == bf16(max_i |y_i| / 4).
+ * butterfly outputs: max_i bf16(|y_i|) == bf16(max_i |y_i|) (the x 1/4 is in rht16_butterfly).
  */
 float nvfp4_rht_amax(const void *x, int dtype, int64_t rows, int64_t cols, const uint32_t *signbits, int nthreads) {
     uint32_t best = 0;
@@ -1008,7 +1040,7 @@ float nvfp4_rht_amax(const void *x, int dtype, int64_t rows, int64_t cols, const
             acc0 = _mm512_max_epu32(acc0, _mm512_and_si512(_mm512_castps_si512(h), absm));
         }
         m = _mm512_reduce_max_epu32(_mm512_max_epu32(acc0, acc1));
-        if (m <= 0x7F800000u) m = f2u(round_bf16(u2f(m) * 0.25f));
+        if (m <= 0x7F800000u) m = f2u(round_bf16(u2f(m)));
 #else
         float in[16], out[16];
         for (int64_t i = i0; i < i1; i += 16) {
@@ -1035,7 +1067,7 @@ int nvfp4_rht_quantize(const void *x, int dtype, int64_t rows, int64_t cols, con
 
 /*
  * max |RHT(t)| (BF16-rounded) of t = x^T, the RHT16 running along the ROWS of a row-major (rows, cols) x
- * (rows % 16 == 0); NaN if any NaN. The x 1/4 and BF16 rounding are applied once at the end (see nvfp4_rht_amax).
+ * (rows % 16 == 0); NaN if any NaN. The BF16 rounding is applied once at the end (see nvfp4_rht_amax).
  */
 float nvfp4_rht_amax_t(const void *x, int dtype, int64_t rows, int64_t cols, const uint32_t *signbits,
                        int nthreads) {
@@ -1055,7 +1087,7 @@ float nvfp4_rht_amax_t(const void *x, int dtype, int64_t rows, int64_t cols, con
                 acc = _mm512_max_epu32(acc, _mm512_and_si512(_mm512_castps_si512(v[j]), absm));
         }
         m = _mm512_reduce_max_epu32(acc);
-        if (m <= 0x7F800000u) m = f2u(round_bf16(u2f(m) * 0.25f));
+        if (m <= 0x7F800000u) m = f2u(round_bf16(u2f(m)));
 #else
         float in[16], out[16];
         for (int64_t c = 0; c < cols; c++) {
@@ -1198,7 +1230,15 @@ static inline int mx_exponent(float amax, int ceil_rule) {
 /* The 32-point RHT of one block in place: signs, butterfly stages h = 1 .. 16, x FP32(1/sqrt(32)), BF16 RNE. */
 static inline void mx_rht32(float *x, const uint32_t *signbits) {
     const float norm = (float)(1.0 / sqrt(32.0));
-    for (int i = 0; i < MX_BLOCK; i++) x[i] = u2f(f2u(x[i]) ^ signbits[i]);
+    uint32_t am = 0;
+    for (int i = 0; i < MX_BLOCK; i++) {
+        x[i] = u2f(f2u(x[i]) ^ signbits[i]);
+        const uint32_t a = f2u(x[i]) & 0x7FFFFFFFu;
+        am = a > am ? a : am;
+    }
+    const int big = am >= RHT_BIG_BITS; /* overflow-safe, as rht16_scalar */
+    if (big)
+        for (int i = 0; i < MX_BLOCK; i++) x[i] *= RHT_PRE;
     for (int h = 1; h < MX_BLOCK; h *= 2)
         for (int g = 0; g < MX_BLOCK; g += 2 * h)
             for (int i = g; i < g + h; i++) {
@@ -1206,7 +1246,8 @@ static inline void mx_rht32(float *x, const uint32_t *signbits) {
                 x[i] = a + b;
                 x[i + h] = a - b;
             }
-    for (int i = 0; i < MX_BLOCK; i++) x[i] = round_bf16(x[i] * norm);
+    const float post = big ? norm * 256.0f : norm; /* exact: a power of two times norm */
+    for (int i = 0; i < MX_BLOCK; i++) x[i] = round_bf16(x[i] * post);
 }
 
 /*

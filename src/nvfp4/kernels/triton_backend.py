@@ -60,6 +60,8 @@ _ABS_MASK: tl.constexpr = tl.constexpr(0x7FFFFFFF)
 _INF_BITS: tl.constexpr = tl.constexpr(0x7F800000)
 _NAN_BITS: tl.constexpr = tl.constexpr(0x7FC00000)  # a NaN global would trip Triton's constant check (nan != nan)
 _INV_SQRT32_F32: tl.constexpr = tl.constexpr(0.1767766922712326)  # float32(1/sqrt(32)), as hadamard.py's
+_INV_SQRT32_F32_X256: tl.constexpr = tl.constexpr(0.1767766922712326 * 256.0)  # exact: a power of two times it
+_RHT_BIG_BITS: tl.constexpr = tl.constexpr(0x7B800000)  # 2^120: chunks at or above are pre-scaled (hadamard.py)
 _BF16_NAN_BITS: tl.constexpr = tl.constexpr(0x7FC0)  # torch's canonical BF16 NaN
 
 # Launch shapes: one program per (rows x 16-element blocks) tile. 32 x 128 elements with 4 warps
@@ -251,15 +253,18 @@ def _rht(x, signs_ptr, BLOCK_M: tl.constexpr, BK: tl.constexpr, N: tl.constexpr 
     ROWS: tl.constexpr = BLOCK_M * (BK // N)
     signs = tl.load(signs_ptr + tl.arange(0, N))
     y = tl.reshape(x, (ROWS, N)) * signs[None, :]
+    # Overflow-safe: a chunk with a |value| >= 2^120 is scaled by 2^-8 first and by norm x 2^8 last (hadamard.py).
+    big = _max_along(_abs_bits(y), 1) >= _RHT_BIG_BITS
+    y = tl.where(big[:, None], y * 0.00390625, y)
     y = _butterfly_stage(y, ROWS, 1, N)
     y = _butterfly_stage(y, ROWS, 2, N)
     y = _butterfly_stage(y, ROWS, 4, N)
     y = _butterfly_stage(y, ROWS, 8, N)
     if N == 32:
         y = _butterfly_stage(y, ROWS, 16, N)
-        y = _round_to_bf16(y * _INV_SQRT32_F32)
+        y = _round_to_bf16(y * tl.where(big, _INV_SQRT32_F32_X256, _INV_SQRT32_F32)[:, None])
     else:
-        y = _round_to_bf16(y * 0.25)
+        y = _round_to_bf16(y * tl.where(big, 64.0, 0.25)[:, None])
     return tl.reshape(y, (BLOCK_M, BK))
 
 
