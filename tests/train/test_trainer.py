@@ -379,6 +379,8 @@ def test_stop_messages_are_printed_once_and_say_what_was_saved(make_config, monk
     out = capsys.readouterr().out
     assert out.count("training diverged") == 1
     assert "the last checkpoint is step 4" in result.message  # finite: the skipped steps changed nothing
+    assert result.final_val_loss is None and result.final_train_loss is None  # not step 0's validation loss
+    assert "val loss -" in out
 
 
 def test_resume_with_changed_settings_says_so(make_config, capsys):

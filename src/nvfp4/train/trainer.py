@@ -475,9 +475,11 @@ class Trainer:
         if message:
             self._say(message)
         elapsed = self.elapsed()
+        # A diverged run has no final losses: the last finite ones (a validation from step 0, say) would pass for them.
+        final = (None, None) if diverged_step is not None else self.last_losses
         return TrainResult(
-            final_train_loss=self.last_losses[0],
-            final_val_loss=self.last_losses[1],
+            final_train_loss=final[0],
+            final_val_loss=final[1],
             steps=self.step,
             tokens=self.tokens,
             wall_time_s=elapsed["wall_time_s"],
