@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -97,12 +98,16 @@ def read_metrics(out_dir: str | Path) -> list[dict[str, Any]]:
 
 
 class Progress:
-    """A tqdm bar when stderr is a terminal; otherwise one printed line per logged step; nothing when disabled."""
+    """A tqdm bar when stderr is a terminal wide enough for one; otherwise one printed line per logged step; nothing
+    when disabled. (A pty that reports 0 columns, as some job runners' do, would get an invisible bar.)"""
+
+    MIN_BAR_COLUMNS = 40
 
     def __init__(self, total: int, initial: int, enabled: bool) -> None:
         self.enabled = enabled
         self._bar = None
-        if enabled and sys.stderr.isatty():
+        wide = shutil.get_terminal_size(fallback=(0, 0)).columns >= self.MIN_BAR_COLUMNS
+        if enabled and sys.stderr.isatty() and wide:
             try:
                 from tqdm import tqdm
             except ImportError:  # tqdm is optional: fall back to log lines
