@@ -221,7 +221,7 @@ def _prepare(args: argparse.Namespace) -> int:
     cfg = PrepareConfig(**values)
     info = prepare_dataset(
         cfg.data, cfg.out, tokenizer=cfg.tokenizer, vocab_size=cfg.vocab_size, val_fraction=cfg.val_fraction,
-        overwrite=cfg.overwrite,
+        overwrite=cfg.overwrite, progress=True,
     )  # fmt: skip
     print(
         f"wrote {info.path}: {info.train_tokens:,} train + {info.val_tokens:,} val tokens, "

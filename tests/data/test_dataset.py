@@ -159,3 +159,25 @@ def test_default_dataset_bpe_full_corpus(tmp_path):
     assert tok.decode(vx[0].tolist()).startswith("Hosea\n\nHosea 1\n\n")  # the first validation book
     x, y = next(TokenLoader(a.train, batch_size=4, seq_len=128, seed=0))
     assert x.shape == (4, 128) and int(x.max()) < 8192 and torch.equal(x[:, 1:], y[:, :-1])
+
+
+def test_prepare_handles_a_long_line_without_whitespace_and_says_what_it_does(tmp_path, capsys):
+    """Minified JSON, base64 and tables make whitespace-free lines of megabytes (issue #13 item 5). A 200 KB one
+    with ordinary text prepares, round-trips through the tokenizer, and progress goes to stderr."""
+    import random
+
+    from nvfp4.data import prepare_dataset
+
+    rng = random.Random(0)
+    long_line = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789+/=") for _ in range(200_000))
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "blob.txt").write_text(long_line + "\n")
+    for i in range(4):
+        (src / f"doc{i}.txt").write_text(f"An ordinary document number {i}, with words and spaces.\n" * 50)
+    info = prepare_dataset([str(src)], tmp_path / "out", vocab_size=512, val_fraction=0.2, cache_dir=tmp_path,
+                           progress=True)  # fmt: skip
+    err = capsys.readouterr().err
+    assert "training the BPE tokenizer (vocab 512)" in err and "tokenizing train" in err
+    tok = info.load_tokenizer()
+    assert tok.decode(tok.encode(long_line)) == long_line

@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import struct
+import sys
 import uuid
 import zlib
 from collections.abc import Sequence
@@ -340,6 +341,29 @@ def _make_tokenizer(
     raise ValueError(f"tokenizer must be 'bpe', 'byte' or the path of a tokenizer JSON file, got {tokenizer!r}")
 
 
+def _progress(docs: Sequence[Document], label: str, enabled: bool):
+    """A per-document progress bar on stderr (weighted by characters, so one huge document moves it too), or one
+    line when stderr is not a terminal; the documents unchanged when disabled."""
+    if not enabled:
+        return docs
+    total = sum(len(d.text) for d in docs)
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        tqdm = None
+    if tqdm is None or not sys.stderr.isatty():
+        print(f"{label}: {len(docs):,} documents, {total:,} characters", file=sys.stderr, flush=True)
+        return docs
+
+    def walk():
+        with tqdm(total=total, desc=label, unit="char", unit_scale=True, file=sys.stderr) as bar:
+            for doc in docs:
+                yield doc
+                bar.update(len(doc.text))
+
+    return walk()
+
+
 def _clear_old_dataset(out_dir: Path, overwrite: bool) -> None:
     old = sorted(out_dir.glob("train_*.bin")) + sorted(out_dir.glob("val_*.bin"))
     if (out_dir / "dataset.json").exists():
@@ -363,8 +387,12 @@ def _write_dataset(
     cache_dir: str | Path | None,
     max_shard_tokens: int,
     overwrite: bool,
+    progress: bool = False,
 ) -> None:
     train_docs, val_docs = split_documents(docs, val_fraction)
+    if progress and tokenizer == "bpe":
+        chars = sum(len(d.text) for d in train_docs)
+        print(f"training the BPE tokenizer (vocab {vocab_size}) on {chars:,} characters", file=sys.stderr, flush=True)
     tok = _make_tokenizer(tokenizer, train_docs, vocab_size, cache_dir)
     check_vocab_fits(tok.vocab_size)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -372,7 +400,7 @@ def _write_dataset(
     splits: dict[str, Any] = {}
     for split, split_docs in (("train", train_docs), ("val", val_docs)):
         writer = ShardWriter(out_dir, split, tok.vocab_size, max_shard_tokens)
-        for doc in split_docs:
+        for doc in _progress(split_docs, f"tokenizing {split}", progress):
             writer.write(tok.encode(doc.text) + [tok.eot_id])  # <|endoftext|> closes every document
         paths = writer.close()
         splits[split] = {
@@ -418,8 +446,10 @@ def prepare_dataset(
     cache_dir: str | Path | None = None,
     max_shard_tokens: int = DEFAULT_MAX_SHARD_TOKENS,
     overwrite: bool = False,
+    progress: bool = False,
 ) -> DatasetInfo:
-    """Tokenize the built-in corpus (inputs None) or .txt/.jsonl files/directories into out_dir.
+    """Tokenize the built-in corpus (inputs None) or .txt/.jsonl files/directories into out_dir (``progress``: say
+    what it is doing on stderr, as ``nvfp4 prepare`` does).
 
     tokenizer: "bpe" (trained on the train split with vocab_size, cached), "byte" (vocab 257, vocab_size
     ignored) or the path of an existing tokenizer JSON file (vocab_size ignored).
@@ -430,7 +460,7 @@ def prepare_dataset(
     out_dir = Path(out_dir).expanduser()
     _write_dataset(
         docs, None if inputs is None else [str(i) for i in inputs], out_dir, tokenizer, vocab_size,
-        val_fraction, cache_dir, max_shard_tokens, overwrite,
+        val_fraction, cache_dir, max_shard_tokens, overwrite, progress,
     )  # fmt: skip
     return load_dataset(out_dir)
 
