@@ -540,3 +540,33 @@ def test_sr_index_paths_agree(tb, monkeypatch):
         assert same_bits(got[0], want[0]), f"64-bit index path={wide}"
         values = tb.fake_quantize_mxfp4(x[:, :64], True, 11, 7)
         assert same_float(values, REF.fake_quantize_mxfp4(x[:, :64].cpu(), True, 11, 7)), f"mxfp4, 64-bit={wide}"
+
+
+def test_launch_grids_are_one_dimensional_past_the_65535_limit(tb, monkeypatch):
+    """A 2-D grid's second axis stops at 65,535 programs: the Wgrad operand of a micro-batch of 9M tokens (x
+    transposed: column tiles = tokens / 128) could not launch. Every kernel now launches a 1-D grid (up to 2^31 - 1
+    programs). Checked on the launch itself (a stand-in records the grid; nothing runs or is read)."""
+    grids = {}
+
+    class Recorder:
+        def __init__(self, name):
+            self.name = name
+
+        def __getitem__(self, grid):
+            grids[self.name] = grid
+            return lambda *args, **kwargs: None
+
+    for name in ("_quantize_kernel", "_mxfp4_kernel", "_amax_kernel", "_scaled_values_kernel"):
+        monkeypatch.setattr(triton_backend, name, Recorder(name))
+    if _USE_INTERPRETER:  # the backend tells the interpreter by the kernels' type, which the stand-ins replace
+        monkeypatch.setattr(triton_backend, "_interpreted", lambda: True)
+    tokens = 9_000_000
+    x = torch.zeros(1, 32, device=DEVICE).expand(tokens, 32)  # strides (0, 1): read in place, never copied
+    tb.fake_quantize_nvfp4(x, torch.ones((), device=DEVICE), 1, True, 0, 0, transpose=True)
+    tb.fake_quantize_mxfp4(x, True, 0, 0, transpose=True)
+    tb.amax(x.t())
+    packed = torch.zeros(1, tokens // 2, dtype=torch.uint8, device=DEVICE)
+    tb.scaled_values(packed, torch.zeros(1, tokens // 16, dtype=torch.uint8, device=DEVICE).view(torch.float8_e4m3fn))
+    assert all(len(grid) == 1 for grid in grids.values()), grids
+    assert grids["_quantize_kernel"][0] == (32 // 32) * -(-tokens // 128)  # one row tile x 70,313 column tiles
+    assert -(-tokens // 128) > 65_535

@@ -336,6 +336,16 @@ def _store_values(out_ptr, values, rows, cols, M, K, stride_o, OUT_BF16: tl.cons
 
 
 @triton.jit
+def _tile_of_program(col_programs):
+    """(row tile, column tile) of this program in a 1-D grid of row tiles x ``col_programs``, column tiles varying
+    fastest. One axis of up to 2^31 - 1 programs: a 2-D grid's second axis stops at 65,535, which a transposed
+    operand (column tiles = tokens / 128) reached above ~8.4M tokens."""
+    pid = tl.program_id(0)
+    pid_m = pid // col_programs
+    return pid_m, pid - pid_m * col_programs
+
+
+@triton.jit
 def _amax_kernel(
     x_ptr,
     signs_ptr,
@@ -350,8 +360,9 @@ def _amax_kernel(
     BLOCK_K: tl.constexpr,
 ):
     """Stage 1: max |x| bits of one tile; stage 2: atomic max into one int32 word (= fp32 bits)."""
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    pid_m, pid_k = _tile_of_program((K + BLOCK_K - 1) // BLOCK_K)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     x = _load_tile(x_ptr, rows, cols, M, K, stride_r, stride_k, BF16_BITS)
     if RHT:
         x = _rht(x, signs_ptr, BLOCK_M, BLOCK_K)
@@ -390,8 +401,7 @@ def _quantize_kernel(
     OUT_VALUES: write the GEMM operand value(q) * s_b (FP32 or BF16, (M, K), row stride stride_p) to packed_ptr
     instead of packed codes + scale bytes ("fake quantization": no packed intermediate)."""
     BK: tl.constexpr = BLOCKS_K * 16
-    pid_m = tl.program_id(0)
-    pid_k = tl.program_id(1)
+    pid_m, pid_k = _tile_of_program((NB + BLOCKS_K - 1) // BLOCKS_K)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = pid_k * BK + tl.arange(0, BK)
     x = _load_tile(x_ptr, rows, cols, M, K, stride_r, stride_k, BF16_BITS)
@@ -478,8 +488,8 @@ def _mxfp4_kernel(
     """MXFP4 (nvfp4.formats.mxfp4) of BLOCK_M rows x BLOCKS_K 32-element blocks, optionally after an RHT32 along K:
     packed codes + E8M0 scale bytes, or (OUT_VALUES) the GEMM operand value(q) * 2^e. No tensor scale: one pass."""
     BK: tl.constexpr = BLOCKS_K * 32
-    pid_k = tl.program_id(1)
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    pid_m, pid_k = _tile_of_program((NB + BLOCKS_K - 1) // BLOCKS_K)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = pid_k * BK + tl.arange(0, BK)
     x = _load_tile(x_ptr, rows, cols, M, K, stride_r, stride_k, BF16_BITS)
     if RHT:
@@ -581,8 +591,8 @@ def _scaled_values_kernel(
     packed_ptr, scales_ptr, out_ptr, M, NB, stride_p, stride_s, stride_o, BLOCK_M: tl.constexpr, BLOCKS_K: tl.constexpr
 ):
     """value(code) * float(scale) for every (padded) element; exact in bf16/fp16/fp32."""
-    pid_k = tl.program_id(1)
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    pid_m, pid_k = _tile_of_program((NB + BLOCKS_K - 1) // BLOCKS_K)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = (rows < M)[:, None]
     roff = rows.to(tl.int64)[:, None]
     pcols = pid_k * (BLOCKS_K * 8) + tl.arange(0, BLOCKS_K * 8)
@@ -710,7 +720,7 @@ class TritonBackend:
     def _launch_amax(self, t: torch.Tensor, signs: torch.Tensor | None) -> torch.Tensor:
         rows, cols = t.shape
         out = torch.zeros(1, dtype=torch.int32, device=t.device)  # +0.0; every |x| bit pattern is >= 0
-        grid = (_cdiv(rows, _A_BLOCK_M), _cdiv(cols, _A_BLOCK_K))
+        grid = (_cdiv(rows, _A_BLOCK_M) * _cdiv(cols, _A_BLOCK_K),)
         with self._device_guard(t.device):
             _amax_kernel[grid](
                 _bf16_as_bits(t),
@@ -752,7 +762,7 @@ class TritonBackend:
             scales = None
         amax_buf = amax.to(device=t.device, dtype=torch.float32).reshape(1)
         key1, key2 = derive_keys(seed, offset) if stochastic else (0, 0)
-        grid = (_cdiv(rows, _Q_BLOCK_M), _cdiv(nblk, _Q_BLOCKS_K))
+        grid = (_cdiv(rows, _Q_BLOCK_M) * _cdiv(nblk, _Q_BLOCKS_K),)
         with self._device_guard(t.device):
             _quantize_kernel[grid](
                 _bf16_as_bits(t),
@@ -804,7 +814,7 @@ class TritonBackend:
             out = torch.empty(rows, cols, dtype=values_dtype, device=t.device)
             scales = None
         key1, key2 = derive_keys(seed, offset) if stochastic else (0, 0)
-        grid = (_cdiv(rows, _Q_BLOCK_M), _cdiv(nblk, _MX_BLOCKS_K))
+        grid = (_cdiv(rows, _Q_BLOCK_M) * _cdiv(nblk, _MX_BLOCKS_K),)
         with self._device_guard(t.device):
             _mxfp4_kernel[grid](
                 _bf16_as_bits(t),
@@ -969,7 +979,7 @@ class TritonBackend:
         packed = packed.contiguous()
         scale_bytes = scales.view(torch.uint8).to(packed.device).contiguous()
         out = torch.empty(rows, nblk * BLOCK, dtype=dtype, device=packed.device)
-        grid = (_cdiv(rows, _Q_BLOCK_M), _cdiv(nblk, _Q_BLOCKS_K))
+        grid = (_cdiv(rows, _Q_BLOCK_M) * _cdiv(nblk, _Q_BLOCKS_K),)
         with self._device_guard(packed.device):
             _scaled_values_kernel[grid](
                 packed,
