@@ -64,7 +64,8 @@ step smoke_ops      60  python3 scripts/gpu_smoke.py operands
 step smoke_layer    40  python3 scripts/gpu_smoke.py layer
 step smoke_sync     40  python3 scripts/gpu_smoke.py sync
 step gpu_tests     120  python3 -m pytest -q -p no:cacheprovider -x -m "gpu or not slow" \
-                        tests/kernels/test_triton_backend.py tests/test_linear.py tests/test_gpu_path.py
+                        tests/kernels/test_triton_backend.py tests/kernels/test_conformance.py tests/test_linear.py \
+                        tests/test_gpu_path.py
 step quantize_bw    60  python3 benchmarks/gpu.py --size 8192
 step linear         60  python3 benchmarks/linear.py --device cuda --recipe nvfp4 --tokens 16384 --repeats 20
 step train_step    100  python3 benchmarks/train_step.py --device cuda --model base --batch-size 8 --seq-len 1024 \
