@@ -2,6 +2,7 @@
 
     nvfp4 train --recipe nvfp4 --model tiny --max-steps 300 --out runs/quickstart
     nvfp4 compare --suite paper --model small --max-tokens 2000000 --seeds 1,2 --out runs/paper
+    nvfp4 probe --checkpoint runs/quickstart --recipes nvfp4,nvfp4-no-sr --draws 32 --out runs/probe
     nvfp4 recipes
     nvfp4 prepare --data corpus/ --out data/mine --tokenizer bpe --vocab-size 8192
     nvfp4 demo
@@ -185,6 +186,37 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_compare)
 
 
+# -- probe ----------------------------------------------------------------------------------------------
+
+
+def _probe(args: argparse.Namespace) -> int:
+    from nvfp4.analysis.compare import command_line
+    from nvfp4.analysis.probe import ProbeConfig, run_probe
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(ProbeConfig) if hasattr(args, f.name)}
+    config = ProbeConfig(**values)
+    run_probe(config, command=command_line(args.argv))
+    print(f"report: {config.out}/report.md")
+    return 0
+
+
+def _add_probe(sub: argparse._SubParsersAction) -> None:
+    from nvfp4.analysis.probe import ProbeConfig
+
+    p = sub.add_parser(
+        "probe",
+        help="measure what each recipe does to operands and gradients (SQNR, gradient bias, concentration)",
+        description="Probe recipes on a model (fresh, or a checkpoint of `nvfp4 train`) and fixed validation "
+        "batches: per quantized linear, the operand and GEMM errors, the weight and input gradients of --draws "
+        "stochastic-rounding draws against the FP32 gradient, and the forward/backward weight difference. Writes "
+        "OUT/probe.json, OUT/report.md and plots.",
+    )
+    p.add_argument("--recipes", type=_comma_list(str), default=argparse.SUPPRESS,
+                   help="comma-separated recipes or suites (paper, paper-full, main, quick); default nvfp4")
+    _add_dataclass_flags(p, ProbeConfig, skip=("recipes",))
+    p.set_defaults(func=_probe)
+
+
 # -- recipes --------------------------------------------------------------------------------------------
 
 
@@ -273,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
     _add_train(sub)
     _add_compare(sub)
+    _add_probe(sub)
     sub.add_parser("recipes", help="list the precision recipes, one per line").set_defaults(func=_recipes)
     prepare = sub.add_parser("prepare", help="tokenize text files (or the built-in corpus) into token shards")
     _add_dataclass_flags(prepare, PrepareConfig)
