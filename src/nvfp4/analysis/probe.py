@@ -564,8 +564,9 @@ class ProbeConfig:
     checkpoint: str | None = field(
         default=None, metadata={"help": "an `nvfp4 train` run directory (its latest checkpoint) or checkpoint file; "
                                         "default: fresh weights of --model"})  # fmt: skip
-    model: str | None = field(default=None, metadata={"help": "model preset for fresh weights (default tiny; with "
-                                                               "--checkpoint, must match the checkpoint's)"})  # fmt: skip
+    model: str | None = field(
+        default=None, metadata={"help": "model preset for fresh weights (default tiny; with --checkpoint, must match)"}
+    )
     recipes: list[str] = field(default_factory=lambda: ["nvfp4"])
     draws: int = field(default=32, metadata={"help": "independent stochastic-rounding draws per recipe (>= 2)"})
     batches: int = field(default=1, metadata={"help": "fixed validation batches, probed together as one batch"})
@@ -653,7 +654,8 @@ def load_subject(config: ProbeConfig) -> ProbeSubject:
         try:
             model.load_state_dict(state["model"])
         except RuntimeError as e:
-            raise ValueError(f"{config.checkpoint}: its weights do not fit a {model_config} ({str(e).splitlines()[0]})")
+            detail = str(e).splitlines()[0]
+            raise ValueError(f"{config.checkpoint}: its weights do not fit its model ({detail})") from None
     model.float()
     xs, ys = zip(*val_batches(data.val, batch_size, seq_len, config.batches), strict=True)
     batch = (torch.cat(xs), torch.cat(ys))

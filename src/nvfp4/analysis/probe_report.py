@@ -9,7 +9,9 @@ from typing import Any
 from nvfp4._io import atomic_write
 from nvfp4.recipe import OPERANDS
 
-_SHORT = {"fprop_x": "F·x", "fprop_w": "F·W", "dgrad_dy": "D·dy", "dgrad_w": "D·W", "wgrad_dy": "W·dy", "wgrad_x": "W·x"}
+GEMM_NAMES = ("fprop", "dgrad", "wgrad")
+_SHORT = {"fprop_x": "F·x", "fprop_w": "F·W", "dgrad_dy": "D·dy", "dgrad_w": "D·W", "wgrad_dy": "W·dy",
+          "wgrad_x": "W·x"}  # fmt: skip
 
 
 def mean_operand_sqnr(recipe: dict[str, Any]) -> dict[str, float | None]:
@@ -44,9 +46,11 @@ def _f(value: Any, fmt: str = ".3f") -> str:
 
 def write_probe_report(probe: dict[str, Any], out_dir: str | Path) -> Path:
     meta, results = probe["meta"], probe["recipes"]
-    src = (f"checkpoint `{meta.get('checkpoint')}` (step {meta.get('step')}, {meta.get('tokens'):,} tokens, trained with "
-           f"{meta.get('trained_recipe')})" if meta.get("source") == "checkpoint" else "fresh weights (seed "
-           f"{meta.get('seed')})")  # fmt: skip
+    if meta.get("source") == "checkpoint":
+        src = (f"checkpoint `{meta.get('checkpoint')}` (step {meta.get('step')}, {meta.get('tokens'):,} tokens, "
+               f"trained with {meta.get('trained_recipe')})")  # fmt: skip
+    else:
+        src = f"fresh weights (seed {meta.get('seed')})"
     lines = [
         f"# Probe: model `{meta.get('model')}`, {src}",
         "",
@@ -109,7 +113,7 @@ def write_probe_report(probe: dict[str, Any], out_dir: str | Path) -> Path:
             lines.append(
                 f"| {lname} | {layer['treatment']} | "
                 + " | ".join(_f(ops.get(o, {}).get("sqnr_db"), ".2f") for o in OPERANDS)
-                + " | " + " | ".join(_f(gemms.get(k, {}).get("relative_error"), ".4f") for k in ("fprop", "dgrad", "wgrad"))
+                + " | " + " | ".join(_f(gemms.get(k, {}).get("relative_error"), ".4f") for k in GEMM_NAMES)
                 + f" | {_f(g.get('cosine'))} | {_f(g.get('alignment'))} | {_f(g.get('relative_bias'))} "
                 f"| {_f(g.get('concentration_slope'), '.2f')} | {_f(dx.get('cosine'))} "
                 f"| {_f(layer.get('fwd_bwd_weight_difference'), '.4f')} |"
