@@ -47,15 +47,16 @@ def test_every_claim_is_not_measured_without_runs():
     assert len(verdicts) == 10
 
 
-def test_ablation_verdicts_follow_the_noise_threshold():
-    # seed std of bf16 = 0.002/4.0 = 0.05% -> threshold 0.1%
+def test_ablation_verdicts_follow_the_intervals():
+    # pooled seed spread 0.05% (2 df) -> a one-seed gap's 95% interval is +-0.30%
     base = {"bf16": {1: 3.998, 2: 4.002}, "nvfp4": {1: 4.02, 2: 4.02}}
     s = _summary({**base, "nvfp4-no-sr": {1: 4.10}, "nvfp4-no-rht": {1: 4.021}, "nvfp4-no-2d": {1: 3.95}})
     c = {k: v for k, v in _verdicts(s).items()}
     assert c["removing stochastic rounding (gradients) makes the loss worse"] == "reproduces"
     assert c["removing the RHT (Wgrad) makes the loss worse"] == "not visible"
     assert c["removing 2D weight scaling makes the loss worse"] == "contradicted"
-    assert "2 x seed std" in _find(s, "stochastic")["evidence"]
+    evidence = _find(s, "stochastic")["evidence"]
+    assert "95% CI +1.69%, +2.29%" in evidence and "borrowed" in evidence
 
 
 def test_no_verdict_from_differences_without_a_seed_spread():
@@ -81,7 +82,7 @@ def test_divergence_claims():
 
 
 def test_no_difference_claim_reproduces_inside_noise_and_is_contradicted_beyond_it():
-    base = {"bf16": {1: 3.998, 2: 4.002}, "nvfp4": {1: 4.02, 2: 4.02}}  # threshold 0.1%
+    base = {"bf16": {1: 3.998, 2: 4.002}, "nvfp4": {1: 4.02, 2: 4.02}}  # one-seed interval +-0.30%
     same = _summary({**base, "nvfp4-rht4": {1: 4.021}, "nvfp4-rht-no-signs": {1: 4.019}})
     assert _find(same, "Hadamard size")["verdict"] == "reproduces"
     differs = _summary({**base, "nvfp4-rht4": {1: 4.021}, "nvfp4-rht-no-signs": {1: 3.9}})
@@ -111,7 +112,7 @@ def test_mxfp4_claim_from_the_equal_token_gap_with_the_token_efficiency():
     assert _find(_summary(losses, eff=eff), "MXFP4")["verdict"] == "partly"  # behind, but catches up at once
     better = {"nvfp4": {1: 4.0, 2: 4.0}, "mxfp4": {1: 3.9, 2: 3.9}}
     assert _find(_summary(better), "MXFP4")["verdict"] == "contradicted"
-    noisy = {"nvfp4": {1: 3.9, 2: 4.1}, "mxfp4": {1: 3.95, 2: 4.1}}  # +0.6% against a 5% threshold
+    noisy = {"nvfp4": {1: 3.9, 2: 4.1}, "mxfp4": {1: 3.95, 2: 4.1}}  # +0.6%, interval +-13%
     assert _find(_summary(noisy), "MXFP4")["verdict"] == "not visible"
     # an mxfp4 run longer than nvfp4's (the layout before mxfp4-long existed) gives no equal-token gap
     claim = _find(_summary(better, tokens={"nvfp4": 1000, "mxfp4": 1500}), "MXFP4")
@@ -133,3 +134,49 @@ def test_switch_claim_recovered_fractions():
                          "nvfp4-switch-bwd": {1: 4.2}})  # fmt: skip
     claim = _find(one_seed, "late switch")
     assert "nvfp4 +5.00%" in claim["evidence"] and "(seed 1;" in claim["evidence"]
+
+
+def test_t_interval_over_three_seeds_and_the_t_table():
+    from nvfp4.analysis.stats import paired_comparison, t_quantile
+
+    assert t_quantile(1) == 12.706 and t_quantile(2) == 4.303 and t_quantile(1000) == pytest.approx(1.96, abs=0.01)
+    s = _summary({"bf16": {1: 4.0, 2: 4.0, 3: 4.0}, "nvfp4": {1: 4.04, 2: 4.08, 3: 4.06}})
+    c = paired_comparison(s, "nvfp4", "bf16")
+    assert c["gap"] == pytest.approx(0.015) and c["interval_kind"] == "t over 3 seeds"
+    half = 4.303 * 0.005 / 3**0.5  # sample std of (1%, 2%, 1.5%) is 0.5%
+    assert c["interval"] == pytest.approx([0.015 - half, 0.015 + half])
+    assert "bootstrap_interval" not in c  # no per-sequence losses
+
+
+def test_paired_bootstrap_over_sequences_decides_with_the_seed_interval():
+    from nvfp4.analysis.stats import direction, paired_comparison
+
+    rng = __import__("numpy").random.default_rng(0)
+    base = rng.normal(4.0, 0.5, 200)
+
+    def summary(shift: float, noise: float) -> dict:
+        s = _summary({"bf16": {1: 4.0, 2: 4.0, 3: 4.0}, "nvfp4": {1: 4.1, 2: 4.1, 3: 4.1}})
+        for row in s["runs"]:
+            own = base + (shift + noise * rng.normal(0, 1, 200) if row["recipe"] == "nvfp4" else 0)
+            row["val_sequence_losses"] = own.tolist()
+        return s
+
+    clear = paired_comparison(summary(0.1, 0.01), "nvfp4", "bf16")
+    lo, hi = clear["bootstrap_interval"]
+    assert 0 < lo < 0.025 < hi and clear["sequences"] == 200
+    assert direction(clear) == "worse"
+    # the seeds say +2.5% exactly, but sequence by sequence the arms are indistinguishable: not a difference
+    muddy = paired_comparison(summary(0.0, 1.0), "nvfp4", "bf16")
+    assert muddy["bootstrap_interval"][0] < 0 < muddy["bootstrap_interval"][1]
+    assert direction(muddy) == "same"
+
+
+def test_token_equivalence_reads_the_reference_curve():
+    from nvfp4.analysis.stats import token_equivalence
+
+    s = _summary({"bf16": {1: 4.0}, "nvfp4": {1: 4.5}, "fp8": {1: 3.9}})
+    for row in s["runs"]:
+        row["val_curve"] = [[0, 9.0], [500, 5.0], [1000, 4.0]]
+    te = token_equivalence(s, "nvfp4", "bf16")
+    assert te["per_seed"] == {1: pytest.approx(0.75)} and te["mean"] == pytest.approx(0.75)
+    assert token_equivalence(s, "fp8", "bf16") == {"per_seed": {1: None}, "mean": None}  # below the reference

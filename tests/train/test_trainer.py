@@ -12,6 +12,7 @@ import torch
 
 from nvfp4.data import ShardError
 from nvfp4.model import GPT
+from nvfp4.recipe import OPERANDS
 from nvfp4.train import Trainer, list_checkpoints, load_checkpoint, load_latest, read_metrics, train
 from nvfp4.train.distributed import DistContext
 
@@ -393,3 +394,32 @@ def test_resume_with_changed_settings_says_so(make_config, capsys):
 def test_a_recipe_that_quantizes_nothing_says_so(make_config, capsys):
     train(make_config(recipe="nvfp4", n_layer=2, max_steps=1, quiet=False))  # first and last block kept in BF16
     assert "quantizes none of this model's" in capsys.readouterr().out
+
+
+def test_probe_interval_logs_figures_and_leaves_the_run_unchanged(make_config, tmp_path):
+    plain = train(make_config(recipe="nvfp4", out=str(tmp_path / "plain")))
+    probed = train(make_config(recipe="nvfp4", out=str(tmp_path / "probed"), probe_interval=4))
+    assert train_losses(tmp_path / "plain") == train_losses(tmp_path / "probed")  # bit for bit: floats compared
+    assert val_losses(tmp_path / "plain") == val_losses(tmp_path / "probed")
+    assert plain.final_val_loss == probed.final_val_loss
+    records = [r for r in read_metrics(tmp_path / "probed") if "probe" in r]
+    assert [r["step"] for r in records] == [0, 4, 8]
+    probe = records[-1]["probe"]
+    assert 0 < probe["grad_noise"] < 1 and probe["grad_signal_to_noise"] == pytest.approx(1 / probe["grad_noise"])
+    quantized = {n: v for n, v in probe["layers"].items() if "sqnr_db" in v}
+    assert quantized and all(set(v["sqnr_db"]) == set(OPERANDS) for v in quantized.values())
+    assert all(10 < s < 30 for v in quantized.values() for s in v["sqnr_db"].values())
+    with pytest.raises(ValueError, match="probe-interval"):
+        make_config(probe_interval=2, distributed="fsdp")
+
+
+def test_sequence_eval_writes_per_sequence_losses_of_the_final_model(make_config, tmp_path):
+    import json
+
+    result = train(make_config(recipe="nvfp4", sequence_eval_batches=2))
+    record = json.loads((tmp_path / "run" / "val_sequences.json").read_text())
+    assert record["step"] == 8 and record["sequences"] == 2 * 4 == len(record["losses"])
+    # the same two fixed batches as the final evaluation (eval_batches=2): the same mean loss
+    assert record["mean_loss"] == pytest.approx(result.final_val_loss, rel=1e-5)
+    with pytest.raises(ValueError, match="sequence_eval_batches"):
+        make_config(sequence_eval_batches=-2)

@@ -7,11 +7,14 @@ Each claim gets a verdict from the numbers, never by hand:
 - "contradicted": the opposite effect, beyond seed noise;
 - "not measured": the runs it needs are not complete, or there is no seed spread yet to judge a difference by.
 
-Seed noise is measured, not assumed: the largest relative standard deviation of the final validation loss across
-seeds of any recipe run with 2+ seeds. A difference counts when it exceeds ``NOISE_MULTIPLE`` times that. Until some
-recipe has 2 seeds nothing can be told from noise, so every verdict that rests on a difference is "not measured" (its
-evidence still shows the gap); only a divergence is a verdict without a spread. Differences
-between recipes are paired by seed (same initialisation and data order), averaged over the seeds both finished.
+A difference counts when its 95% intervals exclude zero (``nvfp4.analysis.stats``): a Student-t interval over the
+seeds (3+ shared seeds; with fewer, one that borrows the seed spread of the recipes run with 2+ seeds), and where
+the runs wrote per-sequence validation losses, a paired bootstrap over those sequences too. Until some recipe has 2
+seeds there is no interval, so every verdict that rests on a difference is "not measured" (its evidence still shows
+the gap); only a divergence is a verdict without one. Differences between recipes are paired by seed (same
+initialisation and data order), averaged over the seeds both finished.
+
+Beside each end-loss verdict, ``assess_mechanisms`` gives the mechanism verdict from ``nvfp4 probe`` figures.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ import math
 from dataclasses import asdict, dataclass
 from statistics import mean, pstdev
 
-NOISE_MULTIPLE = 2.0
+from nvfp4.analysis.stats import describe, direction, paired_comparison
+
 NVFP4_TRACKING_TOLERANCE = 0.015  # the paper: within ~1% of FP8 (stable phase), ~1.5% after the LR decay
 TOKEN_EFFICIENCY_MARGIN = 0.05  # MXFP4 "needs more tokens" when it needs > 5% more
 
@@ -71,33 +75,16 @@ class _Judge:
     def __init__(self, summary: dict):
         self.summary = summary
         self.noise = seed_noise(summary)
-        self.threshold = NOISE_MULTIPLE * self.noise if self.noise is not None else 0.0
-        if self.noise is None:
-            self.noise_note = "no seed spread yet: run 2+ seeds of a recipe (--seeds 1,2) to judge differences"
-        else:
-            self.noise_note = f"noise threshold {100 * self.threshold:.2f}% = {NOISE_MULTIPLE:g} x seed std"
-
-    def judged(self, verdict: str) -> str:
-        """A verdict that rests on a difference: only with a measured seed spread."""
-        return verdict if self.noise is not None else "not measured"
 
     def has(self, *recipes: str) -> bool:
         return all(_runs(self.summary, r) for r in recipes)
 
-    def direction(self, gap: float) -> str:
-        """'worse', 'better' or 'same' beyond the threshold."""
-        if gap > self.threshold:
-            return "worse"
-        if gap < -self.threshold:
-            return "better"
-        return "same"
-
-    def gap_text(self, recipe: str, baseline: str) -> tuple[float, str] | None:
-        pg = paired_gap(self.summary, recipe, baseline)
-        if pg is None:
+    def compare(self, recipe: str, baseline: str) -> tuple[float, str, str | None] | None:
+        """(mean paired gap, evidence text, direction: 'worse'/'better'/'same', None = no interval yet)."""
+        c = paired_comparison(self.summary, recipe, baseline)
+        if c is None:
             return None
-        gap, n = pg
-        return gap, f"{recipe} vs {baseline}: {_pct(gap)} final val loss ({n} seed{'s' * (n > 1)}; {self.noise_note})"
+        return c["gap"], f"{recipe} vs {baseline}: {describe(c)} final val loss", direction(c)
 
 
 def _ablation_claim(j: _Judge, claim: str, recipe: str, baseline: str = "nvfp4", diverges: bool = False) -> Claim:
@@ -108,60 +95,73 @@ def _ablation_claim(j: _Judge, claim: str, recipe: str, baseline: str = "nvfp4",
     div = _diverged(j.summary, recipe)
     if div is not None:
         return Claim(claim, "reproduces", f"{recipe} diverged (step {div.get('diverged_step')})")
-    got = j.gap_text(recipe, baseline)
+    got = j.compare(recipe, baseline)
     if got is None:
         return Claim(claim, "not measured", f"no finite final loss for {recipe} and {baseline} on a shared seed")
-    gap, text = got
+    _, text, way = got
     worse = "partly" if diverges else "reproduces"
-    verdict = j.judged({"worse": worse, "same": "not visible", "better": "contradicted"}[j.direction(gap)])
+    verdict = "not measured" if way is None else {"worse": worse, "same": "not visible", "better": "contradicted"}[way]
     return Claim(claim, verdict, f"no divergence; {text}" if diverges else text)
 
 
 def _no_difference_claim(j: _Judge, claim: str, recipes: tuple[str, ...], baseline: str = "nvfp4") -> Claim:
     """The paper: at small scale these variants of ``baseline`` make no measurable difference. Reproduces when every
-    measured variant stays within the noise threshold; any variant beyond it (either way) contradicts."""
+    measured variant's interval contains 0; any variant whose intervals exclude 0 (either way) contradicts."""
     measured = [r for r in recipes if j.has(r, baseline)]
     if not measured:
         return Claim(claim, "not measured", f"needs {baseline} and one of {', '.join(recipes)}")
-    texts, differs, judged = [], False, 0
+    texts, differs, judged, unjudged = [], False, 0, 0
     for recipe in measured:
         div = _diverged(j.summary, recipe)
         if div is not None:
             texts.append(f"{recipe} diverged (step {div.get('diverged_step')})")
             differs = True
             continue
-        got = j.gap_text(recipe, baseline)
+        got = j.compare(recipe, baseline)
         if got is None:
             texts.append(f"{recipe}: no finite final loss on a seed shared with {baseline}")
             continue
         texts.append(got[1])
+        if got[2] is None:
+            unjudged += 1
+            continue
         judged += 1
-        differs |= j.direction(got[0]) != "same"
+        differs |= got[2] != "same"
     missing = [r for r in recipes if r not in measured]
     if missing:
         texts.append(f"not run: {', '.join(missing)}")
     diverged = any(_diverged(j.summary, r) is not None for r in measured)
-    verdict = "contradicted" if diverged else j.judged("contradicted" if differs else "reproduces") if judged else (
-        "not measured")  # fmt: skip
+    if diverged or differs:
+        verdict = "contradicted"
+    else:
+        verdict = "reproduces" if judged and not unjudged else "not measured"
     return Claim(claim, verdict, "; ".join(texts))
 
 
 def _tracking_claim(j: _Judge) -> Claim:
+    """Reproduces when the interval of every measured gap lies below the tolerance; contradicted when one lies
+    wholly above it; otherwise not visible (the interval straddles the tolerance)."""
     claim = "NVFP4 tracks the higher-precision loss (within ~1-1.5%)"
-    parts, gaps = [], []
+    parts, intervals = [], []
     for baseline in ("bf16", "fp8"):
         if j.has("nvfp4", baseline):
-            got = j.gap_text("nvfp4", baseline)
-            if got is not None:
-                gaps.append(got[0])
-                parts.append(got[1])
-    if not gaps:
+            c = paired_comparison(j.summary, "nvfp4", baseline)
+            if c is not None:
+                parts.append(f"nvfp4 vs {baseline}: {describe(c)}")
+                intervals.append(c.get("interval"))
+    if not parts:
         return Claim(claim, "not measured", "needs nvfp4 with bf16 or fp8")
     if _diverged(j.summary, "nvfp4") is not None:
         return Claim(claim, "contradicted", "nvfp4 diverged")
-    worst = max(gaps)
-    verdict = j.judged("reproduces" if worst <= NVFP4_TRACKING_TOLERANCE else "contradicted")
-    return Claim(claim, verdict, "; ".join(parts))
+    if any(i is None for i in intervals):
+        return Claim(claim, "not measured", "; ".join(parts))
+    if all(hi <= NVFP4_TRACKING_TOLERANCE for _, hi in intervals):
+        verdict = "reproduces"
+    elif any(lo > NVFP4_TRACKING_TOLERANCE for lo, _ in intervals):
+        verdict = "contradicted"
+    else:
+        verdict = "not visible"
+    return Claim(claim, verdict, "; ".join(parts) + f" (tolerance {100 * NVFP4_TRACKING_TOLERANCE:.1f}%)")
 
 
 def _mxfp4_claim(j: _Judge) -> Claim:
@@ -202,11 +202,14 @@ def _switch_claim(j: _Judge) -> Claim:
     if base is None or fwd is None or bwd is None:
         return Claim(claim, "not measured", "no finite final losses on a shared seed")
     gap = base[0]
+    base_c = paired_comparison(j.summary, "nvfp4", "bf16")
     text = (f"gap to bf16: nvfp4 {_pct(gap)}, switch-fwd {_pct(fwd[0])}, switch-bwd {_pct(bwd[0])}"
-            f" (seed{'s' * (len(shared) > 1)} {', '.join(map(str, sorted(shared)))}; {j.noise_note})")  # fmt: skip
-    if j.noise is None:
+            f" (seed{'s' * (len(shared) > 1)} {', '.join(map(str, sorted(shared)))}; nvfp4 vs bf16 "
+            f"{describe(base_c)})")  # fmt: skip
+    way = direction(base_c)
+    if way is None:
         return Claim(claim, "not measured", text)
-    if gap <= j.threshold:
+    if way != "worse":
         return Claim(claim, "not visible", f"no NVFP4 gap to recover: {text}")
     rec_fwd, rec_bwd = (gap - fwd[0]) / gap, (gap - bwd[0]) / gap
     text += f"; recovered: fwd {100 * rec_fwd:.0f}%, bwd {100 * rec_bwd:.0f}%"

@@ -751,3 +751,50 @@ def _end_progress(text: str) -> None:
     if sys.stderr.isatty():
         print("\r\033[K", end="", file=sys.stderr)
     print(text, flush=True)
+
+
+# -- during training: nvfp4 train --probe-interval ---------------------------------------------------------------
+
+
+def training_probe(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], *, autocast: bool = True,
+                   seed: int = 0, backend: str = "auto") -> dict[str, Any]:  # fmt: skip
+    """Cheap per-layer statistics of a converted model as it trains, for ``metrics.jsonl``: each quantized operand's
+    SQNR and underflow fraction, and the one-draw gradient noise ‖g_q − g‖/‖g‖ against the FP32 gradient on
+    ``batch``. Works on copies: the model, its SR counters and every RNG are left exactly as they were, so a run
+    with probes trains bit for bit like one without."""
+    layers = dict(quantized_layers(model))
+    plain = unconverted_copy(model).float()
+    names = list(_block_linears(plain))
+    quantized = copy.deepcopy(model).float()  # same recipe, SR seeds, counters and precision (a late switch)
+    for layer in quantized_layers(quantized):
+        layer[1].recipe = layer[1].recipe.replace(exact_gemm=True)
+        layer[1].amax_reducer = None  # no collective: rank 0 probes alone
+        layer[1].invalidate_weight_cache()
+    for copied in (plain, quantized):
+        if hasattr(copied, "activation_checkpointing"):
+            copied.activation_checkpointing = False  # nothing to save memory for: no recompute, no replayed counters
+    ref_grads, ref = reference_pass(plain, batch, names)
+    grads, _ = _pass(quantized, names, batch[0], batch[1], autocast)
+    out_layers: dict[str, Any] = {}
+    raws = []
+    for n in names:
+        est = GradientEstimate(ref_grads[n], 1)
+        est.add(grads[n])
+        raws.append(est.raw())
+        figures = est.result()
+        entry: dict[str, Any] = {"grad_noise": figures.get("relative_error")}
+        layer = layers.get(n)
+        if layer is not None:
+            x = ref.inputs[n].reshape(-1, layer.in_features).float()
+            dy = ref.output_grads[n].reshape(-1, layer.out_features).float()
+            w = plain.get_submodule(n).weight.detach().float()
+            entry["sqnr_db"], entry["underflow_fraction"] = {}, {}
+            for i, op in enumerate(OPERANDS):
+                cfg = _effective_config(layer, op)
+                if cfg.quantized:
+                    e = operand_error(OPERAND_SOURCES[op](x, w, dy), cfg, seed=seed, offset=i)
+                    entry["sqnr_db"][op], entry["underflow_fraction"][op] = e["sqnr_db"], e["underflow_fraction"]
+        out_layers[n] = entry
+    total = gradient_figures(raws)
+    return {"grad_signal_to_noise": total.get("signal_to_noise"), "grad_noise": total.get("relative_error"),
+            "layers": _finite(out_layers)}  # fmt: skip

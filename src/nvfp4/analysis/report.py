@@ -16,6 +16,7 @@ from statistics import mean, pstdev
 import numpy as np
 
 from nvfp4.analysis.claims import assess_claims, seed_noise
+from nvfp4.analysis.stats import describe, paired_comparison, token_equivalence
 
 LONG_MXFP4 = "mxfp4-long"  # the run name of MXFP4 trained longer (``nvfp4 compare --mxfp4-token-multiplier``)
 FINAL_TRAIN_WINDOW = 0.1  # the "final train loss" averages the logged losses of the last 10% of tokens
@@ -31,6 +32,10 @@ class RunRecord:
     val_loss: np.ndarray
     result: dict = field(default_factory=dict)  # final figures written by the trainer/compare
     run_info: dict = field(default_factory=dict)  # the trainer's run.json (hardware, git commit, sizes)
+    # ``--probe-interval`` records: tokens, and ||g|| / ||g_q - g|| of the whole model's block linears
+    probe_tokens: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    probe_snr: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    val_sequences: list[float] | None = None  # per-sequence final val losses (``--sequence-eval-batches``)
 
     @property
     def final_val_loss(self) -> float:
@@ -53,7 +58,7 @@ class RunRecord:
 def load_run(run_dir: str | Path, recipe: str, seed: int) -> RunRecord:
     """Read ``metrics.jsonl`` (and ``result.json`` if present) of one run."""
     run_dir = Path(run_dir)
-    tokens, train, vtok, val = [], [], [], []
+    tokens, train, vtok, val, ptok, psnr = [], [], [], [], [], []
     with open(run_dir / "metrics.jsonl") as f:
         for line in f:
             line = line.strip()
@@ -66,12 +71,17 @@ def load_run(run_dir: str | Path, recipe: str, seed: int) -> RunRecord:
             if row.get("val_loss") is not None:
                 vtok.append(row["tokens"])
                 val.append(row["val_loss"])
+            if (row.get("probe") or {}).get("grad_signal_to_noise") is not None:
+                ptok.append(row["tokens"])
+                psnr.append(row["probe"]["grad_signal_to_noise"])
     result_path = run_dir / "result.json"
     result = json.loads(result_path.read_text()) if result_path.exists() else {}
     info_path = run_dir / "run.json"
     run_info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    sequences_path = run_dir / "val_sequences.json"
+    sequences = json.loads(sequences_path.read_text()).get("losses") if sequences_path.exists() else None
     return RunRecord(recipe, seed, np.array(tokens, float), np.array(train, float), np.array(vtok, float),
-                     np.array(val, float), result, run_info)
+                     np.array(val, float), result, run_info, np.array(ptok, float), np.array(psnr, float), sequences)
 
 
 def ema(values: np.ndarray, alpha: float | None = None) -> np.ndarray:
@@ -184,6 +194,8 @@ def summarize(runs: list[RunRecord], reference: str = "bf16", meta: dict | None 
             "tokens": r.result.get("tokens"), "tokens_per_s": r.result.get("tokens_per_s"),
             "wall_time_s": r.result.get("wall_time_s"), "diverged": r.diverged,
             "diverged_step": r.result.get("diverged_step"), "git_commit": r.run_info.get("git_commit"),
+            "val_curve": [[float(t), float(v)] for t, v in zip(r.val_tokens, r.val_loss, strict=True)],
+            "val_sequence_losses": r.val_sequences,
         })
     recipes = {}
     for name, rs in by_recipe.items():
@@ -209,6 +221,15 @@ def summarize(runs: list[RunRecord], reference: str = "bf16", meta: dict | None 
         }
         summary["token_efficiency_mxfp4_vs_nvfp4"] = eff
     summary["seed_noise"] = seed_noise(summary)
+    summary["paired"] = {
+        name: {
+            "vs_reference": paired_comparison(summary, name, reference) if name != reference else None,
+            "vs_nvfp4": paired_comparison(summary, name, "nvfp4") if name != "nvfp4" and "nvfp4" in by_recipe
+            else None,
+            "token_equivalence": token_equivalence(summary, name, reference) if name != reference else None,
+        }
+        for name in by_recipe
+    }  # fmt: skip
     summary["claims"] = assess_claims(summary)
     return summary
 
@@ -291,8 +312,28 @@ def write_plots(runs: list[RunRecord], out_dir: str | Path, reference: str = "bf
            title="Final validation loss per recipe (axis zoomed to the data)")
     ax.grid(alpha=0.3, axis="y")
     paths.append(_save(fig, out_dir / "final_val_loss.png"))
+    probed = [r for r in runs if len(r.probe_snr)]
+    if probed:
+        paths.append(plot_gradient_signal_to_noise(probed, out_dir / "gradient_signal_to_noise.png", colors))
     plt.close("all")
     return paths
+
+
+def plot_gradient_signal_to_noise(runs: list[RunRecord], path: Path, colors: dict | None = None) -> Path:
+    """||g|| / ||g_q − g|| over training (``--probe-interval``) against FP4-all-the-way's sqrt(3) threshold, below
+    which quantized gradients stop helping: the mechanism behind the late switch to BF16."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5))
+    for k, r in enumerate(runs):
+        color = (colors or {}).get(r.recipe, plt.cm.tab10(k % 10))
+        ax.plot(r.probe_tokens, r.probe_snr, marker="o", ms=3, color=color, label=f"{r.recipe} seed {r.seed}")
+    ax.axhline(math.sqrt(3), color="k", ls="--", lw=1, label="√3 (FP4-all-the-way)")
+    ax.set(xlabel="tokens", ylabel="‖g‖ / ‖g_q − g‖  (log scale)", yscale="log",
+           title="Gradient signal to quantization noise over training (fixed validation batch)")  # fmt: skip
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
 
 
 def _gap_panels(names: list[str]) -> list[tuple[str, list[str], bool]]:
@@ -370,16 +411,35 @@ def write_report(summary: dict, out_dir: str | Path, command: str | None = None)
         else:
             lines.append(f"No estimate of how many more tokens MXFP4 needs to reach NVFP4's final validation loss "
                          f"({eff['target_val_loss']:.4f}): {eff['note']}.")
+    paired = summary.get("paired") or {}
+    if any(p.get("vs_reference") for p in paired.values()):
+        lines += ["", "## Paired statistics", "",
+                  f"Per-seed paired relative gaps of the final validation loss with 95% intervals (Student t over "
+                  f"the seeds; with fewer than 3 seeds the spread is borrowed from the recipes run with 2+ seeds), "
+                  f"and where the runs wrote per-sequence losses (`--sequence-eval-batches`), a paired bootstrap over "
+                  f"the validation sequences. Token equivalence: the {ref} tokens needed to reach the arm's final "
+                  f"loss, read off {ref}'s validation curve, as a fraction of the arm's tokens.", "",
+                  f"| recipe | vs {ref} | vs nvfp4 | token equivalence (× own tokens) |", "|---|---|---|---|"]
+        for name, p in paired.items():
+            if name == ref:
+                continue
+            te = p.get("token_equivalence") or {}
+            te_text = "—" if not te else ", ".join(
+                f"seed {k}: {'beyond ' + ref if v is None else f'{v:.2f}'}" for k, v in te["per_seed"].items())
+            lines.append(f"| {name} | {describe(p['vs_reference']) if p.get('vs_reference') else '—'} "
+                         f"| {describe(p['vs_nvfp4']) if p.get('vs_nvfp4') else '—'} | {te_text} |")
     claims = summary.get("claims")
     if claims:
         lines += ["", "## The paper's claims (SPEC §6) at this scale", "",
-                  "Verdicts are computed from the numbers (nvfp4/analysis/claims.py); differences are paired by seed.",
+                  "Verdicts are computed from the numbers (nvfp4/analysis/claims.py); differences are paired by seed "
+                  "and count when their 95% intervals exclude zero.",
                   "", "| claim | verdict | evidence |", "|---|---|---|"]
         lines += [f"| {c['claim']} | **{c['verdict']}** | {c['evidence']} |" for c in claims]
     lines += ["", "## Plots", ""]
     for png, caption in (("loss_curves.png", "Loss curves"),
                          ("relative_loss_difference.png", f"Relative loss difference to {ref}"),
-                         ("final_val_loss.png", "Final validation loss per recipe")):
+                         ("final_val_loss.png", "Final validation loss per recipe"),
+                         ("gradient_signal_to_noise.png", "Gradient signal to quantization noise over training")):
         if (out_dir / png).exists():
             lines += [f"![{caption}]({png})", ""]
     path = out_dir / "report.md"

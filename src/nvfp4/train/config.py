@@ -86,7 +86,14 @@ class TrainConfig:
     # -- evaluation, logging, checkpoints ---------------------------------------------------------
     eval_interval: int = field(default=50, metadata=_help("evaluate every N steps (0 = only at the end)"))
     eval_batches: int = field(default=8, metadata=_help("validation batches per evaluation"))
+    sequence_eval_batches: int = field(
+        default=0, metadata=_help("at the end, the loss of every sequence of the first N fixed validation batches to "
+                                  "OUT/val_sequences.json, for paired statistics across runs (-1 = the whole "
+                                  "validation split, 0 = off)"))  # fmt: skip
     log_interval: int = field(default=10, metadata=_help("write metrics every N steps"))
+    probe_interval: int = field(
+        default=0, metadata=_help("every N steps, log per-layer operand SQNR and gradient noise on a fixed validation "
+                                  "batch to metrics.jsonl (0 = off; does not change the run)"))  # fmt: skip
     checkpoint_interval: int = field(default=100, metadata=_help("checkpoint every N steps (0 = only at the end)"))
     keep_checkpoints: int = field(default=3, metadata=_help("how many recent checkpoints to keep"))
     keep_steps: list[int] | None = field(
@@ -152,7 +159,12 @@ class TrainConfig:
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("eval_interval", "checkpoint_interval", "seed"):
+        if self.sequence_eval_batches < -1:
+            raise ValueError(f"sequence_eval_batches must be -1 (all), 0 (off) or a positive count, got "
+                             f"{self.sequence_eval_batches}")  # fmt: skip
+        if self.probe_interval and self.distributed == "fsdp":
+            raise ValueError("--probe-interval needs whole weights on rank 0: use --distributed ddp or none with it")
+        for name in ("eval_interval", "checkpoint_interval", "probe_interval", "seed"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {value!r}")

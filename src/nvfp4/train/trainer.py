@@ -33,6 +33,7 @@ from torch import nn
 
 import nvfp4
 from nvfp4 import kernels
+from nvfp4._io import atomic_write
 from nvfp4._provenance import git_commit, hardware
 from nvfp4.convert import quantized_layers
 from nvfp4.data import DatasetInfo, TokenLoader, default_dataset, load_dataset, val_batches
@@ -55,6 +56,8 @@ from nvfp4.train.checkpoint import (
 from nvfp4.train.config import IDENTITY_FIELDS, TrainConfig
 from nvfp4.train.metrics import METRICS_FILE, MetricsLog, Progress
 from nvfp4.train.schedule import LRSchedule
+
+SEQUENCE_EVAL_FILE = "val_sequences.json"  # per-sequence final validation losses (--sequence-eval-batches)
 
 StepCallback = Callable[[dict[str, Any]], None]
 # Settings a resumed run may change (unlike IDENTITY_FIELDS), but which change its trajectory: a resume says so.
@@ -443,6 +446,7 @@ class Trainer:
                 self.last_losses = (None, self.evaluate())
                 self.metrics.write({"step": 0, "tokens": 0, "val_loss": self.last_losses[1]})
                 self.progress.message(f"step 0 | val {self.last_losses[1]:.4f}")
+                self._probe()
             while self.step < self.total_steps:
                 read_back = self._step_and_log()
                 if not read_back and self.ctx.world_size > 1:
@@ -472,6 +476,8 @@ class Trainer:
             self.progress.close()
             self.progress = None
             self._restore_sigint(previous_handler)
+        if diverged_step is None and not interrupted and self.step == self.total_steps:
+            self._sequence_eval()
         if message:
             self._say(message)
         elapsed = self.elapsed()
@@ -510,13 +516,33 @@ class Trainer:
             "tokens_per_s": self.window_tokens / max(self.window_time, 1e-9), "precision": precision,
         })  # fmt: skip
         evaluate = self.step == self.total_steps or (c.eval_interval > 0 and self.step % c.eval_interval == 0)
-        due = evaluate or self.step == 1 or self.step % c.log_interval == 0 or self._checkpoint_due()
+        probe = self._probe_due()
+        due = evaluate or probe or self.step == 1 or self.step % c.log_interval == 0 or self._checkpoint_due()
         # A single process reads back at once on Ctrl-C; ranks must read back (and agree on stopping) at the same steps.
         stop_now = self.stop_requested and self.ctx.world_size == 1
         if self.deferred and not (due or stop_now):
             return False
         self._read_back(evaluate)
+        if probe:
+            self._probe()
         return True
+
+    def _probe_due(self) -> bool:
+        every = self.config.probe_interval
+        return every > 0 and (self.step % every == 0 or self.step == self.total_steps)
+
+    def _probe(self) -> None:
+        """A ``{"step", "tokens", "probe"}`` record of ``training_probe`` on the first validation batch (rank 0; the
+        run itself is untouched: the probe works on copies and draws from no RNG)."""
+        if not self.config.probe_interval or not self.ctx.is_main:
+            return
+        from nvfp4.analysis.probe import training_probe
+
+        c = self.config
+        x, y = next(iter(val_batches(self.data.val, c.batch_size, c.seq_len, 1)))
+        figures = training_probe(self.model, (x.to(self.device), y.to(self.device)), autocast=self.use_autocast,
+                                 seed=c.seed, backend=c.backend)  # fmt: skip
+        self.metrics.write({"step": self.step, "tokens": self.tokens, "probe": figures})
 
     def _read_back(self, evaluate: bool) -> None:
         """Account for the pending steps in order: finite or skipped (bad-step count, events), the latest losses,
@@ -622,6 +648,35 @@ class Trainer:
             drop_weight_caches(self.model)
         total, count = D.sum_floats([total, count], self.ctx)
         return total / count
+
+    @torch.no_grad()
+    def _sequence_eval(self) -> None:
+        """OUT/val_sequences.json: the mean loss of each validation sequence (the first ``sequence_eval_batches``
+        fixed batches, -1 = all), so that runs can be compared sequence by sequence (paired bootstrap). Rank 0,
+        once per final step."""
+        c = self.config
+        path = self.out / SEQUENCE_EVAL_FILE
+        if not c.sequence_eval_batches or not self.ctx.is_main:
+            return
+        if path.exists() and json.loads(path.read_text()).get("step") == self.step:
+            return
+        limit = None if c.sequence_eval_batches < 0 else c.sequence_eval_batches
+        losses: list[float] = []
+        self.model.eval()
+        try:
+            for x, y in val_batches(self.data.val, c.batch_size, c.seq_len, limit):
+                with self._autocast():
+                    logits, _ = self.model(x.to(self.device))
+                per_token = torch.nn.functional.cross_entropy(
+                    logits.float().reshape(-1, logits.shape[-1]), y.to(self.device).reshape(-1), reduction="none"
+                )
+                losses += per_token.reshape(y.shape).mean(dim=1).tolist()
+        finally:
+            self.model.train()
+            drop_weight_caches(self.model)
+        record = {"step": self.step, "tokens": self.tokens, "seq_len": c.seq_len, "sequences": len(losses),
+                  "mean_loss": sum(losses) / len(losses), "losses": losses}  # fmt: skip
+        atomic_write(path, json.dumps(record).encode())
 
     def save_checkpoint(self) -> bool:
         """Write a checkpoint (rank 0) after checking every parameter is finite; False if refused."""
