@@ -142,7 +142,7 @@ def _compare(args: argparse.Namespace) -> int:
     config = CompareConfig(
         recipes=args.recipes, suite=suite, out=args.out, seeds=args.seeds, ablation_seeds=args.ablation_seeds,
         reference=args.reference, mxfp4_token_multiplier=args.mxfp4_token_multiplier, train=train,
-        branch=not args.no_branch,
+        branch=not args.no_branch, probe=args.probe, probe_draws=args.probe_draws,
         command=command_line([a for a in args.argv if a != "--report-only"]),  # the command that made the runs
     )  # fmt: skip
     summary = write_outputs(config) if args.report_only else compare(config)
@@ -178,6 +178,10 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-branch", action="store_true",
                    help="train late-switch recipes from scratch instead of branching them from their base recipe's "
                         "checkpoint at the switch step (bit-identical, 80%% cheaper)")
+    p.add_argument("--probe", action="store_true",
+                   help="after the runs, `nvfp4 probe` every recipe on fresh weights and on nvfp4's final checkpoint, "
+                        "for the mechanism verdicts (and log --probe-interval records in every run)")
+    p.add_argument("--probe-draws", type=int, default=32, help="stochastic-rounding draws of --probe (default 32)")
     p.add_argument("--quick", action="store_true", help="CI-sized run: tiny 4-layer model, bf16 vs nvfp4, 20 steps")
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: rewrite summary, plots and report from the runs complete so far")

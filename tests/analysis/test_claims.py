@@ -42,9 +42,10 @@ def test_paired_gap_uses_shared_seeds_only():
 
 
 def test_every_claim_is_not_measured_without_runs():
-    verdicts = _verdicts(_summary({"bf16": {1: 4.0}}))
-    assert set(verdicts.values()) == {"not measured"}
-    assert len(verdicts) == 10
+    rows = assess_claims(_summary({"bf16": {1: 4.0}}))
+    assert len(rows) == 11  # ten end-loss claims and the sqrt(3) mechanism, which has no end-loss counterpart
+    assert {r["verdict"] for r in rows[:10]} == {"not measured"} and rows[10]["verdict"] == "—"
+    assert {r["mechanism_verdict"] for r in rows} == {"not measured"}
 
 
 def test_ablation_verdicts_follow_the_intervals():

@@ -119,3 +119,26 @@ def test_cli_quick_compare_and_errors(tmp_path, capsys):
     assert "unknown recipe 'nvfp5'" in capsys.readouterr().err
     assert main(["compare", "--suite", "paper", "--seeds", "a,b", "--out", str(out)]) == 2
     assert "comma-separated list of int" in capsys.readouterr().err
+
+
+def test_compare_probe_gives_mechanism_verdicts_and_paired_statistics(tmp_path):
+    cfg = CompareConfig(recipes=["bf16", "nvfp4", "nvfp4-no-2d"], out=str(tmp_path), seeds=[0, 1],
+                        ablation_seeds=[0], train=dict(TINY, sequence_eval_batches=2), probe=True,
+                        probe_draws=2)  # fmt: skip
+    assert cfg.train["probe_interval"] == TINY["eval_interval"]  # the runs log probe records too
+    summary = compare(cfg)
+    for kind in ("fresh", "trained"):
+        probe = json.loads((tmp_path / "probe" / kind / "probe.json").read_text())
+        assert list(probe["recipes"]) == ["bf16", "nvfp4", "nvfp4-no-2d"]
+    assert json.loads((tmp_path / "probe" / "trained" / "probe.json").read_text())["meta"]["step"] == 6
+    claims = {c["claim"]: c for c in summary["claims"]}
+    two_d = next(c for k, c in claims.items() if "2D" in k)
+    assert two_d["mechanism_verdict"] == "reproduces" and "16×16 tiles" in two_d["mechanism_evidence"]
+    snr = next(c for k, c in claims.items() if "√3" in k)
+    assert snr["mechanism_verdict"] != "not measured" and "√3" in snr["mechanism_evidence"]
+    paired = summary["paired"]["nvfp4"]["vs_reference"]
+    assert paired["seeds"] == [0, 1] and len(paired["bootstrap_interval"]) == 2 and paired["sequences"] == 8
+    assert summary["paired"]["nvfp4"]["token_equivalence"]["per_seed"].keys() == {0, 1}
+    report = (tmp_path / "report.md").read_text()
+    assert "mechanism verdict" in report and "Paired statistics" in report
+    assert (tmp_path / "gradient_signal_to_noise.png").stat().st_size > 0

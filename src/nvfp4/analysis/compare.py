@@ -27,6 +27,8 @@ from nvfp4._provenance import git_commit, hardware
 from nvfp4.analysis.report import LONG_MXFP4, RunRecord, load_run, summarize, write_plots, write_report
 from nvfp4.train.checkpoint import checkpoint_path
 
+MODEL_OVERRIDES = ("n_layer", "n_head", "n_kv_head", "d_model", "d_ff", "mlp")
+
 MAIN_RECIPES = ("bf16", "fp8", "nvfp4", "mxfp4")
 MAIN_RUNS = (*MAIN_RECIPES, LONG_MXFP4)  # run with the main seeds and first in the plan
 PAPER_SUITE = (
@@ -60,6 +62,10 @@ class CompareConfig:
     command: str | None = None
     # Branch late-switch runs from their base run's checkpoint at the switch step instead of training from scratch.
     branch: bool = True
+    # After the runs, probe every recipe (nvfp4 probe) on fresh weights and on a trained checkpoint (nvfp4's first
+    # seed, else the reference's), for the mechanism verdicts; the runs also log --probe-interval records.
+    probe: bool = False
+    probe_draws: int = 32
 
     def __post_init__(self) -> None:
         if (self.recipes is None) == (self.suite is None):
@@ -76,6 +82,10 @@ class CompareConfig:
             self.mxfp4_token_multiplier = 1.5 if self.suite in ("paper", "paper-full") else 1.0
         if self.mxfp4_token_multiplier < 1.0:
             raise ValueError("mxfp4_token_multiplier must be >= 1")
+        if self.probe_draws < 2:
+            raise ValueError(f"--probe-draws must be at least 2, got {self.probe_draws}")
+        if self.probe and "probe_interval" not in self.train:
+            self.train["probe_interval"] = self.train.get("eval_interval", 50) or 50
         for key in ("recipe", "seed", "out", "resume", "keep_steps", "branch_from"):
             if key in self.train:
                 raise ValueError(f"train option {key!r} is set per run by compare; remove it")
@@ -201,7 +211,41 @@ def compare(config: CompareConfig) -> dict:
             break
         record = dataclasses.asdict(result)
         _atomic_write(rdir / "result.json", json.dumps(record, indent=2))
+    else:
+        if config.probe:
+            run_probes(config)
     return write_outputs(config)
+
+
+def probe_dirs(config: CompareConfig) -> dict[str, Path]:
+    return {"trained": Path(config.out) / "probe" / "trained", "fresh": Path(config.out) / "probe" / "fresh"}
+
+
+def run_probes(config: CompareConfig) -> None:
+    """``nvfp4 probe`` of the compared recipes on fresh weights and on the final checkpoint of nvfp4's first seed
+    (else the reference's); each is skipped when its probe.json exists, so a stopped compare resumes here too."""
+    from nvfp4.analysis.probe import ProbeConfig, run_probe
+
+    names = [r for r in config.recipe_names if r != LONG_MXFP4]
+    source = "nvfp4" if "nvfp4" in names else config.reference
+    trained_run = run_dir(config.out, source, config.seeds[0])
+    train = config.train
+    for kind, out in probe_dirs(config).items():
+        if (out / "probe.json").exists():
+            print(f"probe ({kind}): complete, skipped", flush=True)
+            continue
+        print(f"probe ({kind}): {len(names)} recipes, {config.probe_draws} draws", flush=True)
+        if kind == "trained":
+            if not (trained_run / "checkpoints").is_dir():
+                print(f"probe (trained): {trained_run} has no checkpoint; skipped", flush=True)
+                continue
+            cfg = ProbeConfig(out=str(out), checkpoint=str(trained_run), recipes=names, draws=config.probe_draws)
+        else:
+            cfg = ProbeConfig(out=str(out), model=train.get("model", "tiny"), recipes=names, draws=config.probe_draws,
+                              seed=config.seeds[0], data=train.get("data"), tokenizer=train.get("tokenizer", "bpe"),
+                              batch_size=train.get("batch_size", 8), seq_len=train.get("seq_len", 128),
+                              **{k: train[k] for k in MODEL_OVERRIDES if train.get(k) is not None})
+        run_probe(cfg, command=(config.command or "nvfp4 compare") + f" (probe: {kind})")
 
 
 def collect_runs(config: CompareConfig) -> list[RunRecord]:
@@ -231,11 +275,22 @@ def write_outputs(config: CompareConfig) -> dict:
         "complete_runs": len(runs),
         "planned_runs": len(config.runs()),
     }
-    summary = summarize(runs, config.reference, meta)
+    mechanisms = _mechanisms(config)
+    summary = summarize(runs, config.reference, meta, mechanisms)
     _atomic_write(out / "summary.json", json.dumps(summary, indent=2, default=float))
     write_plots(runs, out, config.reference)
     write_report(summary, out, config.command)
     return summary
+
+
+def _mechanisms(config: CompareConfig) -> dict | None:
+    """The compact probe figures the mechanism verdicts read: the trained checkpoint's probe, else the fresh one."""
+    from nvfp4.analysis.probe_report import mechanism_figures
+
+    for out in probe_dirs(config).values():
+        if (out / "probe.json").exists():
+            return mechanism_figures(json.loads((out / "probe.json").read_text()))
+    return None
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -567,6 +567,12 @@ class ProbeConfig:
     model: str | None = field(
         default=None, metadata={"help": "model preset for fresh weights (default tiny; with --checkpoint, must match)"}
     )
+    n_layer: int | None = field(default=None, metadata={"help": "fresh weights: override the preset's blocks"})
+    n_head: int | None = field(default=None, metadata={"help": "fresh weights: override the preset's heads"})
+    n_kv_head: int | None = field(default=None, metadata={"help": "fresh weights: override the key/value heads"})
+    d_model: int | None = field(default=None, metadata={"help": "fresh weights: override the model width"})
+    d_ff: int | None = field(default=None, metadata={"help": "fresh weights: override the MLP width"})
+    mlp: str | None = field(default=None, metadata={"help": "fresh weights: override the MLP kind"})
     recipes: list[str] = field(default_factory=lambda: ["nvfp4"])
     draws: int = field(default=32, metadata={"help": "independent stochastic-rounding draws per recipe (>= 2)"})
     batches: int = field(default=1, metadata={"help": "fixed validation batches, probed together as one batch"})
@@ -635,8 +641,10 @@ def load_subject(config: ProbeConfig) -> ProbeSubject:
                     trained_recipe=state["recipe"]["name"], model=run.get("model"))  # fmt: skip
         train_config = TrainConfig.from_dict({k: v for k, v in run.items() if k in TrainConfig.field_names()})
     else:
+        overrides = {k: getattr(config, k) for k in ("n_layer", "n_head", "n_kv_head", "d_model", "d_ff", "mlp")
+                     if getattr(config, k) is not None}  # fmt: skip
         train_config = TrainConfig(model=config.model or "tiny", data=config.data, tokenizer=config.tokenizer,
-                                   seed=config.seed, seq_len=config.seq_len or 256)  # fmt: skip
+                                   seed=config.seed, seq_len=config.seq_len or 256, **overrides)  # fmt: skip
         info.update(source="fresh", model=train_config.model, step=0, tokens=0)
     batch_size = config.batch_size or (train_config.batch_size if state is not None else 8)
     seq_len = config.seq_len or train_config.seq_len

@@ -202,3 +202,47 @@ def _save(fig, path: Path) -> Path:
     plt.close(fig)
     atomic_write(path, buffer.getvalue())
     return path
+
+
+def _mean(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def mechanism_figures(probe: dict[str, Any]) -> dict[str, Any]:
+    """The compact per-recipe numbers the claims judge reads (``summary["mechanisms"]``), from a probe.json."""
+    out: dict[str, Any] = {"meta": {k: probe["meta"].get(k) for k in ("source", "model", "step", "tokens", "draws")}}
+    for name, r in probe["recipes"].items():
+        q = [layer for layer in r["layers"].values() if layer.get("operands")]
+        sqnr = mean_operand_sqnr(r)
+        g = r["model"]["weight_grad"]["all_layers"]
+        b = (r["model"].get("weight_backward_only_grad") or {}).get("all_layers") or {}
+        per_block: dict[int, list[float]] = defaultdict(list)
+        for layer in q:
+            per_block[layer["block"]] += [o["relative_mse"] for o in layer["operands"].values()
+                                          if o.get("relative_mse") is not None and o["format"] != "bf16"]  # fmt: skip
+        entry = {
+            "quantized_layers": r["quantized_layers"],
+            "sqnr_db": sqnr,
+            "sqnr_db_mean": _mean([v for o, v in sqnr.items() if v is not None and _quantized_operand(q, o)]),
+            "wgrad_underflow": _mean([layer["operands"]["wgrad_dy"]["underflow_fraction"] for layer in q]),
+            "fwd_bwd_weight_difference": max_fwd_bwd_difference(r),
+            "weight_grad": {k: g.get(k) for k in ("cosine", "alignment", "relative_bias", "relative_error",
+                                                  "concentration_slope")},  # fmt: skip
+            "weight_grad_backward_only": {k: b.get(k) for k in ("cosine", "alignment", "relative_bias",
+                                                                "concentration_slope")},  # fmt: skip
+            "operand_relative_mse_by_block": {blk: _mean(v) for blk, v in sorted(per_block.items())},
+            "weight_grad_error_by_block": depth_figure(r),
+        }
+        for gemm in GEMM_NAMES:
+            entry[f"{gemm}_gemm_error"] = _mean([layer["gemms"][gemm]["relative_error"] for layer in q])
+        for gemm in ("dgrad", "wgrad"):
+            est = [layer["gemm_estimates"][gemm] for layer in q if "gemm_estimates" in layer]
+            entry[f"{gemm}_estimate"] = {k: _mean([e.get(k) for e in est]) for k in
+                                         ("relative_bias", "relative_variance", "alignment", "concentration_slope")}
+        out[name] = entry
+    return out
+
+
+def _quantized_operand(layers: list[dict[str, Any]], operand: str) -> bool:
+    return any(layer["operands"][operand]["format"] != "bf16" for layer in layers)

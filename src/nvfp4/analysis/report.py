@@ -169,7 +169,8 @@ def token_efficiency(equal: list[RunRecord], longer: list[RunRecord], target: li
     return out
 
 
-def summarize(runs: list[RunRecord], reference: str = "bf16", meta: dict | None = None) -> dict:
+def summarize(runs: list[RunRecord], reference: str = "bf16", meta: dict | None = None,
+              mechanisms: dict | None = None) -> dict:  # fmt: skip
     """The content of ``summary.json``: per run and per recipe, with relative gaps to ``reference``."""
     by_recipe: dict[str, list[RunRecord]] = {}
     for r in runs:
@@ -196,6 +197,7 @@ def summarize(runs: list[RunRecord], reference: str = "bf16", meta: dict | None 
             "diverged_step": r.result.get("diverged_step"), "git_commit": r.run_info.get("git_commit"),
             "val_curve": [[float(t), float(v)] for t, v in zip(r.val_tokens, r.val_loss, strict=True)],
             "val_sequence_losses": r.val_sequences,
+            "probe_snr": [[float(t), float(v)] for t, v in zip(r.probe_tokens, r.probe_snr, strict=True)],
         })
     recipes = {}
     for name, rs in by_recipe.items():
@@ -230,6 +232,8 @@ def summarize(runs: list[RunRecord], reference: str = "bf16", meta: dict | None 
         }
         for name in by_recipe
     }  # fmt: skip
+    if mechanisms:
+        summary["mechanisms"] = mechanisms
     summary["claims"] = assess_claims(summary)
     return summary
 
@@ -433,8 +437,12 @@ def write_report(summary: dict, out_dir: str | Path, command: str | None = None)
         lines += ["", "## The paper's claims (SPEC §6) at this scale", "",
                   "Verdicts are computed from the numbers (nvfp4/analysis/claims.py); differences are paired by seed "
                   "and count when their 95% intervals exclude zero.",
-                  "", "| claim | verdict | evidence |", "|---|---|---|"]
-        lines += [f"| {c['claim']} | **{c['verdict']}** | {c['evidence']} |" for c in claims]
+                  "The mechanism verdict comes from `nvfp4 probe` figures (compare --probe): what the component does "
+                  "to operands and gradients, measured on fixed batches.",
+                  "", "| claim | end-loss verdict | evidence | mechanism verdict | mechanism evidence |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {c['claim']} | **{c['verdict']}** | {c['evidence']} | **{c.get('mechanism_verdict', '—')}** "
+                  f"| {c.get('mechanism_evidence', '')} |" for c in claims]
     lines += ["", "## Plots", ""]
     for png, caption in (("loss_curves.png", "Loss curves"),
                          ("relative_loss_difference.png", f"Relative loss difference to {ref}"),
