@@ -140,5 +140,5 @@ def test_compare_probe_gives_mechanism_verdicts_and_paired_statistics(tmp_path):
     assert paired["seeds"] == [0, 1] and len(paired["bootstrap_interval"]) == 2 and paired["sequences"] == 8
     assert summary["paired"]["nvfp4"]["token_equivalence"]["per_seed"].keys() == {0, 1}
     report = (tmp_path / "report.md").read_text()
-    assert "mechanism verdict" in report and "Paired statistics" in report
+    assert "mechanism verdict" in report and "Paired statistics" in report and "## Mechanisms" in report
     assert (tmp_path / "gradient_signal_to_noise.png").stat().st_size > 0

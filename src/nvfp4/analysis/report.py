@@ -372,6 +372,31 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _mechanism_table(mech: dict) -> list[str]:
+    """The probe's per-recipe numbers (``summary["mechanisms"]``) as a table."""
+    def f(v, fmt=".3f"):
+        return "–" if v is None else format(v, fmt)
+
+    m = mech.get("meta", {})
+    where = (f"the final checkpoint (step {m.get('step')})" if m.get("source") == "checkpoint" else "fresh weights")
+    lines = ["", "## Mechanisms (`nvfp4 probe`)", "",
+             f"Probed on {where} of model `{m.get('model')}`, {m.get('draws')} stochastic-rounding draws (full "
+             "tables: `probe/trained/report.md`, `probe/fresh/report.md`). Wgrad estimator: the Wgrad GEMM of each "
+             "quantized layer as an estimator of dyᵀx (bias with the draws' noise taken out; slope −1 = unbiased). "
+             "Weight gradient: the whole model's, against the FP32 gradient.", "",
+             "| recipe | quantized layers | mean SQNR (dB) | Wgrad GEMM error | Wgrad estimator bias | slope "
+             "| fwd/bwd W | W-grad cosine | alignment | bias |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, e in mech.items():
+        if name == "meta":
+            continue
+        est, g = e.get("wgrad_estimate") or {}, e.get("weight_grad") or {}
+        lines.append(f"| {name} | {e.get('quantized_layers')} | {f(e.get('sqnr_db_mean'), '.2f')} "
+                     f"| {f(e.get('wgrad_gemm_error'), '.4f')} | {f(est.get('relative_bias'), '.4f')} "
+                     f"| {f(est.get('concentration_slope'), '.2f')} | {f(e.get('fwd_bwd_weight_difference'), '.4f')} "
+                     f"| {f(g.get('cosine'))} | {f(g.get('alignment'))} | {f(g.get('relative_bias'))} |")
+    return lines
+
+
 def write_report(summary: dict, out_dir: str | Path, command: str | None = None) -> Path:
     """``report.md``: the table and the plots, readable on its own."""
     out_dir = Path(out_dir)
@@ -432,6 +457,9 @@ def write_report(summary: dict, out_dir: str | Path, command: str | None = None)
                 f"seed {k}: {'beyond ' + ref if v is None else f'{v:.2f}'}" for k, v in te["per_seed"].items())
             lines.append(f"| {name} | {describe(p['vs_reference']) if p.get('vs_reference') else '—'} "
                          f"| {describe(p['vs_nvfp4']) if p.get('vs_nvfp4') else '—'} | {te_text} |")
+    mech = summary.get("mechanisms")
+    if mech:
+        lines += _mechanism_table(mech)
     claims = summary.get("claims")
     if claims:
         lines += ["", "## The paper's claims (SPEC §6) at this scale", "",
