@@ -107,3 +107,42 @@ def test_huggingface_llama_converts():
     out = model(input_ids=ids, labels=ids)
     out.loss.backward()
     assert torch.isfinite(out.loss)
+
+
+def test_exclude_adds_to_the_default_exclusions_and_can_drop_them():
+    model = nvfp4.convert(_tower(4), "nvfp4-all-fp4", exclude=("blocks.2.*",))
+    assert type(model.lm_head) is nn.Linear and type(model.blocks[2][0]) is nn.Linear  # both kept
+    assert isinstance(model.blocks[1][0], nvfp4.Linear)
+    bare = nvfp4.convert(_tower(4), "nvfp4-all-fp4", default_exclusions=False)
+    assert isinstance(bare.lm_head, nvfp4.Linear)
+    with pytest.raises(ValueError, match="not the string"):
+        nvfp4.convert(_tower(2), "nvfp4", exclude="lm_head")
+
+
+@pytest.mark.parametrize("head", ["embed_out", "output_layer", "score", "classifier", "output", "lm_head"])
+def test_common_head_names_stay_high_precision(head):
+    model = _tower(2)
+    setattr(model, head, nn.Linear(16, 10))
+    nvfp4.convert(model, "nvfp4-all-fp4")
+    assert type(getattr(model, head)) is nn.Linear
+    assert "excluded by name" in next(r.treatment for r in nvfp4.conversion_report(model) if r.name == head)
+
+
+def test_filter_fn_keeps_what_it_rejects():
+    model = nvfp4.convert(_tower(4), "nvfp4-all-fp4", filter_fn=lambda module, fqn: module.out_features != 16)
+    assert all(isinstance(b[0], nvfp4.Linear) and type(b[1]) is nn.Linear for b in model.blocks)
+    report = nvfp4.conversion_report(model)
+    assert {r.treatment for r in report if r.name.endswith(".1")} == {"bf16 (filter_fn)"}
+
+
+def test_report_counts_parameters_and_grouped_expert_weights_are_named():
+    model = _tower(4)
+    report = nvfp4.conversion_report(nvfp4.convert(model, "nvfp4"))
+    assert report.quantized_parameters == 2 * (16 * 32 + 32 * 16)  # blocks 1 and 2
+    assert report.model_parameters == sum(p.numel() for p in model.parameters())
+    assert f"{report.quantized_parameters:,} of {report.model_parameters:,} parameters" in str(report)
+    moe = _tower(2)
+    moe.experts = nn.Module()
+    moe.experts.gate_up_proj = nn.Parameter(torch.randn(4, 16, 64))  # transformers 5.x stores experts like this
+    with pytest.warns(UserWarning, match=r"1 3-D \(grouped expert\) weight parameters, \d+\.\d% .*experts.gate_up"):
+        nvfp4.convert(moe, "nvfp4")

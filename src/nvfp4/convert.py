@@ -8,7 +8,8 @@ head, embeddings) in BF16 as plain ``nn.Linear``, and wraps every other linear i
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable
+import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from torch import nn
@@ -17,7 +18,12 @@ from nvfp4 import recipes
 from nvfp4.linear import PRECISIONS, AmaxReducer, Linear, checkpoint_context, layer_seed
 from nvfp4.recipe import PASSES, Recipe
 
-DEFAULT_EXCLUDE = ("lm_head", "output", "embed")
+# Name patterns that stay high precision unless ``default_exclusions=False``: output heads of the common model
+# families (GPT/Llama ``lm_head``, GPT-NeoX/Pythia ``embed_out``, Megatron ``output_layer``, sequence-classification
+# ``score`` and ``classifier``, ``output``) and embeddings. A pattern matches a full name or one dotted part.
+DEFAULT_EXCLUDE = ("lm_head", "output", "embed", "embed_out", "output_layer", "score", "classifier",
+                   "embed_tokens", "wte", "wpe")  # fmt: skip
+FilterFn = Callable[[nn.Module, str], bool]
 
 
 @dataclass(frozen=True)
@@ -28,9 +34,20 @@ class ConvertedLayer:
     in_features: int
     out_features: int
 
+    @property
+    def parameters(self) -> int:
+        return self.in_features * self.out_features
+
 
 class ConversionReport(list):
-    """Rows of ``ConvertedLayer``; ``str()`` gives the table that ``convert(verbose=True)`` prints."""
+    """Rows of ``ConvertedLayer``; ``str()`` gives the table that ``convert(verbose=True)`` prints.
+    ``model_parameters``: every parameter of the model, so the report says what share got quantized."""
+
+    model_parameters: int = 0
+
+    @property
+    def quantized_parameters(self) -> int:
+        return sum(r.parameters for r in self if r.treatment.startswith("quantized"))
 
     def __str__(self) -> str:
         width = max([len(r.name) for r in self] + [5])
@@ -40,7 +57,9 @@ class ConversionReport(list):
             shape = f"{r.in_features}->{r.out_features}"
             lines.append(f"{r.name:{width}s}  {block:>5s}  {shape:>11s}  {r.treatment}")
         quantized = sum(r.treatment.startswith("quantized") for r in self)
-        lines.append(f"{quantized} of {len(self)} linear layers quantized")
+        share = f", {100 * self.quantized_parameters / self.model_parameters:.1f}%" if self.model_parameters else ""
+        lines.append(f"{quantized} of {len(self)} linear layers quantized: {self.quantized_parameters:,} of "
+                     f"{self.model_parameters:,} parameters{share}")  # fmt: skip
         return "\n".join(lines)
 
 
@@ -63,19 +82,27 @@ def convert(
     model: nn.Module,
     recipe: str | Recipe = "nvfp4",
     blocks: nn.ModuleList | None = None,
-    exclude: Iterable[str] = DEFAULT_EXCLUDE,
+    exclude: Iterable[str] = (),
     *,
+    filter_fn: FilterFn | None = None,
+    default_exclusions: bool = True,
     seed: int = 0,
     backend: str = "auto",
     verbose: bool = False,
 ) -> nn.Module:
     """Replace the model's ``nn.Linear`` modules in place; returns the model.
 
-    The table of what happened to each linear is in ``conversion_report(model)`` (printed with
-    ``verbose=True``). ``seed`` keys the stochastic-rounding streams (distinct per layer).
+    ``exclude``: name globs kept in high precision, *in addition to* ``DEFAULT_EXCLUDE`` (output heads,
+    embeddings) unless ``default_exclusions=False``. ``filter_fn(module, fqn)``: return False to keep a linear in
+    high precision (torchao's ``module_filter_fn``), applied after the recipe's layer policy. The table of what
+    happened to each linear is in ``conversion_report(model)`` (printed with ``verbose=True``). Parameters of
+    3-D (grouped MoE expert) weights are not quantized: a warning names them with their share of the model.
+    ``seed`` keys the stochastic-rounding streams (distinct per layer).
     """
     recipe = recipes.get(recipe)
-    exclude = tuple(exclude)
+    if isinstance(exclude, str):
+        raise ValueError(f"exclude must be a sequence of name patterns, not the string {exclude!r}: use ({exclude!r},)")
+    exclude = (DEFAULT_EXCLUDE if default_exclusions else ()) + tuple(exclude)
     if blocks is None:
         found = find_blocks(model)
         blocks_prefix, blocks = found if found else ("", None)
@@ -98,6 +125,8 @@ def convert(
             treatment = "bf16 (first blocks)" if block < depth / 2 else "bf16 (last blocks)"
         elif _matches(name, recipe.layers.bf16_names):
             treatment = "bf16 (recipe bf16_names)"
+        elif filter_fn is not None and not filter_fn(module, name):
+            treatment = "bf16 (filter_fn)"
         else:
             treatment = f"quantized ({recipe.name})"
         base = module if type(module) is nn.Linear else _unwrap(module)
@@ -108,12 +137,30 @@ def convert(
         if replacement is not module:
             _set_submodule(model, name, replacement)
         report.append(ConvertedLayer(name, block, treatment, base.in_features, base.out_features))
+    report.model_parameters = sum(p.numel() for p in model.parameters())
+    if recipe.quantized:
+        _warn_grouped_weights(model, report.model_parameters)
     model._nvfp4_report = report  # type: ignore[attr-defined]
     if hasattr(model, "checkpoint_context"):  # nvfp4.model.GPT: its activation checkpointing replays SR counters
         model.checkpoint_context = checkpoint_context
     if verbose:
         print(report)
     return model
+
+
+def _warn_grouped_weights(model: nn.Module, total: int) -> None:
+    """MoE experts stored as 3-D parameters (transformers 5.x Mixtral, Qwen2-MoE: one (experts, out, in) tensor run
+    as a grouped GEMM) are not nn.Linear: say so, with their share of the model, instead of skipping them silently."""
+    grouped = [(n, p.numel()) for n, p in model.named_parameters() if p.dim() == 3]
+    if not grouped:
+        return
+    count = sum(n for _, n in grouped)
+    names = ", ".join(n for n, _ in grouped[:3]) + (f" and {len(grouped) - 3} more" if len(grouped) > 3 else "")
+    warnings.warn(
+        f"nvfp4.convert: {len(grouped)} 3-D (grouped expert) weight parameters, {100 * count / max(total, 1):.1f}% "
+        f"of the model's parameters ({names}), are not nn.Linear and stay in high precision: grouped MoE GEMMs are "
+        "not quantized yet", stacklevel=3,
+    )  # fmt: skip
 
 
 def conversion_report(model: nn.Module) -> ConversionReport:

@@ -584,6 +584,8 @@ class ProbeConfig:
     autocast: str = field(default="bf16", metadata={"help": "autocast of the non-quantized ops, as in training",
                                                      "choices": ("bf16", "none")})  # fmt: skip
     backend: str = field(default="auto", metadata={"help": "kernel backend (every backend gives the same bits)"})
+    device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu or cuda",
+                                                   "choices": ("auto", "cpu", "cuda")})  # fmt: skip
     operands: bool = field(default=True, metadata={"help": "measure operand and GEMM errors too"})
     overwrite: bool = field(default=False, metadata={"help": "replace the results already in --out"})
 
@@ -705,7 +707,13 @@ def run_probe(config: ProbeConfig, command: str | None = None) -> dict[str, Any]
     if (out / "probe.json").exists() and not config.overwrite:
         raise ValueError(f"{out / 'probe.json'} exists: choose another --out, or pass --overwrite to replace it")
     started = time.perf_counter()
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda, but torch sees no CUDA device: use --device cpu")
+    device = torch.device("cuda" if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
+                          else "cpu")  # fmt: skip
     subject = load_subject(config)
+    subject.model.to(device)
+    subject.batch = (subject.batch[0].to(device), subject.batch[1].to(device))
     ref = reference_pass(subject.model, subject.batch)
     results: dict[str, Any] = {}
     for i, name in enumerate(config.recipes, 1):
@@ -723,7 +731,7 @@ def run_probe(config: ProbeConfig, command: str | None = None) -> dict[str, Any]
                       f"alignment {figures.get('alignment', 1):.3f}")  # fmt: skip
     meta = {
         **subject.info, "draws": config.draws, "seed": config.seed, "autocast": config.autocast,
-        "recipes": config.recipes, "git_commit": git_commit(), "hardware": hardware("cpu"),
+        "recipes": config.recipes, "git_commit": git_commit(), "hardware": hardware(device),
         "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "wall_time_s": time.perf_counter() - started, "command": command,
     }  # fmt: skip
