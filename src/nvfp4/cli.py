@@ -3,6 +3,8 @@
     nvfp4 train --recipe nvfp4 --model tiny --max-steps 300 --out runs/quickstart
     nvfp4 compare --suite paper --model small --max-tokens 2000000 --seeds 1,2 --out runs/paper
     nvfp4 probe --checkpoint runs/quickstart --recipes nvfp4,nvfp4-no-sr --draws 32 --out runs/probe
+    nvfp4 generate runs/quickstart --prompt "And God said" --max-tokens 50
+    nvfp4 eval runs/quickstart --data my_texts/
     nvfp4 recipes
     nvfp4 prepare --data corpus/ --out data/mine --tokenizer bpe --vocab-size 8192
     nvfp4 demo
@@ -221,6 +223,94 @@ def _add_probe(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_probe)
 
 
+# -- generate / eval ------------------------------------------------------------------------------------
+
+
+@dataclass
+class GenerateConfig:
+    """Arguments of ``nvfp4 generate``: sample text from a trained checkpoint."""
+
+    checkpoint: str = field(metadata={"help": "an `nvfp4 train` run directory or checkpoint file"})
+    prompt: str = field(default="", metadata={"help": "text to continue (default: start of a document)"})
+    max_tokens: int = field(default=100, metadata={"help": "tokens to generate at most (stops at end-of-text)"})
+    temperature: float = field(default=0.8, metadata={"help": "sampling temperature; 0 = greedy"})
+    top_k: int | None = field(default=50, metadata={"help": "sample among the k most likely tokens"})
+    seed: int = field(default=0, metadata={"help": "sampling seed (the same seed gives the same text)"})
+    samples: int = field(default=1, metadata={"help": "how many samples (seeds seed, seed+1, ...)"})
+    precision: str = field(default="recipe", metadata={"help": "recipe: forward quantized as trained; bf16: not",
+                                                        "choices": ("recipe", "bf16")})  # fmt: skip
+    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda", "choices": ("auto", "cpu", "cuda")})
+
+
+@dataclass
+class EvalConfig:
+    """Arguments of ``nvfp4 eval``: loss, perplexity and bits per byte of a checkpoint on any text."""
+
+    checkpoint: str = field(metadata={"help": "an `nvfp4 train` run directory or checkpoint file"})
+    data: list[str] = field(metadata={"help": ".txt/.jsonl files or directories, or prepared shards / datasets"})
+    seq_len: int | None = field(default=None, metadata={"help": "tokens per window (default: the model's context)"})
+    batch_size: int = field(default=8, metadata={"help": "windows per forward pass"})
+    precision: str = field(default="recipe", metadata={"help": "recipe: forward quantized as trained; bf16: not",
+                                                        "choices": ("recipe", "bf16")})  # fmt: skip
+    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda", "choices": ("auto", "cpu", "cuda")})
+    json: bool = field(default=False, metadata={"help": "print the figures as one JSON object"})
+
+
+def _dataclass_args(cls: type, args: argparse.Namespace) -> Any:
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from nvfp4.inference import generate, load_trained
+
+    cfg = _dataclass_args(GenerateConfig, args)
+    if cfg.samples < 1:
+        raise UsageError(f"--samples must be at least 1, got {cfg.samples}")
+    trained = load_trained(cfg.checkpoint, device=cfg.device, precision=cfg.precision)
+    for i in range(cfg.samples):
+        text = generate(trained, cfg.prompt, max_tokens=cfg.max_tokens, temperature=cfg.temperature,
+                        top_k=cfg.top_k, seed=cfg.seed + i)  # fmt: skip
+        if cfg.samples > 1:
+            print(f"--- sample {i + 1} (seed {cfg.seed + i})")
+        print(cfg.prompt + text)
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import json
+
+    from nvfp4.inference import evaluate_data, load_trained
+
+    cfg = _dataclass_args(EvalConfig, args)
+    if cfg.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {cfg.batch_size}")
+    trained = load_trained(cfg.checkpoint, device=cfg.device, precision=cfg.precision)
+    result = evaluate_data(trained, cfg.data, seq_len=cfg.seq_len, batch_size=cfg.batch_size)
+    if cfg.json:
+        record = {**dataclasses.asdict(result), "checkpoint": str(trained.checkpoint), "step": trained.step,
+                  "recipe": trained.recipe, "precision": cfg.precision}  # fmt: skip
+        print(json.dumps(record))
+    else:
+        print(f"{trained.checkpoint} (step {trained.step}, recipe {trained.recipe}, precision {cfg.precision})")
+        print(result.summary())
+    return 0
+
+
+def _add_inference(sub: argparse._SubParsersAction) -> None:
+    gen = sub.add_parser("generate", help="sample text from a trained checkpoint",
+                         description="Sample text from an `nvfp4 train` checkpoint, its forward quantized as trained.")
+    gen.add_argument("checkpoint", help="run directory or checkpoint file")
+    _add_dataclass_flags(gen, GenerateConfig, skip=("checkpoint",))
+    gen.set_defaults(func=_generate)
+    ev = sub.add_parser("eval", help="loss, perplexity and bits per byte of a checkpoint on text files or shards",
+                        description="Evaluate an `nvfp4 train` checkpoint on any text (.txt/.jsonl files or "
+                        "directories) or prepared shards, with the run's tokenizer. Bits per byte compare across "
+                        "tokenizers.")  # fmt: skip
+    ev.add_argument("checkpoint", help="run directory or checkpoint file")
+    _add_dataclass_flags(ev, EvalConfig, skip=("checkpoint",))
+    ev.set_defaults(func=_eval)
+
+
 # -- recipes --------------------------------------------------------------------------------------------
 
 
@@ -310,6 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_compare(sub)
     _add_probe(sub)
+    _add_inference(sub)
     sub.add_parser("recipes", help="list the precision recipes, one per line").set_defaults(func=_recipes)
     prepare = sub.add_parser("prepare", help="tokenize text files (or the built-in corpus) into token shards")
     _add_dataclass_flags(prepare, PrepareConfig)

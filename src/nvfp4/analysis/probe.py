@@ -626,12 +626,13 @@ def load_subject(config: ProbeConfig) -> ProbeSubject:
     from nvfp4.data.loader import val_batches
     from nvfp4.model import GPT, GPTConfig, config_from_preset
     from nvfp4.train import TrainConfig
+    from nvfp4.train.checkpoint import resolve_checkpoint
     from nvfp4.train.trainer import load_data
 
     info: dict[str, Any] = {}
     state = None
     if config.checkpoint is not None:
-        path, state = _read_checkpoint(config.checkpoint)
+        path, state = resolve_checkpoint(config.checkpoint)
         run = dict(state["config"])
         model_config = GPTConfig(**state["model_config"])
         if config.model is not None and config.model != run.get("model"):
@@ -672,26 +673,6 @@ def load_subject(config: ProbeConfig) -> ProbeSubject:
     info.update(batch_sequences=int(batch[0].shape[0]), seq_len=seq_len, batch_tokens=int(batch[1].numel()),
                 model_config=dict(vars(model_config)))  # fmt: skip
     return ProbeSubject(model, batch, info)
-
-
-def _read_checkpoint(where: str) -> tuple[Any, dict[str, Any]]:
-    from pathlib import Path
-
-    from nvfp4.train.checkpoint import CheckpointError, load_checkpoint, load_latest
-
-    path = Path(where)
-    if path.is_dir():
-        directory = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-        found = load_latest(directory)
-        if found is None:
-            raise ValueError(f"no readable checkpoint in {directory}: pass a run directory of `nvfp4 train`")
-        return found
-    if not path.exists():
-        raise ValueError(f"checkpoint {where} does not exist")
-    try:
-        return path, load_checkpoint(path)
-    except CheckpointError as e:
-        raise ValueError(str(e)) from None
 
 
 def run_probe(config: ProbeConfig, command: str | None = None) -> dict[str, Any]:

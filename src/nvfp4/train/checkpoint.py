@@ -245,6 +245,25 @@ class RunLock:
             self._file = None
 
 
+def resolve_checkpoint(where: str | Path) -> tuple[Path, dict[str, Any]]:
+    """A run directory (its newest readable checkpoint), a checkpoints directory, or a checkpoint file, loaded;
+    ValueError with one line naming what is wrong otherwise."""
+    path = Path(where).expanduser()
+    if path.is_dir():
+        directory = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+        found = load_latest(directory)
+        if found is None:
+            raise ValueError(f"no readable checkpoint in {directory}: pass an `nvfp4 train` run directory or a "
+                             "checkpoint file")  # fmt: skip
+        return found
+    if not path.exists():
+        raise ValueError(f"checkpoint {where} does not exist")
+    try:
+        return path, load_checkpoint(path)
+    except CheckpointError as e:
+        raise ValueError(str(e)) from None
+
+
 def load_latest(directory: str | Path) -> tuple[Path, dict[str, Any]] | None:
     """The newest checkpoint that loads, skipping (with a warning) corrupt or partial ones; None if none."""
     for _, path in reversed(list_checkpoints(directory)):
