@@ -11,8 +11,7 @@ import torch.nn.functional as F
 
 import nvfp4
 from nvfp4.cli import main
-from nvfp4.data import default_dataset
-from nvfp4.data import prepare_dataset
+from nvfp4.data import default_dataset, prepare_dataset
 from nvfp4.inference import evaluate_data, evaluate_tokens, generate, generate_ids, load_trained
 from nvfp4.train import TrainConfig, train
 

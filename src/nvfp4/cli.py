@@ -5,6 +5,7 @@
     nvfp4 probe --checkpoint runs/quickstart --recipes nvfp4,nvfp4-no-sr --draws 32 --out runs/probe
     nvfp4 generate runs/quickstart --prompt "And God said" --max-tokens 50
     nvfp4 eval runs/quickstart --data my_texts/
+    nvfp4 export runs/quickstart --format compressed-tensors --out exported/quickstart
     nvfp4 recipes
     nvfp4 prepare --data corpus/ --out data/mine --tokenizer bpe --vocab-size 8192
     nvfp4 demo
@@ -296,7 +297,44 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+@dataclass
+class ExportConfig:
+    """Arguments of ``nvfp4 export``: a checkpoint as a transformers model or a vLLM NVFP4 checkpoint."""
+
+    checkpoint: str = field(metadata={"help": "an `nvfp4 train` run directory or checkpoint file"})
+    out: str = field(metadata={"help": "output directory (config.json, model.safetensors, tokenizer)"})
+    format: str = field(default="hf", metadata={"help": "hf: LlamaForCausalLM; compressed-tensors: NVFP4 for vLLM",
+                                                 "choices": ("hf", "compressed-tensors")})  # fmt: skip
+    dtype: str = field(default="bfloat16", metadata={"help": "dtype of the high-precision tensors",
+                                                      "choices": ("bfloat16", "float16", "float32")})  # fmt: skip
+    fuse_scales: bool = field(default=True, metadata={"help": "one tensor scale per q/k/v and gate/up group, as "
+                                                               "vLLM runs them (compressed-tensors)"})  # fmt: skip
+    calibrate: int = field(default=0, metadata={"help": "validation batches to calibrate activation scales (W4A4); "
+                                                         "0 = weight-only (compressed-tensors)"})  # fmt: skip
+    tokenizer: bool = field(default=True, metadata={"help": "write the run's tokenizer too"})
+    overwrite: bool = field(default=False, metadata={"help": "write into a non-empty --out"})
+
+
+def _export(args: argparse.Namespace) -> int:
+    from nvfp4.export import export
+
+    cfg = _dataclass_args(ExportConfig, args)
+    if cfg.calibrate < 0:
+        raise UsageError(f"--calibrate must be >= 0, got {cfg.calibrate}")
+    report = export(cfg.checkpoint, cfg.out, cfg.format, dtype=cfg.dtype, fuse_scales=cfg.fuse_scales,
+                    calibrate=cfg.calibrate, tokenizer=cfg.tokenizer, overwrite=cfg.overwrite)  # fmt: skip
+    print(report.summary())
+    return 0
+
+
 def _add_inference(sub: argparse._SubParsersAction) -> None:
+    exp = sub.add_parser("export", help="a checkpoint as a transformers model (hf) or vLLM's NVFP4 checkpoint "
+                         "(compressed-tensors)", description="Export an `nvfp4 train` checkpoint: --format hf writes "
+                         "a LlamaForCausalLM directory, --format compressed-tensors the nvfp4-pack-quantized "
+                         "checkpoint vLLM serves, with the recipe's own weight bits.")  # fmt: skip
+    exp.add_argument("checkpoint", help="run directory or checkpoint file")
+    _add_dataclass_flags(exp, ExportConfig, skip=("checkpoint",))
+    exp.set_defaults(func=_export)
     gen = sub.add_parser("generate", help="sample text from a trained checkpoint",
                          description="Sample text from an `nvfp4 train` checkpoint, its forward quantized as trained.")
     gen.add_argument("checkpoint", help="run directory or checkpoint file")
