@@ -1,0 +1,1 @@
+"""Integrations with other libraries' training loops (each imports its library only when used)."""
