@@ -21,10 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import machine  # noqa: E402
 
 from nvfp4.analysis.probe import probe_recipe, reference_pass  # noqa: E402
-from nvfp4.model import GPT  # noqa: E402
+from nvfp4.model import build, from_config  # noqa: E402
 
 
-def bf16_step_seconds(model: GPT, x: torch.Tensor, repeats: int = 5) -> float:
+def bf16_step_seconds(model: torch.nn.Module, x: torch.Tensor, repeats: int = 5) -> float:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     times = []
     for _ in range(repeats + 1):
@@ -47,10 +47,10 @@ def main() -> None:
     p.add_argument("--recipes", default="bf16,nvfp4,nvfp4-no-sr")
     args = p.parse_args()
     torch.manual_seed(0)
-    model = GPT.from_preset(args.model, seq_len=max(args.seq_len, 64))
+    model = build(args.model, seq_len=max(args.seq_len, 64))
     x = torch.randint(0, model.config.vocab_size, (args.batch_size, args.seq_len))
     batch = (x, torch.roll(x, -1, 1))
-    step = bf16_step_seconds(GPT(model.config), x)
+    step = bf16_step_seconds(from_config(model.config), x)
     t0 = time.perf_counter()
     ref = reference_pass(model, batch)
     ref_time = time.perf_counter() - t0

@@ -1,4 +1,4 @@
-"""Time of one full training step (forward, backward, AdamW) of a GPT preset, per recipe vs bf16.
+"""Time of one full training step (forward, backward, AdamW) of a model preset (GPT or hybrid), per recipe vs bf16.
 
     python benchmarks/train_step.py --model small --batch-size 8 --seq-len 256 --recipes bf16,nvfp4
 
@@ -18,12 +18,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import interleaved_ms, machine  # noqa: E402
 
 import nvfp4  # noqa: E402
-from nvfp4.model import GPT  # noqa: E402
+from nvfp4.model import build  # noqa: E402
 
 
 def make_step(recipe: str, model_name: str, batch: int, seq: int, device: str, backend: str):
     torch.manual_seed(0)
-    model = GPT.from_preset(model_name, seq_len=max(seq, 64)).to(device)
+    model = build(model_name, seq_len=max(seq, 64)).to(device)
     nvfp4.convert(model, recipe, backend=backend)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     vocab = model.config.vocab_size
@@ -43,7 +43,7 @@ def make_step(recipe: str, model_name: str, batch: int, seq: int, device: str, b
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="small")
+    parser.add_argument("--model", default="small", help="a preset, or several comma-separated (small,hybrid-small)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--recipes", default="bf16,nvfp4")
@@ -51,8 +51,11 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--backend", default="auto")
     args = parser.parse_args()
-    names = args.recipes.split(",")
-    steps = {n: make_step(n, args.model, args.batch_size, args.seq_len, args.device, args.backend) for n in names}
+    models = args.model.split(",")
+    pairs = [(m, r) for m in models for r in args.recipes.split(",")]
+    names = [f"{m}/{r}" if len(models) > 1 else r for m, r in pairs]
+    steps = {n: make_step(r, m, args.batch_size, args.seq_len, args.device, args.backend)
+             for n, (m, r) in zip(names, pairs, strict=True)}
     for step in steps.values():  # warm-up (kernel compilation, allocator)
         step()
         step()
@@ -60,10 +63,10 @@ def main() -> None:
     tokens = args.batch_size * args.seq_len
     base = statistics.median(times[names[0]])
     print(f"# {machine()}; model {args.model}, {tokens} tokens/step, device {args.device}, backend {args.backend}")
-    print(f"{'recipe':>22s} {'step ms':>9s} {'tokens/s':>9s} {'ratio vs ' + names[0]:>14s}")
+    print(f"{'run':>28s} {'step ms':>9s} {'tokens/s':>9s} {'ratio vs ' + names[0]:>22s}")
     for n in names:
         med = statistics.median(times[n])
-        print(f"{n:>22s} {med:9.1f} {tokens / med * 1e3:9.0f} {med / base:14.2f}")
+        print(f"{n:>28s} {med:9.1f} {tokens / med * 1e3:9.0f} {med / base:22.2f}")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ class ConvertedLayer:
     treatment: str  # the recipe name, or why it stayed BF16
     in_features: int
     out_features: int
+    kind: str | None = None  # the block's kind where blocks have one (the hybrid: mamba, attention, mlp)
 
     @property
     def parameters(self) -> int:
@@ -51,11 +52,14 @@ class ConversionReport(list):
 
     def __str__(self) -> str:
         width = max([len(r.name) for r in self] + [5])
-        lines = [f"{'layer':{width}s}  {'block':>5s}  {'shape':>11s}  treatment"]
+        kinds = any(r.kind for r in self)
+        kind_head = f"  {'kind':9s}" if kinds else ""
+        lines = [f"{'layer':{width}s}  {'block':>5s}{kind_head}  {'shape':>11s}  treatment"]
         for r in self:
             block = "-" if r.block is None else str(r.block)
             shape = f"{r.in_features}->{r.out_features}"
-            lines.append(f"{r.name:{width}s}  {block:>5s}  {shape:>11s}  {r.treatment}")
+            kind = f"  {r.kind or '-':9s}" if kinds else ""
+            lines.append(f"{r.name:{width}s}  {block:>5s}{kind}  {shape:>11s}  {r.treatment}")
         quantized = sum(r.treatment.startswith("quantized") for r in self)
         share = f", {100 * self.quantized_parameters / self.model_parameters:.1f}%" if self.model_parameters else ""
         lines.append(f"{quantized} of {len(self)} linear layers quantized: {self.quantized_parameters:,} of "
@@ -136,7 +140,8 @@ def convert(
             replacement = base
         if replacement is not module:
             _set_submodule(model, name, replacement)
-        report.append(ConvertedLayer(name, block, treatment, base.in_features, base.out_features))
+        kind = getattr(blocks[block], "kind", None) if block is not None and blocks is not None else None
+        report.append(ConvertedLayer(name, block, treatment, base.in_features, base.out_features, kind))
     report.model_parameters = sum(p.numel() for p in model.parameters())
     if recipe.quantized:
         _warn_grouped_weights(model, report.model_parameters)
@@ -151,7 +156,9 @@ def convert(
 def _warn_grouped_weights(model: nn.Module, total: int) -> None:
     """MoE experts stored as 3-D parameters (transformers 5.x Mixtral, Qwen2-MoE: one (experts, out, in) tensor run
     as a grouped GEMM) are not nn.Linear: say so, with their share of the model, instead of skipping them silently."""
-    grouped = [(n, p.numel()) for n, p in model.named_parameters() if p.dim() == 3]
+    grouped = [(f"{m}.{n}" if m else n, p.numel()) for m, module in model.named_modules()
+               if not isinstance(module, nn.modules.conv._ConvNd)  # a conv's 3-D kernel is no expert stack
+               for n, p in module.named_parameters(recurse=False) if p.dim() == 3]  # fmt: skip
     if not grouped:
         return
     count = sum(n for _, n in grouped)

@@ -166,7 +166,8 @@ def _write_config(config: Any, out: Path, extra: dict[str, Any] | None = None) -
 
 def _check_exportable(model: GPT) -> None:
     if not isinstance(model, GPT):
-        raise ValueError("nvfp4 export writes the GPT of `nvfp4 train` checkpoints")
+        raise ValueError(f"nvfp4 export writes the GPT of `nvfp4 train` checkpoints; a {type(model).__name__} has no "
+                         "transformers mapping here yet")  # fmt: skip
 
 
 def export_hf(where: str | Path, out: str | Path, *, dtype: str = "bfloat16", tokenizer: bool = True,

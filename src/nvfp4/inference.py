@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 import nvfp4
 from nvfp4.data.tokenizer import Tokenizer
-from nvfp4.model import GPT, GPTConfig
+from nvfp4.model import config_from_dict, from_config
 from nvfp4.recipe import Recipe
 
 PRECISIONS = ("recipe", "bf16")
@@ -32,7 +32,7 @@ PRECISIONS = ("recipe", "bf16")
 class TrainedModel:
     """A checkpoint's model (converted as trained), its tokenizer and where it came from."""
 
-    model: GPT
+    model: torch.nn.Module  # nvfp4.model.GPT or HybridLM, converted
     tokenizer: Tokenizer
     recipe: str
     checkpoint: Path
@@ -57,7 +57,7 @@ def load_trained(where: str | Path, *, device: str = "auto", precision: str = "r
         tokenizer = data.load_tokenizer()
     except ValueError as e:
         raise ValueError(f"{path}: the run's data has no tokenizer ({e})") from None
-    model = GPT(GPTConfig(**state["model_config"]))
+    model = from_config(config_from_dict(state["model_config"]))
     model.load_state_dict(state["model"])
     recipe = Recipe.from_dict(state["recipe"])
     nvfp4.convert(model, recipe, seed=config.seed, backend=config.backend)

@@ -25,6 +25,7 @@ norm barely fluctuates).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import sys
 import time
@@ -624,7 +625,7 @@ class ProbeSubject:
 def load_subject(config: ProbeConfig) -> ProbeSubject:
     """The model (fresh or from a checkpoint) and the first ``batches`` validation batches of its run's data."""
     from nvfp4.data.loader import val_batches
-    from nvfp4.model import GPT, GPTConfig, config_from_preset
+    from nvfp4.model import config_from_dict, from_config, model_config
     from nvfp4.train import TrainConfig
     from nvfp4.train.checkpoint import resolve_checkpoint
     from nvfp4.train.trainer import load_data
@@ -634,11 +635,11 @@ def load_subject(config: ProbeConfig) -> ProbeSubject:
     if config.checkpoint is not None:
         path, state = resolve_checkpoint(config.checkpoint)
         run = dict(state["config"])
-        model_config = GPTConfig(**state["model_config"])
+        config_of_model = config_from_dict(state["model_config"])
         if config.model is not None and config.model != run.get("model"):
             raise ValueError(
-                f"{path} holds a {run.get('model')!r} model ({model_config.n_layer} blocks, d_model "
-                f"{model_config.d_model}), not --model {config.model}: drop --model to probe the checkpoint's model"
+                f"{path} holds a {run.get('model')!r} model ({config_of_model.n_layer} blocks, d_model "
+                f"{config_of_model.d_model}), not --model {config.model}: drop --model to probe the checkpoint's model"
             )
         info.update(source="checkpoint", checkpoint=str(path), step=state["step"], tokens=state["tokens"],
                     trained_recipe=state["recipe"]["name"], model=run.get("model"))  # fmt: skip
@@ -654,13 +655,14 @@ def load_subject(config: ProbeConfig) -> ProbeSubject:
     data = load_data(train_config)
     if state is None:
         torch.manual_seed(config.seed)
-        model_config = config_from_preset(train_config.model, vocab_size=data.vocab_size,
-                                          **train_config.model_overrides())  # fmt: skip
-    if model_config.vocab_size != data.vocab_size:
-        raise ValueError(f"the model's vocabulary ({model_config.vocab_size}) is not its data's ({data.vocab_size})")
-    if seq_len > model_config.seq_len:
-        raise ValueError(f"--seq-len {seq_len} exceeds the model's seq_len {model_config.seq_len}")
-    model = GPT(model_config)
+        config_of_model = model_config(train_config.model, vocab_size=data.vocab_size,
+                                       **train_config.model_overrides())  # fmt: skip
+    if config_of_model.vocab_size != data.vocab_size:
+        raise ValueError(f"the model's vocabulary ({config_of_model.vocab_size}) is not its data's "
+                         f"({data.vocab_size})")  # fmt: skip
+    if seq_len > config_of_model.seq_len:
+        raise ValueError(f"--seq-len {seq_len} exceeds the model's seq_len {config_of_model.seq_len}")
+    model = from_config(config_of_model)
     if state is not None:
         try:
             model.load_state_dict(state["model"])
@@ -671,7 +673,7 @@ def load_subject(config: ProbeConfig) -> ProbeSubject:
     xs, ys = zip(*val_batches(data.val, batch_size, seq_len, config.batches), strict=True)
     batch = (torch.cat(xs), torch.cat(ys))
     info.update(batch_sequences=int(batch[0].shape[0]), seq_len=seq_len, batch_tokens=int(batch[1].numel()),
-                model_config=dict(vars(model_config)))  # fmt: skip
+                model_config=dataclasses.asdict(config_of_model))  # fmt: skip
     return ProbeSubject(model, batch, info)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from nvfp4 import recipes
-from nvfp4.model import PRESETS, config_from_preset
+from nvfp4.model import PRESETS, model_config
 
 SCHEDULES = ("wsd", "cosine", "constant")
 TOKENIZERS = ("bpe", "byte")
@@ -46,7 +46,8 @@ class TrainConfig:
 
     # -- what is trained --------------------------------------------------------------------------
     recipe: str = field(default="nvfp4", metadata=_help("precision recipe (see `nvfp4 recipes`)"))
-    model: str = field(default="tiny", metadata=_help("model preset: tiny, small or base"))
+    model: str = field(default="tiny", metadata=_help("model preset: tiny, small, base (GPT) or hybrid-tiny, "
+                                                       "hybrid-small, hybrid-half12b (Mamba-2 hybrid)"))
     n_layer: int | None = field(default=None, metadata=_help("override the preset's number of blocks"))
     n_head: int | None = field(default=None, metadata=_help("override the preset's attention heads"))
     n_kv_head: int | None = field(default=None, metadata=_help("override the preset's key/value heads"))
@@ -201,11 +202,11 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and (not value or not all(isinstance(p, str) and p for p in value)):
                 raise ValueError(f"{name} must be a non-empty list of paths, got {value!r}")
-        config_from_preset(self.model, **self.model_overrides())  # e.g. d_model not divisible by n_head
+        model_config(self.model, **self.model_overrides())  # e.g. d_model not divisible by n_head
 
     # -- derived values ----------------------------------------------------------------------------
     def model_overrides(self) -> dict[str, Any]:
-        """GPTConfig fields this run sets on top of the preset (the vocab comes from the data)."""
+        """Model config fields this run sets on top of the preset (the vocab comes from the data)."""
         names = ("n_layer", "n_head", "n_kv_head", "d_model", "d_ff", "mlp")
         overrides = {n: getattr(self, n) for n in names if getattr(self, n) is not None}
         overrides["seq_len"] = self.seq_len

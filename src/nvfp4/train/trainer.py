@@ -37,7 +37,7 @@ from nvfp4._io import atomic_write
 from nvfp4._provenance import git_commit, hardware
 from nvfp4.convert import quantized_layers
 from nvfp4.data import DatasetInfo, TokenLoader, default_dataset, load_dataset, val_batches
-from nvfp4.model import GPT, config_from_preset, count_parameters
+from nvfp4.model import count_parameters, from_config, model_config
 from nvfp4.recipe import Recipe
 from nvfp4.train import distributed as D
 from nvfp4.train.checkpoint import (
@@ -140,11 +140,10 @@ def _metrics_until(path: Path, step: int) -> bytes:
     return "".join(kept).encode()
 
 
-def build_model(config: TrainConfig, vocab_size: int, device: torch.device) -> GPT:
-    """The GPT the config names, initialized from ``config.seed`` only (not yet converted)."""
+def build_model(config: TrainConfig, vocab_size: int, device: torch.device) -> nn.Module:
+    """The model the config names (GPT or hybrid), initialized from ``config.seed`` only (not yet converted)."""
     torch.manual_seed(config.seed)
-    gpt_config = config_from_preset(config.model, vocab_size=vocab_size, **config.model_overrides())
-    return GPT(gpt_config).to(device)
+    return from_config(model_config(config.model, vocab_size=vocab_size, **config.model_overrides())).to(device)
 
 
 def load_data(config: TrainConfig) -> DatasetInfo:
