@@ -157,3 +157,21 @@ def test_export_errors_are_one_line(byte_data, run, tmp_path, capsys):
     assert main(["export", str(run), "--format", "compressed-tensors", "--out", str(tmp_path / "ok"),
                  "--no-tokenizer"]) == 0  # fmt: skip
     assert "NVFP4 linears" in capsys.readouterr().out
+
+
+def test_the_hybrid_exports_as_nemotron_h(byte_data, tmp_path):
+    if not hasattr(transformers, "NemotronHForCausalLM"):
+        pytest.skip("transformers without NemotronH")
+    run = tmp_path / "hybrid"
+    train(TrainConfig(model="hybrid-tiny", d_model=64, d_ff=128, n_head=2, n_kv_head=1, batch_size=2, seq_len=32,
+                      max_steps=2, eval_batches=1, recipe="nvfp4", data=[byte_data], out=str(run),
+                      quiet=True))  # fmt: skip
+    export_hf(run, tmp_path / "hf", dtype="float32", tokenizer=False)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    assert type(hf).__name__ == "NemotronHForCausalLM"
+    x = torch.randint(0, 257, (2, 32))
+    with torch.no_grad():
+        ours, _ = _ours_fp32(run)(x)
+        torch.testing.assert_close(hf(input_ids=x).logits, ours, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="HybridLM has no transformers mapping"):
+        export_compressed_tensors(run, tmp_path / "ct", tokenizer=False)

@@ -1,6 +1,7 @@
 """``nvfp4 export``: an ``nvfp4 train`` checkpoint as a Hugging Face model, or as vLLM's NVFP4 checkpoint.
 
     nvfp4 export runs/small-nvfp4 --format hf --out exported/hf                  # transformers LlamaForCausalLM
+    nvfp4 export runs/hybrid-small --format hf --out exported/hybrid             # transformers NemotronH
     nvfp4 export runs/small-nvfp4 --format compressed-tensors --out exported/ct  # nvfp4-pack-quantized (vLLM)
 
 **The GPT as Llama.** Our GPT is Llama's architecture (pre-norm RMSNorm, rotary with the half-split convention,
@@ -37,7 +38,7 @@ import nvfp4
 from nvfp4._io import atomic_write
 from nvfp4.formats.nvfp4 import global_encode_scale, quantize_nvfp4, tensor_amax
 from nvfp4.inference import TrainedModel, load_trained
-from nvfp4.model import GPT
+from nvfp4.model import GPT, HybridLM
 
 FORMATS = ("hf", "compressed-tensors")
 # the linears vLLM runs as one GEMM with one tensor scale (our names; relu2's up is both gate and up)
@@ -176,17 +177,51 @@ def export_hf(where: str | Path, out: str | Path, *, dtype: str = "bfloat16", to
     FP32 master weights cast to ``dtype``."""
     out = Path(out)
     trained = load_trained(where, device="cpu", precision="bf16")
-    _check_exportable(trained.model)
     torch_dtype = _dtype(dtype)
-    config = llama_config(trained.model, trained.tokenizer.eot_id, dtype)
+    if isinstance(trained.model, HybridLM):  # the paper's architecture: transformers' NemotronH
+        config = nemotron_h_config(trained.model, trained.tokenizer.eot_id, dtype)
+        state = nemotron_h_state_dict(trained.model, torch_dtype)
+    else:
+        _check_exportable(trained.model)
+        config = llama_config(trained.model, trained.tokenizer.eot_id, dtype)
+        state = hf_state_dict(trained.model, torch_dtype)
     if tokenizer:
         _check_tokenizer(trained)
     _prepare_out(out, overwrite)
     if tokenizer:
         _save_tokenizer(trained, out)
-    _save_weights(hf_state_dict(trained.model, torch_dtype), out)
+    _save_weights(state, out)
     _write_config(config, out, {"nvfp4": _provenance(trained)})
     return ExportReport("hf", out)
+
+
+_NEMOTRON_KINDS = {"mamba": "linear_attention", "attention": "full_attention", "mlp": "mlp"}
+
+
+def nemotron_h_config(model: HybridLM, eot_id: int, dtype: str) -> Any:
+    """The ``transformers.NemotronHConfig`` of our hybrid (same blocks, names and arithmetic; tested)."""
+    transformers = _require_transformers()
+    if not hasattr(transformers, "NemotronHConfig"):
+        raise ImportError("exporting the hybrid needs transformers with NemotronH (>= 5.3): "
+                          "pip install -U transformers")  # fmt: skip
+    c = model.config
+    return transformers.NemotronHConfig(
+        vocab_size=c.vocab_size, hidden_size=c.d_model, layers_block_type=[_NEMOTRON_KINDS[k] for k in c.kinds],
+        num_attention_heads=c.n_head, num_key_value_heads=c.n_kv_head, head_dim=c.attn_head_dim,
+        intermediate_size=c.d_ff, mlp_hidden_act="relu2", ssm_state_size=c.state_size, mamba_num_heads=c.mamba_heads,
+        mamba_head_dim=c.mamba_head_dim, n_groups=c.mamba_groups, conv_kernel=c.conv_kernel, chunk_size=c.chunk_size,
+        layer_norm_epsilon=c.norm_eps, max_position_embeddings=c.seq_len, tie_word_embeddings=False, use_bias=False,
+        use_conv_bias=True, mlp_bias=False, attention_bias=False, residual_in_fp32=False, bos_token_id=eot_id,
+        eos_token_id=eot_id, pad_token_id=eot_id, torch_dtype=dtype, architectures=["NemotronHForCausalLM"],
+    )  # fmt: skip
+
+
+def nemotron_h_state_dict(model: HybridLM, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Our hybrid's parameters under NemotronH's names: blocks.i.* is model.layers.i.* (mixers named alike)."""
+    top = {"embed.weight": "model.embeddings.weight", "final_norm.weight": "model.norm_f.weight",
+           "lm_head.weight": "lm_head.weight"}  # fmt: skip
+    return {top.get(n, "model.layers." + n[len("blocks."):]): p.detach().to(dtype).clone().contiguous()
+            for n, p in model.state_dict().items()}  # fmt: skip
 
 
 def _dtype(name: str) -> torch.dtype:
