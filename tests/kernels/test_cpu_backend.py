@@ -22,6 +22,9 @@ from nvfp4.hadamard import DEFAULT_SIGNS_16
 from nvfp4.kernels import cpu as cpu_mod
 from nvfp4.kernels.cpu import CPUBackend, build_library
 from nvfp4.kernels.reference import ReferenceBackend
+from tests.kernels.inputs import make_input, same_float
+
+KINDS = ["random", "heavy", "tiny", "huge", "mixed", "zeros", "signed_zeros", "ties", "nonfinite"]
 
 if not CPUBackend.is_available("cpu"):
     pytest.skip(
@@ -47,17 +50,6 @@ def torch_threads(n: int):
 # --- helpers ---------------------------------------------------------------------------------------------------
 
 
-def same_float(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Bitwise equality, except that any NaN equals any NaN."""
-    if a.shape != b.shape or a.dtype != b.dtype:
-        return False
-    nan_a, nan_b = torch.isnan(a), torch.isnan(b)
-    if not torch.equal(nan_a, nan_b):
-        return False
-    ints = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}[a.dtype]
-    return torch.equal(a.masked_fill(nan_a, 0).view(ints), b.masked_fill(nan_b, 0).view(ints))
-
-
 def assert_quant_equal(got: tuple, want: tuple) -> None:
     (p1, s1), (p0, s0) = got[:2], want[:2]
     assert p1.dtype == torch.uint8 and s1.dtype == torch.float8_e4m3fn
@@ -66,39 +58,6 @@ def assert_quant_equal(got: tuple, want: tuple) -> None:
     assert bad_scales.numel() == 0, f"{len(bad_scales)} scales differ, first at {bad_scales[0].tolist()}"
     bad_codes = (p1 != p0).nonzero()
     assert bad_codes.numel() == 0, f"{len(bad_codes)} packed bytes differ, first at {bad_codes[0].tolist()}"
-
-
-def make_input(kind: str, shape: tuple[int, int], seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(shape, generator=g)
-    if kind == "random":
-        return x
-    if kind == "heavy":  # log-normal magnitudes: blocks with one dominant outlier
-        return x * torch.exp(3 * torch.randn(shape, generator=g))
-    if kind == "tiny":
-        return x * 1e-30
-    if kind == "huge":
-        return x * 1e30
-    if kind == "mixed":  # every row at a different scale, 1e-30 .. 1e30, including fp32 subnormals
-        return x * torch.logspace(-44, 30, shape[0]).unsqueeze(1)
-    if kind == "zeros":
-        return torch.zeros(shape)
-    if kind == "signed_zeros":  # -0.0 and negative values that underflow to -0 when scaled
-        x = torch.where(torch.rand(shape, generator=g) < 0.5, -0.0, 1e-45 * torch.sign(x))
-        x.view(-1)[0] = 1.0
-        return x
-    if kind == "ties":  # with amax 2688 (S_enc = 1) and block amax 6, x * enc hits every E2M1 threshold exactly
-        vals = torch.tensor([0, 0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5, 0.5, 1, 1.5, 2, 3, 4, 6, 5.5])
-        return (vals[torch.randint(0, 16, shape, generator=g)] * torch.sign(x)).contiguous()
-    if kind == "nonfinite":
-        x.view(-1)[:: max(1, x.numel() // 5)] = float("nan")
-        x.view(-1)[3 :: max(1, x.numel() // 3)] = float("inf")
-        x.view(-1)[-1] = -float("inf")
-        return x
-    raise ValueError(kind)
-
-
-KINDS = ["random", "heavy", "tiny", "huge", "mixed", "zeros", "signed_zeros", "ties", "nonfinite"]
 
 
 # --- quantization vs the reference -----------------------------------------------------------------------------
@@ -223,7 +182,7 @@ def test_hypothesis_random_shapes_and_scales(
     rows, cols, log_scale, dtype, tile_rows, stochastic, seed, offset, data_seed
 ):
     cpu = CPUBackend.instance()
-    x = (make_input("heavy", (rows, cols), data_seed) * 10.0**log_scale).to(dtype)
+    x = (make_input("heavy", (rows, cols), seed=data_seed) * 10.0**log_scale).to(dtype)
     amax = REF.amax(x)
     assert same_float(cpu.amax(x), amax)
     args = (tile_rows, stochastic, seed, offset)

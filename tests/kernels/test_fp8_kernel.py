@@ -12,7 +12,8 @@ import torch
 
 from nvfp4 import kernels
 from nvfp4.kernels.cpu import CPUBackend
-from tests.kernels.test_cpu_backend import REF, make_input, same_float, torch_threads
+from tests.kernels.inputs import make_input, same_float
+from tests.kernels.test_cpu_backend import REF, torch_threads
 
 FLOATS = (torch.float32, torch.bfloat16, torch.float16)
 TILES = ((1, 128), (128, 128))

@@ -16,12 +16,11 @@ from nvfp4.formats.nvfp4 import quantize_nvfp4
 from nvfp4.formats.rng import derive_keys, random_bytes
 from nvfp4.hadamard import random_hadamard_transform
 from nvfp4.kernels.cpu import CPUBackend
+from tests.kernels.inputs import make_input, same_float
 from tests.kernels.test_cpu_backend import (
     REF,
     SIGNS,
     assert_quant_equal,
-    make_input,
-    same_float,
     torch_threads,
 )
 

@@ -15,7 +15,8 @@ from nvfp4 import kernels
 from nvfp4.formats.mxfp4 import quantize_mxfp4
 from nvfp4.hadamard import default_signs
 from nvfp4.kernels.cpu import CPUBackend
-from tests.kernels.test_cpu_backend import REF, make_input, same_float, torch_threads
+from tests.kernels.inputs import make_input, same_float
+from tests.kernels.test_cpu_backend import REF, torch_threads
 
 SIGNS32 = default_signs(32)
 FLOATS = (torch.float32, torch.bfloat16, torch.float16)
@@ -31,7 +32,7 @@ def mx_input(kind: str, shape: tuple[int, int], seed: int = 0) -> torch.Tensor:
         x = vals[torch.randint(0, 16, shape, generator=g)] * torch.sign(torch.randn(shape, generator=g))
         x[:, ::32] = 6.0
         return x.contiguous()
-    return make_input(kind, shape, seed)
+    return make_input(kind, shape, seed=seed)
 
 
 def assert_packed_equal(got: tuple, want: tuple) -> None:

@@ -30,6 +30,7 @@ from nvfp4.formats.rng import derive_keys, random_bytes  # noqa: E402
 from nvfp4.hadamard import default_signs  # noqa: E402
 from nvfp4.kernels import triton_backend  # noqa: E402
 from nvfp4.kernels.reference import ReferenceBackend  # noqa: E402
+from tests.kernels.inputs import make_input, same_bits, same_float  # noqa: E402
 
 if _USE_INTERPRETER and not triton_backend._interpreted():
     # Imported earlier by another module, without the interpreter: decorate the kernels again.
@@ -76,38 +77,6 @@ def tb():
 # ----------------------------------------------------------------------------------------------
 
 
-def make_input(kind: str, shape: tuple[int, int], dtype: torch.dtype, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(shape, generator=g)
-    if kind == "random":
-        x = x * 3
-    elif kind == "heavy":  # log-normal magnitudes: a few huge outliers per block
-        x = x * torch.exp(2.5 * torch.randn(shape, generator=g))
-    elif kind == "tiny":
-        x = x * (1e-30 if dtype != torch.float16 else 1e-3)
-    elif kind == "huge":
-        x = x * (1e30 if dtype != torch.float16 else 1e4)
-    elif kind == "subnormal":  # FP32/BF16 subnormals (FP16: its own subnormal range)
-        x = x * (1e-40 if dtype != torch.float16 else 1e-6)
-    elif kind == "zeros":
-        x = torch.zeros(shape)
-    elif kind in ("nan", "inf"):
-        x = x * 3
-        flat = x.view(-1)
-        idx = torch.randperm(flat.numel(), generator=g)[: max(1, flat.numel() // 7)]
-        special = float("nan") if kind == "nan" else float("inf")
-        flat[idx] = special
-        if kind == "inf":
-            flat[idx[::2]] = -special
-    else:
-        raise ValueError(kind)
-    return x.to(dtype)
-
-
-def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return torch.equal(a.cpu().reshape(-1).view(torch.uint8), b.cpu().reshape(-1).view(torch.uint8))
-
-
 def assert_quantize_equal(tb, x: torch.Tensor, amax: torch.Tensor, tile_rows: int, sr: bool, seed=0, offset=0):
     packed, scales = tb.quantize_nvfp4(x.to(DEVICE), amax.to(DEVICE), tile_rows, sr, seed, offset)
     ref_packed, ref_scales = REF.quantize_nvfp4(x, amax, tile_rows, sr, seed, offset)
@@ -116,15 +85,6 @@ def assert_quantize_equal(tb, x: torch.Tensor, amax: torch.Tensor, tile_rows: in
     where = f"tile_rows={tile_rows} sr={sr} seed={seed} offset={offset}"
     assert same_bits(scales, ref_scales), f"scale bytes differ ({where})"
     assert same_bits(packed, ref_packed), f"packed codes differ ({where})"
-
-
-def same_float(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Bit-equal, except that any NaN equals any NaN (payloads are not specified)."""
-    a, b = a.cpu(), b.cpu()
-    nan_a, nan_b = torch.isnan(a), torch.isnan(b)
-    if not torch.equal(nan_a, nan_b):
-        return False
-    return same_bits(torch.where(nan_a, torch.zeros_like(a), a), torch.where(nan_b, torch.zeros_like(b), b))
 
 
 # ----------------------------------------------------------------------------------------------
