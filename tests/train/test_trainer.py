@@ -423,3 +423,16 @@ def test_sequence_eval_writes_per_sequence_losses_of_the_final_model(make_config
     assert record["mean_loss"] == pytest.approx(result.final_val_loss, rel=1e-5)
     with pytest.raises(ValueError, match="sequence_eval_batches"):
         make_config(sequence_eval_batches=-2)
+
+
+def test_the_hybrid_trains_and_resumes_bit_for_bit(make_config, tmp_path):
+    hybrid = dict(model="hybrid-tiny", n_layer=None, d_model=64, d_ff=128, n_head=2, n_kv_head=1, recipe="nvfp4",
+                  max_steps=4, eval_interval=2, checkpoint_interval=2)  # fmt: skip
+    straight = make_config(**hybrid, out=str(tmp_path / "straight"))
+    train(straight)
+    cut = make_config(**hybrid, out=str(tmp_path / "cut"))
+    assert train(cut, on_step=interrupt_at(1)).interrupted
+    assert train(make_config(**hybrid, out=cut.out, resume=True)).steps == 4
+    assert train_losses(cut.out) == train_losses(straight.out) and val_losses(cut.out) == val_losses(straight.out)
+    state = load_latest(Path(cut.out) / "checkpoints")[1]
+    assert "pattern" in state["model_config"] and state["sr"]  # a hybrid, with its SR counters
