@@ -185,14 +185,20 @@ def export_hf(where: str | Path, out: str | Path, *, dtype: str = "bfloat16", to
         _check_exportable(trained.model)
         config = llama_config(trained.model, trained.tokenizer.eot_id, dtype)
         state = hf_state_dict(trained.model, torch_dtype)
+    _write_export(trained, out, state, config, {}, tokenizer, overwrite)
+    return ExportReport("hf", out)
+
+
+def _write_export(trained: TrainedModel, out: Path, state: dict[str, torch.Tensor], config: Any,
+                  extra: dict[str, Any], tokenizer: bool, overwrite: bool) -> None:  # fmt: skip
+    """Everything checked first, then the directory: tokenizer, model.safetensors, config.json (+ ``extra``)."""
     if tokenizer:
         _check_tokenizer(trained)
     _prepare_out(out, overwrite)
     if tokenizer:
         _save_tokenizer(trained, out)
     _save_weights(state, out)
-    _write_config(config, out, {"nvfp4": _provenance(trained)})
-    return ExportReport("hf", out)
+    _write_config(config, out, {**extra, "nvfp4": _provenance(trained)})
 
 
 _NEMOTRON_KINDS = {"mamba": "linear_attention", "attention": "full_attention", "mlp": "mlp"}
@@ -282,13 +288,7 @@ def export_compressed_tensors(where: str | Path, out: str | Path, *, fuse_scales
                           and "embed_tokens" not in h} - set(quantized_hf))  # fmt: skip
     config = llama_config(model, trained.tokenizer.eot_id, dtype)
     qconfig = quantization_config(all_linears, calibrated=bool(calibrate))
-    if tokenizer:
-        _check_tokenizer(trained)
-    _prepare_out(out, overwrite)
-    if tokenizer:
-        _save_tokenizer(trained, out)
-    _save_weights(state, out)
-    _write_config(config, out, {"quantization_config": qconfig, "nvfp4": _provenance(trained)})
+    _write_export(trained, out, state, config, {"quantization_config": qconfig}, tokenizer, overwrite)
     report = ExportReport("compressed-tensors", out, quantized_hf, all_linears,
                           sorted(hf_of[n][0][: -len(".weight")] for n in fused), bool(calibrate))  # fmt: skip
     return report

@@ -77,8 +77,9 @@ def _device(device: str) -> torch.device:
     return torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")
 
 
-def _autocast(device: torch.device):
-    return torch.autocast(device.type, dtype=torch.bfloat16)
+def _autocast(trained: TrainedModel, device: torch.device):
+    """The autocast the run trained with (``--autocast bf16`` or ``none``)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=trained.run_config.get("autocast") != "none")
 
 
 def generate(trained: TrainedModel, prompt: str, *, max_tokens: int = 100, temperature: float = 1.0,
@@ -110,7 +111,7 @@ def generate_ids(trained: TrainedModel, ids: list[int], *, max_tokens: int = 100
     out: list[int] = []
     for _ in range(max_tokens):
         window = torch.tensor([(ids + out)[-context:]], device=device)
-        with _autocast(device):
+        with _autocast(trained, device):
             logits, _ = model(window)
         logits = logits[0, -1].float().cpu()
         if temperature == 0:
@@ -164,7 +165,7 @@ def evaluate_tokens(trained: TrainedModel, ids: list[int] | torch.Tensor, *, seq
         rows = range(start, min(start + batch_size, windows))
         x = torch.stack([stream[w * seq_len: w * seq_len + seq_len] for w in rows]).to(device)
         y = torch.stack([stream[w * seq_len + 1: w * seq_len + seq_len + 1] for w in rows]).to(device)
-        with _autocast(device):
+        with _autocast(trained, device):
             logits, _ = model(x)
         total += float(F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum"))
         count += y.numel()

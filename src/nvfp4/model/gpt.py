@@ -218,17 +218,27 @@ class GPT(nn.Module):
                 f"sequence length {seq} exceeds the model's seq_len={self.config.seq_len}; "
                 "crop the input or build the model with a larger seq_len"
             )
-        x = self.embed(idx)
-        for block in self.blocks:
-            if self.activation_checkpointing and torch.is_grad_enabled():
-                context = self.checkpoint_context
-                context_fn = noop_context_fn if context is None else functools.partial(context, block)
-                x = checkpoint(block, x, use_reentrant=False, context_fn=context_fn)
-            else:
-                x = block(x)
-        logits = self.lm_head(self.final_norm(x))
-        if targets is None:
-            return logits, None
-        # Upcast: a bf16 softmax over a large vocab loses the small probabilities the loss depends on.
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
-        return logits, loss
+        return language_model_head(self, run_blocks(self, self.embed(idx)), targets)
+
+
+def run_blocks(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``model.blocks`` in order, each recomputed in backward when ``model.activation_checkpointing`` is set (with the
+    ``model.checkpoint_context`` that replays the SR counters). Shared by the GPT and the hybrid."""
+    for block in model.blocks:
+        if model.activation_checkpointing and torch.is_grad_enabled():
+            context = model.checkpoint_context
+            context_fn = noop_context_fn if context is None else functools.partial(context, block)
+            x = checkpoint(block, x, use_reentrant=False, context_fn=context_fn)
+        else:
+            x = block(x)
+    return x
+
+
+def language_model_head(model: nn.Module, x: torch.Tensor, targets: torch.Tensor | None):
+    """Final norm, output head, and the mean FP32 cross-entropy against ``targets`` (None without targets)."""
+    logits = model.lm_head(model.final_norm(x))
+    if targets is None:
+        return logits, None
+    # Upcast: a bf16 softmax over a large vocab loses the small probabilities the loss depends on.
+    loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+    return logits, loss

@@ -19,7 +19,6 @@ the scan, the norms, the embedding and the head stay in high precision. Blocks a
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -27,7 +26,8 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint, noop_context_fn
+
+from nvfp4.model.gpt import language_model_head, run_blocks
 
 KINDS = {"M": "mamba", "*": "attention", "-": "mlp"}
 
@@ -349,16 +349,4 @@ class HybridLM(nn.Module):
         if idx.shape[1] > self.config.seq_len:
             raise ValueError(f"sequence length {idx.shape[1]} exceeds the model's seq_len={self.config.seq_len}; "
                              "crop the input or build the model with a larger seq_len")  # fmt: skip
-        x = self.embed(idx)
-        for block in self.blocks:
-            if self.activation_checkpointing and torch.is_grad_enabled():
-                context = self.checkpoint_context
-                context_fn = noop_context_fn if context is None else functools.partial(context, block)
-                x = checkpoint(block, x, use_reentrant=False, context_fn=context_fn)
-            else:
-                x = block(x)
-        logits = self.lm_head(self.final_norm(x))
-        if targets is None:
-            return logits, None
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
-        return logits, loss
+        return language_model_head(self, run_blocks(self, self.embed(idx)), targets)
