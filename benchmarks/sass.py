@@ -62,14 +62,15 @@ def kernels() -> dict[str, tuple]:
 
     q_sig = {"x_ptr": "*i16", "amax_ptr": "*fp32", "signs_ptr": "*fp32", "packed_ptr": "*u8", "scales_ptr": "*u8",
              "M": "i32", "K": "i32", "NB": "i32", "stride_r": "i32", "stride_k": "constexpr", "stride_p": "i32",
-             "stride_s": "i32", "key1": "i32", "key2": "i32", "BF16_BITS": "constexpr", "TILE_ROWS": "constexpr",
-             "STOCHASTIC": "constexpr", "INDEX64": "constexpr", "RHT": "constexpr", "OUT_VALUES": "constexpr",
+             "stride_s": "i32", "key1": "i32", "key2": "i32", "offset_ptr": "*i64", "BF16_BITS": "constexpr",
+             "TILE_ROWS": "constexpr", "STOCHASTIC": "constexpr", "DEVICE_OFFSET": "constexpr",
+             "INDEX64": "constexpr", "RHT": "constexpr", "OUT_VALUES": "constexpr",
              "OUT_BF16": "constexpr", "BLOCK_M": "constexpr", "BLOCKS_K": "constexpr"}  # fmt: skip
     mx_sig = {"x_ptr": "*i16", "signs_ptr": "*fp32", "out_ptr": "*i16", "scales_ptr": "*u8", "M": "i32", "K": "i32",
               "NB": "i32", "stride_r": "i32", "stride_k": "constexpr", "stride_o": "i32", "stride_s": "i32",
-              "key1": "i32", "key2": "i32", "BF16_BITS": "constexpr", "CEIL_RULE": "constexpr",
-              "STOCHASTIC": "constexpr", "INDEX64": "constexpr", "RHT": "constexpr", "OUT_VALUES": "constexpr",
-              "OUT_BF16": "constexpr",
+              "key1": "i32", "key2": "i32", "offset_ptr": "*i64", "BF16_BITS": "constexpr",
+              "CEIL_RULE": "constexpr", "STOCHASTIC": "constexpr", "DEVICE_OFFSET": "constexpr",
+              "INDEX64": "constexpr", "RHT": "constexpr", "OUT_VALUES": "constexpr", "OUT_BF16": "constexpr",
               "BLOCK_M": "constexpr", "BLOCKS_K": "constexpr"}  # fmt: skip
     fp8_sig = {"x_ptr": "*i16", "out_ptr": "*u8", "scales_ptr": "*fp32", "M": "i32", "K": "i32", "NB": "i32",
                "stride_r": "i32", "stride_k": "constexpr", "stride_o": "i32", "stride_s": "i32",
@@ -78,15 +79,18 @@ def kernels() -> dict[str, tuple]:
     q_elems = tb._Q_BLOCK_M * tb._Q_BLOCKS_K * 16
     mx_elems = tb._Q_BLOCK_M * tb._MX_BLOCKS_K * 32
     out = {}
-    for name, (tile_rows, sr, rht, values, stride_k) in {
-        "nvfp4 1x16 RN packed": (1, False, False, False, 1),
-        "nvfp4 16x16 RN packed (weights)": (16, False, False, False, 1),
-        "nvfp4 1x16 SR values (dgrad dy)": (1, True, False, True, 1),
-        "nvfp4 RHT16 SR values, transposed (wgrad dy)": (1, True, True, True, None),
-        "nvfp4 RHT16 RN packed, transposed (wgrad x)": (1, False, True, False, None),
+    for name, (tile_rows, sr, rht, values, stride_k, device_offset) in {
+        "nvfp4 1x16 RN packed": (1, False, False, False, 1, False),
+        "nvfp4 16x16 RN packed (weights)": (16, False, False, False, 1, False),
+        "nvfp4 1x16 SR values (dgrad dy)": (1, True, False, True, 1, False),
+        "nvfp4 1x16 SR values, device offset": (1, True, False, True, 1, True),
+        "nvfp4 RHT16 SR values, transposed (wgrad dy)": (1, True, True, True, None, False),
+        "nvfp4 RHT16 SR values, transposed, device offset": (1, True, True, True, None, True),
+        "nvfp4 RHT16 RN packed, transposed (wgrad x)": (1, False, True, False, None, False),
     }.items():
         sig = dict(q_sig, packed_ptr="*i16") if values else dict(q_sig)
-        consts = {"BF16_BITS": True, "TILE_ROWS": tile_rows, "STOCHASTIC": sr, "INDEX64": False, "RHT": rht,
+        consts = {"BF16_BITS": True, "TILE_ROWS": tile_rows, "STOCHASTIC": sr, "DEVICE_OFFSET": device_offset,
+                  "INDEX64": False, "RHT": rht,
                   "OUT_VALUES": values, "OUT_BF16": True, "BLOCK_M": tb._Q_BLOCK_M,
                   "BLOCKS_K": tb._Q_BLOCKS_K}  # fmt: skip
         if stride_k == 1:
@@ -98,7 +102,8 @@ def kernels() -> dict[str, tuple]:
         out[name] = (tb._quantize_kernel, sig, consts, tb._Q_WARPS, q_elems, 1)
     out["mxfp4 RHT32 SR values"] = (
         tb._mxfp4_kernel, mx_sig, {"stride_k": 1, "BF16_BITS": True, "CEIL_RULE": True, "STOCHASTIC": True,
-                                   "INDEX64": False, "RHT": True, "OUT_VALUES": True, "OUT_BF16": True,
+                                   "DEVICE_OFFSET": False, "INDEX64": False, "RHT": True, "OUT_VALUES": True,
+                                   "OUT_BF16": True,
                                    "BLOCK_M": tb._Q_BLOCK_M, "BLOCKS_K": tb._MX_BLOCKS_K},
         tb._Q_WARPS, mx_elems, 1,
     )  # fmt: skip

@@ -63,6 +63,7 @@ step() {  # step NAME LIMIT_S COMMAND...
 step smoke_ops      60  python3 scripts/gpu_smoke.py operands
 step smoke_layer    40  python3 scripts/gpu_smoke.py layer
 step smoke_sync     40  python3 scripts/gpu_smoke.py sync
+step cuda_graphs    40  python3 scripts/gpu_smoke.py graphs
 step gpu_tests     120  python3 -m pytest -q -p no:cacheprovider -x -m "gpu or not slow" \
                         tests/kernels/test_triton_backend.py tests/kernels/test_conformance.py tests/test_linear.py \
                         tests/test_gpu_path.py

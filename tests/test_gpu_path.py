@@ -176,6 +176,33 @@ def test_activation_checkpointing_follows_the_same_trajectory(recipe):
     assert all(torch.equal(a, b) for a, b in zip(ckpt_params, plain_params, strict=True))
 
 
+def test_checkpointing_never_reads_a_counter_on_the_host(monkeypatch):
+    """The checkpoint context saves and replays the SR counters as tensors: reading them as ints (``sr_calls``)
+    would sync with a GPU once per block per step."""
+    model = make_model("nvfp4")
+    model.activation_checkpointing = True
+
+    def no_host_read(self):
+        raise AssertionError("an SR counter was read on the host during a step")
+
+    monkeypatch.setattr(nvfp4.Linear, "sr_calls", property(no_host_read, nvfp4.Linear.sr_calls.fset))
+    losses, _ = train(model, batches(2))
+    assert all(map(torch.isfinite, map(torch.tensor, losses)))
+
+
+def test_a_device_counter_gives_a_device_offset():
+    """On a GPU the SR offset is a 0-d tensor on the counter's device (read by the kernel, never by the host; the
+    meta device stands in for a GPU here: any host read of it would raise); on the CPU it is the int itself."""
+    from nvfp4.kernels import ops
+
+    stream = (3 << 48) | 4
+    offset = ops.sr_offset(stream, torch.tensor(5, device="meta"))
+    assert isinstance(offset, torch.Tensor) and offset.device.type == "meta" and offset.dtype == torch.int64
+    assert ops.sr_offset(stream, torch.tensor(5)) == stream + 5 * ops.OPERAND_COUNT
+    on_host = (torch.tensor(5) * ops.OPERAND_COUNT + stream).item()  # the device arithmetic, evaluated here
+    assert on_host == stream + 5 * ops.OPERAND_COUNT
+
+
 def test_checkpointing_without_the_sr_context_departs():
     """Why the context exists: without it the recompute advances the SR counters again and the run departs."""
     steps = batches(2)

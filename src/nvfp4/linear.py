@@ -1,7 +1,8 @@
 """``nvfp4.Linear``: a drop-in ``nn.Linear`` whose three GEMMs run on quantized operands (SPEC §5).
 
 Layering: the module (``Linear``) owns the state — the quantized-weight cache, the stochastic-rounding call
-counter (a CPU tensor, so compiled graphs read it instead of baking it in) and the precision switch — and hands
+counter (a 0-d tensor on the input's device, so compiled graphs and CUDA graphs read it instead of baking it in,
+and a GPU step never syncs on it) and the precision switch — and hands
 the autograd function (``_QuantizedLinearFn``) only tensors and one frozen ``_Plan``. The function is stateless:
 what backward needs goes through ``save_for_backward`` (the packed 4.5-bit activation too), so saved-tensor hooks,
 activation checkpointing and ``torch.compile(fullgraph=True)`` all see it. Under ``no_grad`` only the Fprop
@@ -409,8 +410,8 @@ class Linear(nn.Linear):
     def _setup(self, recipe: str | Recipe, seed: int, backend: str) -> None:
         self.recipe = recipes.get(recipe)
         self.sr_seed = int(seed)
-        # The call counter: a 0-d int64 CPU tensor (not a buffer: it stays on the CPU when the layer moves to a GPU,
-        # so reading it never syncs, and it stays out of the state_dict, which remains nn.Linear's).
+        # The call counter: a 0-d int64 tensor (not a buffer: it stays out of the state_dict, which remains
+        # nn.Linear's). On the CPU for CPU inputs; on the GPU for GPU inputs (see _next_call).
         self._sr_counter = torch.zeros((), dtype=torch.int64)
         self.backend = backend
         self.precision = {"forward": "recipe", "backward": "recipe"}
@@ -459,8 +460,14 @@ class Linear(nn.Linear):
         """(seed, offset) of an operand's SR stream at forward call ``call``."""
         return self.sr_seed, ops.sr_offset(_sr_stream(operand, self.sr_rank), call)
 
-    def _next_call(self) -> torch.Tensor:
-        """This call's counter value (a new 0-d CPU tensor), advancing the counter."""
+    def _next_call(self, device: torch.device) -> torch.Tensor:
+        """This call's counter value (a new 0-d int64 tensor), advancing the counter.
+
+        On a GPU the counter lives on the input's device (moved there once, at the first call): the Triton kernels
+        read the SR offset from device memory, so a step never syncs and a captured CUDA graph replays with the
+        counter advancing. On the CPU it stays a CPU tensor."""
+        if device.type == "cuda" and self._sr_counter.device != device:
+            self._sr_counter = self._sr_counter.to(device)
         call = self._sr_counter.clone()
         self._sr_counter.add_(1)
         return call
@@ -518,7 +525,7 @@ class Linear(nn.Linear):
         device_type = x.device.type
         autocast_on = torch.is_autocast_enabled(device_type)
         out_dtype = torch.get_autocast_dtype(device_type) if autocast_on else x.dtype
-        call = self._next_call()
+        call = self._next_call(x.device)
         grad_needed = torch.is_grad_enabled() and (
             x.requires_grad or self.weight.requires_grad or (self.bias is not None and self.bias.requires_grad)
         )
@@ -556,21 +563,22 @@ def checkpoint_context(
     layers = [m for m in module.modules() if isinstance(m, Linear)]
     start: list[int] = []
 
+    # Counter values are kept as tensor copies, never read as ints: on a GPU that would sync every block.
     @contextlib.contextmanager
     def forward() -> Iterator[None]:
-        start[:] = [layer.sr_calls for layer in layers]
+        start[:] = [layer._sr_counter.clone() for layer in layers]
         yield
 
     @contextlib.contextmanager
     def recompute() -> Iterator[None]:
-        now = [layer.sr_calls for layer in layers]
+        now = [layer._sr_counter.clone() for layer in layers]
         for layer, value in zip(layers, start, strict=True):
-            layer.sr_calls = value
+            layer._sr_counter.copy_(value)
         try:
             yield
         finally:
             for layer, value in zip(layers, now, strict=True):
-                layer.sr_calls = value
+                layer._sr_counter.copy_(value)
 
     return forward(), recompute()
 

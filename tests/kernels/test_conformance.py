@@ -1,10 +1,11 @@
 """One conformance suite for every backend that can run here: the contract's signatures, and the reference's bits.
 
 Backends: ``cpu`` (the C kernel) and ``triton`` (on a GPU, or in Triton's CPU interpreter: TRITON_INTERPRET=1
-must be set when the backend module is first imported, as in test_triton_backend.py). Every op of
-``nvfp4.kernels.contract.OPS`` runs through the registry (so a declined input falls back to the reference, as in
-training) on random, heavy-tailed, all-zero, NaN- and Inf-carrying inputs in FP32 and BF16, odd shapes, plain and
-transposed, and must return the reference's bits (any NaN equals any NaN).
+must be set when the backend module is first imported, as in test_triton_backend.py). Every entry point of
+``nvfp4.kernels.contract`` (``OPS``: amax, quantize over every spec, scaled_values; and the per-format
+``CONVENIENCES``) runs on the fast backend itself (an input its ``supports`` declines is skipped and counted) on
+random, heavy-tailed, all-zero, NaN- and Inf-carrying inputs in FP32 and BF16, odd shapes, plain and transposed,
+and must return the reference's bits (any NaN equals any NaN).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 
 from nvfp4 import kernels
 from nvfp4.hadamard import default_signs
-from nvfp4.kernels.contract import OPS, Unsupported
+from nvfp4.kernels.contract import CONVENIENCES, KERNELS, OPS, BackendBase, QuantSpec, Unsupported
 from nvfp4.kernels.cpu import CPUBackend
 from nvfp4.kernels.reference import ReferenceBackend
 
@@ -75,6 +76,12 @@ def _calls(op: str, x: torch.Tensor):
     rht_ok = x.shape[1] % 32 == 0 and x.shape[0] % 32 != 0  # K % 32 for the plain, M handled by transpose=False
     if op == "amax":
         yield "", (x,), {}
+    elif op == "quantize":
+        for spec in _specs(x):
+            signs = None if spec.rht is None else default_signs(spec.rht)
+            for amax in (None, REF.amax(x) * 2) if spec.format == "nvfp4" else (None,):
+                kwargs = {"amax": amax, "signs": signs, "seed": 5, "offset": 9}
+                yield f"{spec} amax={'given' if amax is not None else 'computed'}", (x, spec), kwargs
     elif op == "quantize_nvfp4":
         for tile_rows, sr, t in ((1, False, False), (16, False, True), (1, True, True), (1, True, False)):
             t_in = x.t() if t else x
@@ -105,10 +112,32 @@ def _calls(op: str, x: torch.Tensor):
             yield f"{tile} T={t}", (x, tile), {"transpose": t}
 
 
+def _specs(x: torch.Tensor) -> list[QuantSpec]:
+    """Every spec the layer's recipes use (and a few more), for an input of this shape."""
+    rows, cols = x.shape
+    specs = []
+    for transpose in (False, True):
+        k = rows if transpose else cols
+        for out in (None, torch.bfloat16, torch.float32):
+            for tile, sr in (((1, 16), False), ((1, 16), True), ((16, 16), False)):
+                specs.append(QuantSpec("nvfp4", tile, sr, transpose, out_dtype=out))
+            if k % 16 == 0:
+                specs.append(QuantSpec("nvfp4", (1, 16), True, transpose, rht=16, out_dtype=out))
+            for sr in (False, True):
+                specs.append(QuantSpec("mxfp4", (1, 32), sr, transpose, out_dtype=out))
+            if k % 32 == 0:
+                specs.append(QuantSpec("mxfp4", (1, 32), True, transpose, rht=32, scale_rule="floor", out_dtype=out))
+            for tile in ((1, 128), (128, 128)):
+                specs.append(QuantSpec("fp8", tile, False, transpose, out_dtype=torch.float32 if out else None))
+    return specs
+
+
 def _same(a, b) -> bool:
     """Bit-equal tensors (or tuples of them); any NaN equals any NaN (FP32/BF16/FP16, E4M3 and E8M0 bytes)."""
     if isinstance(a, tuple | list):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if a is None or b is None:
+        return a is None and b is None
     a, b = a.detach().cpu(), b.detach().cpu()
     if a.dtype != b.dtype or a.shape != b.shape:
         return False
@@ -130,16 +159,17 @@ def _to(value, device):
 
 
 @pytest.mark.parametrize("name", BACKENDS)
-def test_every_op_has_the_reference_signature(name):
-    for op in OPS:
-        want = inspect.signature(getattr(ReferenceBackend, op))
+def test_every_kernel_has_the_reference_signature(name):
+    checks = [(op, ReferenceBackend) for op in KERNELS] + [("supports", BackendBase)]
+    for op, source in checks:
+        want = inspect.signature(getattr(source, op))
         got = inspect.signature(getattr(BACKENDS[name], op))
         assert list(got.parameters) == list(want.parameters), f"{name}.{op}{got} != reference{want}"
         for p, q in zip(got.parameters.values(), want.parameters.values(), strict=True):
             assert (p.kind, p.default) == (q.kind, q.default), f"{name}.{op}: parameter {p.name}"
 
 
-@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("op", OPS + CONVENIENCES)
 @pytest.mark.parametrize("backend", list(BACKENDS), indirect=True)
 def test_backend_returns_the_reference_bits(backend, op):
     impl, device = backend
@@ -158,24 +188,69 @@ def test_backend_returns_the_reference_bits(backend, op):
     assert ran > 0, f"{impl.name} declined every {op} call ({declined}): nothing was checked"
 
 
-def test_only_unsupported_falls_back(monkeypatch):
-    """A fast op that declines (Unsupported) runs on the reference; any other error is a bug and surfaces."""
+def test_declined_inputs_run_on_the_reference_and_kernel_errors_surface(monkeypatch):
+    """Through the registry, an input the fast backend's ``supports`` declines runs on the reference; an exception
+    inside a fast kernel (even Unsupported or NotImplementedError) is a bug and propagates; a direct call of a
+    fast backend on a declined input raises Unsupported before any work."""
     impl = kernels._Fallback(CPUBackend.instance(), REF)
     x = torch.randn(4, 32)
+    spec = QuantSpec("nvfp4", (1, 16), out_dtype=None)
 
-    def declines(*args, **kwargs):
-        raise Unsupported("no kernel for this")
+    def kernel_must_not_run(*args, **kwargs):
+        raise AssertionError("the fast kernel ran on an input its supports() declined")
 
-    monkeypatch.setattr(CPUBackend, "amax", declines)
+    monkeypatch.setattr(CPUBackend, "supports", lambda self, op, x, spec=None, **kw: "declined for the test")
+    monkeypatch.setattr(CPUBackend, "quantize_kernel", kernel_must_not_run)
+    monkeypatch.setattr(CPUBackend, "amax_kernel", kernel_must_not_run)
+    assert _same(impl.quantize(x, spec).data, REF.quantize(x, spec).data)
     assert _same(impl.amax(x), REF.amax(x))
+    with pytest.raises(Unsupported, match="declined for the test"):
+        CPUBackend.instance().quantize(x, spec)
+    monkeypatch.undo()
 
-    def broken(*args, **kwargs):
-        raise NotImplementedError("a bug deep inside a kernel")
+    for error in (Unsupported, NotImplementedError, RuntimeError):
 
-    impl = kernels._Fallback(CPUBackend.instance(), REF)
-    monkeypatch.setattr(CPUBackend, "amax", broken)
-    with pytest.raises(NotImplementedError, match="a bug"):
-        impl.amax(x)
+        def broken(*args, error=error, **kwargs):
+            raise error("a bug deep inside a kernel")
+
+        monkeypatch.setattr(CPUBackend, "quantize_kernel", broken)
+        with pytest.raises(error, match="a bug"):
+            impl.quantize(x, spec)
+        monkeypatch.undo()
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS), indirect=True)
+def test_supports_is_a_pure_predicate(backend):
+    """``supports`` answers for every spec without running a kernel: it says why for inputs outside its kernels."""
+    impl, device = backend
+    fast = impl.fast
+    x = torch.randn(20, 64, device=device)
+    assert fast.supports("quantize", x, QuantSpec("nvfp4", (1, 16))) is None
+    assert fast.supports("quantize", x, QuantSpec("nvfp4", (1, 16), rht=64), signs=default_signs(64)) is not None
+    assert fast.supports("quantize", x, QuantSpec("nvfp4", (1, 16), rht=16), signs=-2 * default_signs(16)) is not None
+    assert fast.supports("quantize", x[:, :40], QuantSpec("nvfp4", (1, 16), rht=16), signs=default_signs(16))
+    assert fast.supports("amax", x[:0]) is not None  # empty
+    assert fast.supports("amax", torch.randn(3, 4, 5, device=device)) is not None  # not 2-D
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS), indirect=True)
+def test_an_offset_tensor_gives_the_int_offsets_bits(backend):
+    """SR offsets may be 0-d int64 tensors (the layer's device-side counters): the same bits as the int, for every
+    stochastic format, including offsets that use all 64 bits. On the Triton backend the offset tensor on the
+    kernel's device is read by the kernel itself (DEVICE_OFFSET)."""
+    impl, device = backend
+    x = torch.randn(48, 64, generator=torch.Generator().manual_seed(1))
+    for offset in (9, (3 << 48) | 5, (1 << 64) - 7):
+        as_tensor = torch.tensor(offset - (1 << 64) if offset >= 1 << 63 else offset, dtype=torch.int64)
+        for spec, signs in (
+            (QuantSpec("nvfp4", (1, 16), True, out_dtype=None), None),
+            (QuantSpec("nvfp4", (1, 16), True, True, rht=16), default_signs(16)),
+            (QuantSpec("mxfp4", (1, 32), True, out_dtype=None), None),
+        ):
+            want = REF.quantize(x, spec, signs=signs, seed=11, offset=offset)
+            dev_signs = None if signs is None else signs.to(device)
+            got = impl.fast.quantize(x.to(device), spec, signs=dev_signs, seed=11, offset=as_tensor.to(device))
+            assert _same(got, want), f"{impl.name} {spec} offset {offset}"
 
 
 def _huge_inputs() -> list[tuple[str, torch.Tensor]]:

@@ -20,6 +20,7 @@ from nvfp4.formats.nvfp4 import quantize_nvfp4
 from nvfp4.formats.rng import derive_keys, random_bytes
 from nvfp4.hadamard import DEFAULT_SIGNS_16
 from nvfp4.kernels import cpu as cpu_mod
+from nvfp4.kernels.contract import Unsupported
 from nvfp4.kernels.cpu import CPUBackend, build_library
 from nvfp4.kernels.reference import ReferenceBackend
 from tests.kernels.inputs import make_input, same_float
@@ -210,11 +211,11 @@ def test_rht_other_sizes_fall_back_to_the_reference():
     cpu = CPUBackend.instance()
     x = make_input("random", (4, 64))
     signs32 = torch.ones(32)
-    with pytest.raises(NotImplementedError):
+    with pytest.raises(Unsupported):
         cpu.rht_quantize_nvfp4(x, signs32, None, False, 0, 0)
     got = kernels.select("cpu", "cpu").rht_quantize_nvfp4(x, signs32, None, False, 0, 0)
     assert_quant_equal(got, REF.rht_quantize_nvfp4(x, signs32, None, False, 0, 0))
-    with pytest.raises(ValueError, match="multiple of the Hadamard size"):  # the reference's error, via fallback
+    with pytest.raises(ValueError, match="K % 16 == 0"):  # invalid for every backend: one clear error
         kernels.select("cpu", "cpu").rht_quantize_nvfp4(x[:, :40], SIGNS, None, False, 0, 0)
 
 
@@ -313,7 +314,7 @@ def test_build_is_cached_and_failures_are_reported(monkeypatch, tmp_path):
 
 def test_inputs_outside_the_fast_path_are_rejected_cleanly():
     cpu = CPUBackend.instance()
-    with pytest.raises(NotImplementedError):  # a negative amax is outside the contract: the reference handles it
+    with pytest.raises(Unsupported):  # a negative amax is outside the contract: the reference handles it
         cpu.quantize_nvfp4(torch.ones(2, 16), torch.tensor(-1.0), 1, False, 0, 0)
     with pytest.raises(ValueError, match="do not match"):
         cpu.scaled_values(torch.zeros(2, 8, dtype=torch.uint8), torch.zeros(2, 2).to(torch.float8_e4m3fn))

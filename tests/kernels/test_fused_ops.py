@@ -15,6 +15,7 @@ from nvfp4 import kernels
 from nvfp4.formats.nvfp4 import quantize_nvfp4
 from nvfp4.formats.rng import derive_keys, random_bytes
 from nvfp4.hadamard import random_hadamard_transform
+from nvfp4.kernels.contract import Unsupported
 from nvfp4.kernels.cpu import CPUBackend
 from tests.kernels.inputs import make_input, same_float
 from tests.kernels.test_cpu_backend import (
@@ -252,22 +253,25 @@ def test_rht_needs_k_multiple_of_16():
         with pytest.raises(ValueError, match="K % 16 == 0"):
             backend.fake_quantize_nvfp4(x, None, 1, False, 0, 0, transpose=True, rht_signs=SIGNS)  # K = 40
         backend.fake_quantize_nvfp4(x, None, 1, False, 0, 0, rht_signs=SIGNS)  # K = 48: fine
-    with pytest.raises(NotImplementedError):  # the fallback wrapper runs the reference, which raises ValueError
-        cpu.rht_quantize_nvfp4(x, SIGNS, None, False, 0, 0, transpose=True)
-    with pytest.raises(ValueError, match="multiple of the Hadamard size"):
-        kernels.select("cpu", "cpu").rht_quantize_nvfp4(x, SIGNS, None, False, 0, 0, transpose=True)
+    for backend in (cpu, REF, kernels.select("cpu", "cpu")):  # invalid for every backend: the same clear error
+        with pytest.raises(ValueError, match="K % 16 == 0"):
+            backend.rht_quantize_nvfp4(x, SIGNS, None, False, 0, 0, transpose=True)
 
 
 def test_unsupported_inputs_fall_back_to_the_reference():
     cpu = CPUBackend.instance()
     impl = kernels.select("cpu", "cpu")
     x = make_input("random", (32, 32))
-    with pytest.raises(NotImplementedError):  # a negative amax is outside the contract
+    with pytest.raises(Unsupported):  # a negative amax is outside the contract
         cpu.fake_quantize_nvfp4(x, torch.tensor(-1.0), 1, False, 0, 0)
-    with pytest.raises(NotImplementedError):
+    with pytest.raises(Unsupported):  # only the 16-point RHT is fused with NVFP4
         cpu.fake_quantize_nvfp4(x, None, 1, False, 0, 0, rht_signs=torch.ones(32))
+    got = impl.fake_quantize_nvfp4(x, None, 1, False, 0, 0, rht_signs=torch.ones(32))  # the reference runs it
+    assert_fake_equal(got, REF.fake_quantize_nvfp4(x, None, 1, False, 0, 0, rht_signs=torch.ones(32)))
+    with pytest.raises(Unsupported, match="±1"):
+        cpu.fake_quantize_nvfp4(x, None, 1, False, 0, 0, rht_signs=torch.full((16,), 2.0))
     with pytest.raises(ValueError, match="signs"):  # the reference's error, through the fallback
-        impl.fake_quantize_nvfp4(x, None, 1, False, 0, 0, rht_signs=torch.ones(32))
+        impl.fake_quantize_nvfp4(x, None, 1, False, 0, 0, rht_signs=torch.full((16,), 2.0))
     got = impl.fake_quantize_nvfp4(x, torch.tensor(-1.0), 1, False, 0, 0, transpose=True)
     assert_fake_equal(got, REF.fake_quantize_nvfp4(x, torch.tensor(-1.0), 1, False, 0, 0, transpose=True))
 

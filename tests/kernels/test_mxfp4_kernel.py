@@ -14,6 +14,7 @@ import torch
 from nvfp4 import kernels
 from nvfp4.formats.mxfp4 import quantize_mxfp4
 from nvfp4.hadamard import default_signs
+from nvfp4.kernels.contract import Unsupported
 from nvfp4.kernels.cpu import CPUBackend
 from tests.kernels.inputs import make_input, same_float
 from tests.kernels.test_cpu_backend import REF, torch_threads
@@ -146,7 +147,7 @@ def test_unsupported_transforms_and_bad_shapes():
     cpu = CPUBackend.instance()
     impl = kernels.select("cpu", "cpu")
     x = make_input("random", (40, 64))
-    with pytest.raises(NotImplementedError):  # only the 32-point RHT is fused ...
+    with pytest.raises(Unsupported):  # only the 32-point RHT is fused ...
         cpu.fake_quantize_mxfp4(x, False, 0, 0, rht_signs=default_signs(16))
     got = impl.fake_quantize_mxfp4(x, False, 0, 0, rht_signs=default_signs(16))  # ... the rest runs the reference
     assert_values_equal(got, REF.fake_quantize_mxfp4(x, False, 0, 0, rht_signs=default_signs(16)))

@@ -29,6 +29,7 @@ from nvfp4.formats.nvfp4 import quantize_nvfp4  # noqa: E402
 from nvfp4.formats.rng import derive_keys, random_bytes  # noqa: E402
 from nvfp4.hadamard import default_signs  # noqa: E402
 from nvfp4.kernels import triton_backend  # noqa: E402
+from nvfp4.kernels.contract import Unsupported  # noqa: E402
 from nvfp4.kernels.reference import ReferenceBackend  # noqa: E402
 from tests.kernels.inputs import make_input, same_bits, same_float  # noqa: E402
 
@@ -197,9 +198,9 @@ def test_rht_quantize(tb, dtype):
 
 def test_rht_unsupported_cases_fall_back(tb):
     x = make_input("random", (4, 32), torch.float32)
-    with pytest.raises(NotImplementedError):
+    with pytest.raises(Unsupported):
         tb.rht_quantize_nvfp4(x.to(DEVICE), default_signs(8), None, False, 0, 0)
-    with pytest.raises(NotImplementedError):
+    with pytest.raises(ValueError, match="K % 16 == 0"):  # invalid for every backend: the same clear error
         tb.rht_quantize_nvfp4(x[:, :24].to(DEVICE), default_signs(16), None, False, 0, 0)
     # Through the registry the reference takes over: same answer for size 8, same error for K=24.
     impl = kernels.select("triton", DEVICE)
@@ -419,8 +420,8 @@ def test_mxfp4_matches_reference(tb, kind, dtype):
 def test_transposed_operands_are_read_in_place(tb):
     """transpose=True and .t() views reach the kernels as strided views of the same memory, not copies."""
     x = make_input("heavy", (48, 32), torch.float32).to(DEVICE)
-    assert tb._check(x, transpose=True).data_ptr() == x.data_ptr()
-    assert tb._check(x.t()).data_ptr() == x.data_ptr()
+    assert tb._operand(x, True).data_ptr() == x.data_ptr()
+    assert tb._operand(x.t(), False).data_ptr() == x.data_ptr()
     got, _ = tb.fake_quantize_nvfp4(x.t(), None, 1, True, 2, 0, rht_signs=default_signs(16))
     want, _ = REF.fake_quantize_nvfp4(x.t().contiguous(), None, 1, True, 2, 0, rht_signs=default_signs(16))
     assert same_float(got, want)
@@ -428,7 +429,7 @@ def test_transposed_operands_are_read_in_place(tb):
 
 def test_fused_ops_fall_back_or_fail_clearly(tb):
     x = make_input("random", (40, 64), torch.float32).to(DEVICE)
-    with pytest.raises(NotImplementedError):  # a 16-point RHT is not fused for MXFP4: the reference runs it
+    with pytest.raises(Unsupported):  # a 16-point RHT is not fused for MXFP4: the reference runs it
         tb.fake_quantize_mxfp4(x, False, 0, 0, rht_signs=default_signs(16))
     with pytest.raises(ValueError, match="K % 32 == 0"):
         tb.fake_quantize_mxfp4(x, False, 0, 0, transpose=True, rht_signs=default_signs(32))  # K = 40

@@ -42,16 +42,28 @@ def mix32_int(h: int) -> int:
     return h
 
 
+_OFFSET_SALT = 0x85EBCA6B
+_K2_SALT = 0xC2B2AE35
+
+
+def _seed_word(seed: int) -> int:
+    seed &= (1 << 64) - 1
+    return mix32_int(mix32_int((seed & MASK32) ^ 0x9E3779B9) ^ (seed >> 32))
+
+
 def derive_keys(seed: int, offset: int = 0) -> tuple[int, int]:
     """The two 32-bit stream keys for (seed, offset); both are 64-bit non-negative ints."""
-    seed &= (1 << 64) - 1
     offset &= (1 << 64) - 1
-    k = mix32_int((seed & MASK32) ^ 0x9E3779B9)
-    k = mix32_int(k ^ (seed >> 32))
-    k = mix32_int(k ^ (offset & MASK32) ^ 0x85EBCA6B)
+    k = mix32_int(_seed_word(seed) ^ (offset & MASK32) ^ _OFFSET_SALT)
     k1 = mix32_int(k ^ (offset >> 32))
-    k2 = mix32_int(k1 ^ 0xC2B2AE35)
+    k2 = mix32_int(k1 ^ _K2_SALT)
     return k1, k2
+
+
+def device_key_words(seed: int) -> tuple[int, int]:
+    """(w1, w2) from which a kernel that reads the offset from device memory derives the keys of ``derive_keys``:
+    k1 = mix32(mix32(w1 ^ offset_lo) ^ offset_hi), k2 = mix32(k1 ^ w2) (XOR is associative: w1 = seed word ^ salt)."""
+    return _seed_word(seed) ^ _OFFSET_SALT, _K2_SALT
 
 
 def _mix32_tensor(h: torch.Tensor) -> torch.Tensor:

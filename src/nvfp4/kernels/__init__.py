@@ -1,11 +1,10 @@
 """Backends behind the reference quantizers, selected per device.
 
-The contract (``nvfp4.kernels.contract``): every backend implements the ops of ``ReferenceBackend`` (amax,
-quantize_nvfp4, rht_quantize_nvfp4, fake_quantize_nvfp4, scaled_values, the MXFP4 and FP8 ops; ``transpose=True``
-reads x2d.t()) with its signatures, and must match the plain-PyTorch reference bit for bit; the conformance tests
-enforce it. ``select("auto", device)`` picks the first available backend in ``_PREFERENCE`` order, once per
-device; ``backend="reference"`` forces the oracle. A fast backend declines an input it has no kernel for by
-raising ``Unsupported`` before doing any work, and then the reference runs instead; any other exception propagates.
+The contract (``nvfp4.kernels.contract``): every backend has a ``supports`` predicate and the reference's three
+kernels (amax, quantize with one frozen ``QuantSpec``, scaled_values), and must match the plain-PyTorch reference
+bit for bit; the conformance tests enforce it. ``select("auto", device)`` picks the first available backend in
+``_PREFERENCE`` order, once per device; ``backend="reference"`` forces the oracle. Through ``select`` an input the
+fast backend's ``supports`` declines runs on the reference; an exception inside a kernel always propagates.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ import warnings
 
 import torch
 
-from nvfp4.kernels.contract import OPS, Unsupported
+from nvfp4.kernels.contract import BackendBase, Quantized, QuantSpec
 from nvfp4.kernels.reference import ReferenceBackend
 
 # name -> "module:Class"; loaded lazily so a missing compiler or Triton never breaks import.
@@ -85,32 +84,37 @@ def _select(backend: str, device: torch.device, env: tuple) -> object:
     return fast if backend == "reference" else _Fallback(fast, ReferenceBackend.instance())
 
 
-class _Fallback:
-    """Wraps a fast backend: an op it declines (``Unsupported``) runs on the reference. Each op's wrapper is built
-    once and then found as a plain attribute (this sits on the per-operand hot path)."""
+class _Fallback(BackendBase):
+    """A fast backend with the reference behind it: before every call the fast backend's ``supports`` decides, and a
+    declined input runs on the reference (one warning per reason on a GPU). An exception raised *inside* a fast
+    kernel is never caught: a bug cannot hide behind the reference."""
 
-    def __init__(self, fast, reference: ReferenceBackend):
+    def __init__(self, fast: BackendBase, reference: ReferenceBackend):
         self.fast, self.reference, self.name = fast, reference, fast.name
 
-    def __getattr__(self, op: str):
-        if op not in OPS:
-            raise AttributeError(op)
-        fast_op, ref_op = getattr(self.fast, op, None), getattr(self.reference, op)
-        name = self.name
+    def _choose(self, op: str, x: torch.Tensor, spec: QuantSpec | None = None, **kw) -> BackendBase:
+        reason = self.fast.supports(op, x, spec, **kw)
+        if reason is None:
+            return self.fast
+        if x.is_cuda:
+            _warn_once(f"nvfp4: the {self.name} backend does not run {op} here ({reason}); using the plain-PyTorch "
+                       "reference, which is much slower on a GPU")  # fmt: skip
+        return self.reference
 
-        def call(*args, **kwargs):
-            if fast_op is not None:
-                try:
-                    return fast_op(*args, **kwargs)
-                except Unsupported as e:
-                    tensor = next((a for a in args if isinstance(a, torch.Tensor)), None)
-                    if tensor is not None and tensor.is_cuda:
-                        _warn_once(f"nvfp4: the {name} backend does not run {op} here ({e}); using the "
-                                   "plain-PyTorch reference, which is much slower on a GPU")  # fmt: skip
-            return ref_op(*args, **kwargs)
+    def amax_kernel(self, x2d: torch.Tensor) -> torch.Tensor:
+        return self._choose("amax", x2d).amax_kernel(x2d)
 
-        setattr(self, op, call)  # later lookups skip __getattr__
-        return call
+    def quantize_kernel(
+        self, x2d: torch.Tensor, spec: QuantSpec, *, amax: torch.Tensor | None = None,
+        signs: torch.Tensor | None = None, seed: int = 0, offset: int | torch.Tensor = 0,
+    ) -> Quantized:  # fmt: skip
+        impl = self._choose("quantize", x2d, spec, signs=signs, amax=amax)
+        return impl.quantize_kernel(x2d, spec, amax=amax, signs=signs, seed=seed, offset=offset)
+
+    def scaled_values_kernel(
+        self, packed: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.bfloat16
+    ) -> torch.Tensor:
+        return self._choose("scaled_values", packed).scaled_values_kernel(packed, scales, dtype)
 
 
 @functools.cache

@@ -35,7 +35,7 @@ import torch
 
 from nvfp4.formats.nvfp4 import BLOCK
 from nvfp4.formats.rng import derive_keys
-from nvfp4.kernels.contract import Unsupported
+from nvfp4.kernels.contract import BackendBase, Quantized, QuantSpec, Unsupported, logical_shape, offset_value
 
 _SOURCE = Path(__file__).with_name("nvfp4_cpu.c")
 _ABI_VERSION = 3
@@ -189,12 +189,6 @@ def _kernel_layout(x2d: torch.Tensor, transpose: bool) -> tuple[torch.Tensor, in
     ``.t()`` view passed with ``transpose=False``) is read in place through the transposed path; any other
     layout is copied to row-major first.
     """
-    if x2d.device.type != "cpu":
-        raise Unsupported("the cpu backend handles CPU tensors only")
-    if x2d.dim() != 2:
-        raise ValueError(f"expected a 2-D tensor, got shape {tuple(x2d.shape)}")
-    if x2d.numel() == 0:
-        raise Unsupported("empty tensors go to the reference")
     if x2d.dtype == torch.bfloat16:
         dt = _DT_BF16
     else:
@@ -249,18 +243,21 @@ def _signbits_uncached(signs, size: int) -> torch.Tensor:
     return torch.where(signs_f < 0, -(2**31), 0).to(torch.int32)
 
 
-def _amax_value(global_amax: torch.Tensor) -> float:
-    """The FP32 tensor amax as a Python float; a negative (or -0) amax is outside the contract -> reference."""
-    value = float(torch.as_tensor(global_amax).to(torch.float32).reshape(()))
-    if not math.isnan(value) and math.copysign(1.0, value) < 0:
-        raise Unsupported("negative global_amax: left to the reference")
-    return value
+def _amax_cpu(global_amax: torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(global_amax).to(device="cpu", dtype=torch.float32).reshape(())
 
 
-class CPUBackend:
-    """Bit-exact C implementation of the ``ReferenceBackend`` ops for CPU tensors."""
+def _negative(amax: torch.Tensor) -> bool:
+    """A negative (or -0) tensor amax is outside the contract: the reference handles it."""
+    value = float(_amax_cpu(amax))
+    return not math.isnan(value) and math.copysign(1.0, value) < 0
+
+
+class CPUBackend(BackendBase):
+    """Bit-exact C implementation of the reference's kernels for CPU tensors."""
 
     name = "cpu"
+    _FUSED_RHT = {"nvfp4": 16, "mxfp4": 32, "fp8": None}
 
     def __init__(self, lib: ctypes.CDLL | None = None):
         lib = lib if lib is not None else _library()
@@ -284,16 +281,75 @@ class CPUBackend:
         """True when the library was built with the AVX-512 path."""
         return self.lib.nvfp4_simd_width() > 1
 
-    def amax(self, x2d: torch.Tensor) -> torch.Tensor:
+    def supports(
+        self, op: str, x: torch.Tensor, spec: QuantSpec | None = None, *,
+        signs: torch.Tensor | None = None, amax: torch.Tensor | None = None,
+    ) -> str | None:  # fmt: skip
+        if x.device.type != "cpu":
+            return "CPU tensors only"
+        if x.dim() != 2 or x.numel() == 0:
+            return "non-empty 2-D tensors only"
+        if op != "quantize":
+            return None
+        if not x.is_floating_point():
+            return f"floating-point input only, got {x.dtype}"
+        if spec.rht is not None:
+            fused = self._FUSED_RHT[spec.format]
+            if spec.rht != fused or signs is None:
+                return f"no fused {spec.rht}-point RHT for {spec.format}"
+            if logical_shape(x, spec)[1] % spec.rht:
+                return f"K is not a multiple of the RHT size {spec.rht}"
+            try:
+                _signbits(signs, fused)
+            except Unsupported as exc:
+                return str(exc)
+        elif signs is not None:
+            return "signs without spec.rht"
+        if spec.format == "nvfp4" and amax is not None and _negative(amax):
+            return "negative tensor amax"
+        return None
+
+    def amax_kernel(self, x2d: torch.Tensor) -> torch.Tensor:
         """max|x| as an FP32 0-d tensor (NaN if any NaN)."""
         x, dt, _ = _kernel_layout(x2d, False)  # the layout does not matter for a max
         value = self.lib.nvfp4_amax(_ptr(x), dt, x.numel(), torch.get_num_threads())
         return torch.tensor(value, dtype=torch.float32)
 
+    def quantize_kernel(
+        self, x2d: torch.Tensor, spec: QuantSpec, *, amax: torch.Tensor | None = None,
+        signs: torch.Tensor | None = None, seed: int = 0, offset: int | torch.Tensor = 0,
+    ) -> Quantized:  # fmt: skip
+        """One C pass per operand (after the amax pass when NVFP4 has no amax): no transposed copy, no packed
+        intermediate for the GEMM values."""
+        off = offset_value(offset)
+        if spec.format == "nvfp4":
+            return self._nvfp4(x2d, spec, amax, signs, int(seed), off)
+        if spec.format == "mxfp4":
+            return self._mxfp4(x2d, spec, signs, int(seed), off)
+        return self._fp8(x2d, spec)
+
+    def scaled_values_kernel(
+        self, packed: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.bfloat16
+    ) -> torch.Tensor:
+        """value(q) × block scale for every (padded) element: (M, ceil(K/16)*16), exact in BF16."""
+        if scales.dim() != 2 or packed.shape != (scales.shape[0], scales.shape[1] * 8):
+            raise ValueError(
+                f"packed {tuple(packed.shape)} and scales {tuple(scales.shape)} do not match: "
+                "expected packed (M, 8*nblk) uint8 and scales (M, nblk)"
+            )
+        rows, nblk = scales.shape
+        packed_c = packed.contiguous().view(torch.uint8)
+        scales_c = scales.to("cpu").contiguous().view(torch.uint8)
+        native = dtype if dtype in (torch.bfloat16, torch.float32) else torch.float32
+        out = torch.empty((rows, nblk * BLOCK), dtype=native)
+        out_dt = _DT_BF16 if native == torch.bfloat16 else _DT_F32
+        self.lib.nvfp4_scaled_values(
+            _ptr(packed_c), _ptr(scales_c), rows, nblk, out_dt, _ptr(out), torch.get_num_threads()
+        )
+        return out if native == dtype else out.to(dtype)  # the reference also rounds from FP32
+
+    # -- NVFP4 -----------------------------------------------------------------------------------------------
     def _prepare(self, x2d: torch.Tensor, transpose: bool, tile_rows: int) -> tuple[torch.Tensor, int, bool]:
-        tile_rows = int(tile_rows)
-        if tile_rows < 1:
-            raise ValueError(f"tile_rows must be positive, got {tile_rows}")
         x, dt, kernel_t = _kernel_layout(x2d, bool(transpose))
         if kernel_t and tile_rows not in (1, 16):  # the transposed path forms 16x16 tiles only
             x, kernel_t = x.t().contiguous(), False
@@ -311,204 +367,71 @@ class CPUBackend:
             value = self.lib.nvfp4_rht_amax(_ptr(x), dt, rows, cols, _ptr(signbits), nthreads)
         return torch.tensor(value, dtype=torch.float32)
 
-    def _run(
-        self, x: torch.Tensor, dt: int, kernel_t: bool, signbits: torch.Tensor | None, amax: float, tile_rows: int,
-        stochastic: bool, seed: int, offset: int, out_kind: int, out: torch.Tensor, scales: torch.Tensor | None,
-    ) -> None:  # fmt: skip
-        rows, cols = x.shape
-        k1, k2 = derive_keys(int(seed), int(offset)) if stochastic else (0, 0)
+    def _nvfp4(
+        self, x2d: torch.Tensor, spec: QuantSpec, amax: torch.Tensor | None, signs: torch.Tensor | None, seed: int,
+        offset: int,
+    ) -> Quantized:  # fmt: skip
+        tile_rows = spec.tile[0]
+        x, dt, kernel_t = self._prepare(x2d, spec.transpose, tile_rows)
+        rows, cols = x.shape[::-1] if kernel_t else x.shape
+        signbits = _signbits(signs) if spec.rht else None
+        amax_t = self._tensor_amax(x, dt, kernel_t, signbits) if amax is None else _amax_cpu(amax)
+        if spec.packed:
+            nblk = -(-cols // BLOCK)
+            out = torch.empty((rows, nblk * BLOCK // 2), dtype=torch.uint8)
+            scales = torch.empty((rows, nblk), dtype=torch.uint8)
+            out_kind = _OUT_PACKED
+        else:
+            native = spec.out_dtype if spec.out_dtype in (torch.bfloat16, torch.float32) else torch.float32
+            out, scales = torch.empty((rows, cols), dtype=native), None
+            out_kind = _OUT_BF16 if native == torch.bfloat16 else _OUT_F32
+        k1, k2 = derive_keys(seed, offset) if spec.stochastic else (0, 0)
         rc = self.lib.nvfp4_quantize_ex(
-            _ptr(x), dt, rows, cols, int(kernel_t), None if signbits is None else _ptr(signbits), amax,
-            int(tile_rows), int(bool(stochastic)), k1, k2, out_kind, _ptr(out),
-            None if scales is None else _ptr(scales), torch.get_num_threads(),
+            _ptr(x), dt, x.shape[0], x.shape[1], int(kernel_t),  # x's own (row-major) shape
+            None if signbits is None else _ptr(signbits), float(amax_t), int(tile_rows), int(spec.stochastic),
+            k1, k2, out_kind, _ptr(out), None if scales is None else _ptr(scales), torch.get_num_threads(),
         )  # fmt: skip
         if rc != 0:
             raise MemoryError("nvfp4_quantize_ex could not allocate its scratch buffers")
-
-    def quantize_nvfp4(
-        self,
-        x2d: torch.Tensor,
-        global_amax: torch.Tensor,
-        tile_rows: int,
-        stochastic: bool,
-        seed: int,
-        offset: int,
-        *,
-        transpose: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(packed uint8 (M, ceil(K/16)*8), scales e4m3 (M, ceil(K/16))) of t = x2d (or x2d.t() if transpose)."""
-        x, dt, kernel_t = self._prepare(x2d, transpose, tile_rows)
-        amax = _amax_value(global_amax)
-        rows, cols = x.shape[::-1] if kernel_t else x.shape
-        nblk = -(-cols // BLOCK)
-        packed = torch.empty((rows, nblk * BLOCK // 2), dtype=torch.uint8)
-        scales = torch.empty((rows, nblk), dtype=torch.uint8)
-        self._run(x, dt, kernel_t, None, amax, tile_rows, stochastic, seed, offset, _OUT_PACKED, packed, scales)
-        return packed, scales.view(torch.float8_e4m3fn)
-
-    def rht_quantize_nvfp4(
-        self,
-        x2d: torch.Tensor,
-        signs: torch.Tensor,
-        global_amax: torch.Tensor | None,
-        stochastic: bool,
-        seed: int,
-        offset: int,
-        *,
-        transpose: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """RHT16 along the last dim of t = x2d (or x2d.t()) fused with 1x16 quantization: (packed, scales, amax used).
-
-        Only Hadamard size 16 with ±1 signs and K % 16 == 0 is fused; anything else raises Unsupported so
-        that the reference runs (and raises its own clear error where the input is invalid).
-        """
-        signbits = _signbits(signs)
-        x, dt, kernel_t = self._prepare(x2d, transpose, 1)
-        rows, cols = x.shape[::-1] if kernel_t else x.shape
-        if cols % 16:
-            raise Unsupported("K must be a multiple of 16; the reference reports the error")
-        amax_t = self._tensor_amax(x, dt, kernel_t, signbits) if global_amax is None else global_amax
-        amax = _amax_value(amax_t)
-        packed = torch.empty((rows, cols // 2), dtype=torch.uint8)
-        scales = torch.empty((rows, cols // BLOCK), dtype=torch.uint8)
-        self._run(x, dt, kernel_t, signbits, amax, 1, stochastic, seed, offset, _OUT_PACKED, packed, scales)
-        return packed, scales.view(torch.float8_e4m3fn), amax_t
-
-    def fake_quantize_nvfp4(
-        self,
-        x2d: torch.Tensor,
-        global_amax: torch.Tensor | None,
-        tile_rows: int,
-        stochastic: bool,
-        seed: int,
-        offset: int,
-        *,
-        transpose: bool = False,
-        rht_signs: torch.Tensor | None = None,
-        out_dtype: torch.dtype = torch.bfloat16,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(values (M, K) = value(q)·s_b in out_dtype, amax FP32 0-d) of t = x2d (or x2d.t()), RHT16'd if rht_signs.
-
-        One fused pass after the amax pass (if global_amax is None): no transposed copy, no packed codes.
-        """
-        x, dt, kernel_t = self._prepare(x2d, transpose, tile_rows)
-        rows, cols = x.shape[::-1] if kernel_t else x.shape
-        if rht_signs is not None and cols % 16:
-            raise ValueError(f"the RHT needs K % 16 == 0 (K = {cols}); zero-pad the tensor first")
-        signbits = _signbits(rht_signs)
-        if global_amax is None:
-            amax_t = self._tensor_amax(x, dt, kernel_t, signbits)
-        else:
-            amax_t = torch.as_tensor(global_amax).to(device="cpu", dtype=torch.float32).reshape(())
-        amax = _amax_value(amax_t)
-        native = out_dtype if out_dtype in (torch.bfloat16, torch.float32) else torch.float32
-        values = torch.empty((rows, cols), dtype=native)
-        out_kind = _OUT_BF16 if native == torch.bfloat16 else _OUT_F32
-        self._run(x, dt, kernel_t, signbits, amax, tile_rows, stochastic, seed, offset, out_kind, values, None)
-        return (values if native == out_dtype else values.to(out_dtype)), amax_t
-
-    def scaled_values(
-        self, packed: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.bfloat16
-    ) -> torch.Tensor:
-        """value(q) × block scale for every (padded) element: (M, ceil(K/16)*16), exact in BF16."""
-        if packed.device.type != "cpu" or scales.device.type != "cpu":
-            raise Unsupported("the cpu backend handles CPU tensors only")
-        if packed.dim() != 2 or scales.dim() != 2 or packed.shape != (scales.shape[0], scales.shape[1] * 8):
-            raise ValueError(
-                f"packed {tuple(packed.shape)} and scales {tuple(scales.shape)} do not match: "
-                "expected packed (M, 8*nblk) uint8 and scales (M, nblk)"
-            )
-        if packed.numel() == 0:
-            raise Unsupported("empty tensors go to the reference")
-        rows, nblk = scales.shape
-        packed_c = packed.contiguous().view(torch.uint8)
-        scales_c = scales.contiguous().view(torch.uint8)
-        native = dtype if dtype in (torch.bfloat16, torch.float32) else torch.float32
-        out = torch.empty((rows, nblk * BLOCK), dtype=native)
-        out_dt = _DT_BF16 if native == torch.bfloat16 else _DT_F32
-        self.lib.nvfp4_scaled_values(
-            _ptr(packed_c), _ptr(scales_c), rows, nblk, out_dt, _ptr(out), torch.get_num_threads()
-        )
-        return out if native == dtype else out.to(dtype)  # the reference also rounds from FP32
+        if spec.packed:
+            return Quantized(out, scales.view(torch.float8_e4m3fn), amax_t)
+        return Quantized(out if out.dtype == spec.out_dtype else out.to(spec.out_dtype), None, amax_t)
 
     # -- MXFP4 -----------------------------------------------------------------------------------------------
-    def _run_mxfp4(
-        self, x2d: torch.Tensor, transpose: bool, signbits: torch.Tensor | None, scale_rule: str, stochastic: bool,
-        seed: int, offset: int, out_kind: int, out: torch.Tensor, scales: torch.Tensor | None,
-    ) -> None:  # fmt: skip
-        if scale_rule not in ("ceil", "floor"):
-            raise Unsupported("unknown scale rule: left to the reference, which reports it")
-        x, dt, rows, cols, sr, sk = _strided_layout(x2d, bool(transpose))
-        k1, k2 = derive_keys(int(seed), int(offset)) if stochastic else (0, 0)
+    def _mxfp4(self, x2d: torch.Tensor, spec: QuantSpec, signs: torch.Tensor | None, seed: int, offset: int):
+        rows, cols = logical_shape(x2d, spec)
+        signbits = _signbits(signs, 32) if spec.rht else None
+        if spec.packed:
+            nblk = -(-cols // 32)
+            out = torch.empty((rows, nblk * 16), dtype=torch.uint8)
+            scales = torch.empty((rows, nblk), dtype=torch.uint8)
+            out_kind = _OUT_PACKED
+        else:
+            native = spec.out_dtype if spec.out_dtype in (torch.bfloat16, torch.float32) else torch.float32
+            out, scales = torch.empty((rows, cols), dtype=native), None
+            out_kind = _OUT_BF16 if native == torch.bfloat16 else _OUT_F32
+        x, dt, rows, cols, sr, sk = _strided_layout(x2d, spec.transpose)
+        k1, k2 = derive_keys(seed, offset) if spec.stochastic else (0, 0)
         self.lib.mxfp4_quantize(
-            _ptr(x), dt, rows, cols, sr, sk, None if signbits is None else _ptr(signbits), int(scale_rule == "ceil"),
-            int(bool(stochastic)), k1, k2, out_kind, _ptr(out), None if scales is None else _ptr(scales),
-            torch.get_num_threads(),
+            _ptr(x), dt, rows, cols, sr, sk, None if signbits is None else _ptr(signbits),
+            int(spec.scale_rule == "ceil"), int(spec.stochastic), k1, k2, out_kind, _ptr(out),
+            None if scales is None else _ptr(scales), torch.get_num_threads(),
         )  # fmt: skip
-
-    @staticmethod
-    def _logical_shape(x2d: torch.Tensor, transpose: bool) -> tuple[int, int]:
-        return (x2d.shape[1], x2d.shape[0]) if transpose else (x2d.shape[0], x2d.shape[1])
-
-    def quantize_mxfp4(
-        self, x2d: torch.Tensor, stochastic: bool, seed: int, offset: int, *, scale_rule: str = "ceil",
-        transpose: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-        """(packed uint8 (M, ceil(K/32)*16), scales float8_e8m0fnu (M, ceil(K/32))) of t = x2d (or x2d.t())."""
-        rows, cols = self._logical_shape(x2d, transpose)
-        nblk = -(-cols // 32)
-        packed = torch.empty((rows, nblk * 16), dtype=torch.uint8)
-        scales = torch.empty((rows, nblk), dtype=torch.uint8)
-        self._run_mxfp4(x2d, transpose, None, scale_rule, stochastic, seed, offset, _OUT_PACKED, packed, scales)
-        return packed, scales.view(torch.float8_e8m0fnu)
-
-    def fake_quantize_mxfp4(
-        self,
-        x2d: torch.Tensor,
-        stochastic: bool,
-        seed: int,
-        offset: int,
-        *,
-        scale_rule: str = "ceil",
-        transpose: bool = False,
-        rht_signs: torch.Tensor | None = None,
-        out_dtype: torch.dtype = torch.bfloat16,
-    ) -> torch.Tensor:
-        """The MXFP4 GEMM operand value(q)·2^e (M, K) of t = x2d (or x2d.t()), RHT32'd along K if rht_signs: one pass,
-        no transposed copy, no packed intermediate. Only a 32-point RHT is fused (others run on the reference)."""
-        rows, cols = self._logical_shape(x2d, transpose)
-        signbits = _signbits(rht_signs, 32)
-        if signbits is not None and cols % 32:
-            raise ValueError(f"the RHT needs K % 32 == 0 (K = {cols}); zero-pad the tensor first")
-        native = out_dtype if out_dtype in (torch.bfloat16, torch.float32) else torch.float32
-        values = torch.empty((rows, cols), dtype=native)
-        out_kind = _OUT_BF16 if native == torch.bfloat16 else _OUT_F32
-        self._run_mxfp4(x2d, transpose, signbits, scale_rule, stochastic, seed, offset, out_kind, values, None)
-        return values if native == out_dtype else values.to(out_dtype)
+        if spec.packed:
+            return Quantized(out, scales.view(torch.float8_e8m0fnu), None)
+        return Quantized(out if out.dtype == spec.out_dtype else out.to(spec.out_dtype), None, None)
 
     # -- FP8 (blockwise E4M3, FP32 scales) ------------------------------------------------------------------
-    def _run_fp8(self, x2d: torch.Tensor, tile: tuple[int, int], transpose: bool, out_kind: int) -> tuple:
-        tile = tuple(tile)
-        if tile not in ((1, 128), (128, 128)):
-            raise Unsupported("unsupported FP8 tile: the reference reports it")
-        x, dt, rows, cols, sr, sk = _strided_layout(x2d, bool(transpose))
-        dtype = torch.float32 if out_kind == _OUT_F32 else torch.uint8
-        out = torch.empty((rows, cols), dtype=dtype)
+    def _fp8(self, x2d: torch.Tensor, spec: QuantSpec) -> Quantized:
+        x, dt, rows, cols, sr, sk = _strided_layout(x2d, spec.transpose)
+        out_kind = _OUT_PACKED if spec.packed else _OUT_F32
+        out = torch.empty((rows, cols), dtype=torch.uint8 if spec.packed else torch.float32)
         scales = torch.empty((rows, -(-cols // 128)), dtype=torch.float32)
         rc = self.lib.fp8_quantize(
-            _ptr(x), dt, rows, cols, sr, sk, tile[0], out_kind, _ptr(out), _ptr(scales), torch.get_num_threads()
+            _ptr(x), dt, rows, cols, sr, sk, spec.tile[0], out_kind, _ptr(out), _ptr(scales), torch.get_num_threads()
         )
         if rc != 0:
             raise MemoryError("fp8_quantize could not allocate its scratch buffers")
-        return out, scales
-
-    def quantize_fp8(
-        self, x2d: torch.Tensor, tile: tuple[int, int], *, transpose: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(E4M3 data (M, K), FP32 scales (M, ceil(K/128))) of t = x2d (or x2d.t(), read in place)."""
-        data, scales = self._run_fp8(x2d, tile, transpose, _OUT_PACKED)
-        return data.view(torch.float8_e4m3fn), scales
-
-    def fake_quantize_fp8(self, x2d: torch.Tensor, tile: tuple[int, int], *, transpose: bool = False) -> torch.Tensor:
-        """The FP8 GEMM operand e4m3(t / s_b) · s_b in FP32 (M, K) of t = x2d (or x2d.t()): one pass per tile."""
-        return self._run_fp8(x2d, tile, transpose, _OUT_F32)[0]
+        if spec.packed:
+            return Quantized(out.view(torch.float8_e4m3fn), scales, None)
+        return Quantized(out if spec.out_dtype == torch.float32 else out.to(spec.out_dtype), None, None)

@@ -10,16 +10,21 @@ add up over six operands per layer per step. Both paths run the same function, s
 eager results are the same bits.
 
 The stochastic-rounding stream crosses as (``seed``, ``stream``, ``call``): ``call`` is the layer's call counter as
-a 0-d int64 CPU tensor (a tensor, so a compiled graph reads its current value instead of baking in a constant and
-recompiling every step; on the CPU, so reading it never syncs with a GPU), and the offset is
-``stream + OPERAND_COUNT * call`` (see ``nvfp4.linear.Linear._stream``).
+a 0-d int64 tensor (a tensor, so a compiled graph reads its current value instead of baking in a constant and
+recompiling every step), and the offset is ``stream + OPERAND_COUNT * call`` (see ``nvfp4.linear._sr_stream``).
+A CPU counter gives an int offset; a GPU counter gives a 0-d device tensor that the Triton kernels read
+themselves, so no step syncs and a captured CUDA graph sees the counter advance. Each op builds one frozen
+``QuantSpec`` per operand configuration (cached) and makes one ``quantize`` call on the backend.
 """
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from nvfp4.formats.nvfp4 import BLOCK
+from nvfp4.kernels.contract import QuantSpec
 from nvfp4.recipe import OPERANDS
 
 OPERAND_COUNT = len(OPERANDS)
@@ -32,7 +37,11 @@ def signed64(value: int) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
-def sr_offset(stream: int, call: torch.Tensor | int) -> int:
+def sr_offset(stream: int, call: torch.Tensor | int) -> int | torch.Tensor:
+    """stream + OPERAND_COUNT * call (mod 2^64): an int for a host counter, a 0-d int64 device tensor for a counter
+    on a GPU (read there by the kernel: no sync, and a captured CUDA graph replays the advancing value)."""
+    if isinstance(call, torch.Tensor) and call.device.type != "cpu":
+        return call * OPERAND_COUNT + stream  # int64 wraps mod 2^64 like the host arithmetic
     return (stream + OPERAND_COUNT * int(call)) & _U64
 
 
@@ -42,13 +51,28 @@ def _select(backend: str, device: torch.device):
     return kernels.select(backend, device)
 
 
+@functools.cache
+def _spec(
+    fmt: str, tile: tuple[int, int], stochastic: bool, transpose: bool, rht: int | None,
+    out_dtype: torch.dtype | None,
+) -> QuantSpec:  # fmt: skip
+    """One frozen spec per operand configuration (built once, then a dict hit on the hot path)."""
+    return QuantSpec(fmt, tile, bool(stochastic), bool(transpose), rht, "ceil", out_dtype)
+
+
 def _logical_shape(x: torch.Tensor, transpose: bool) -> tuple[int, int]:
     return (x.shape[1], x.shape[0]) if transpose else (x.shape[0], x.shape[1])
 
 
 def _own(t: torch.Tensor, source: torch.Tensor | None) -> torch.Tensor:
-    """Custom ops may not return an input: copy a passed-through amax."""
-    return t.clone() if source is not None and t is source else t
+    """Custom ops may not return (a view of) an input: copy a passed-through amax."""
+    if source is not None and t.untyped_storage().data_ptr() == source.untyped_storage().data_ptr():
+        return t.clone()
+    return t
+
+
+def _rht(signs: torch.Tensor | None) -> int | None:
+    return None if signs is None else int(signs.numel())
 
 
 # -- NVFP4 ----------------------------------------------------------------------------------------------------------
@@ -58,25 +82,18 @@ def _nvfp4_values(
     x: torch.Tensor, amax: torch.Tensor | None, tile_rows: int, stochastic: bool, seed: int, stream: int,
     call: torch.Tensor, transpose: bool, signs: torch.Tensor | None, backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    impl = _select(backend, x.device)
-    values, used = impl.fake_quantize_nvfp4(
-        x, amax, tile_rows, stochastic, seed, sr_offset(stream, call), transpose=transpose, rht_signs=signs
-    )
-    return values, _own(used, amax)
+    spec = _spec("nvfp4", (tile_rows, 16), stochastic, transpose, _rht(signs), torch.bfloat16)
+    q = _select(backend, x.device).quantize(x, spec, amax=amax, signs=signs, seed=seed, offset=sr_offset(stream, call))
+    return q.data, _own(q.amax, amax)
 
 
 def _nvfp4_packed(
     x: torch.Tensor, amax: torch.Tensor | None, tile_rows: int, stochastic: bool, seed: int, stream: int,
     call: torch.Tensor, transpose: bool, signs: torch.Tensor | None, backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
-    impl = _select(backend, x.device)
-    offset = sr_offset(stream, call)
-    if signs is not None:
-        packed, scales, used = impl.rht_quantize_nvfp4(x, signs, amax, stochastic, seed, offset, transpose=transpose)
-        return packed, scales, _own(used, amax)
-    used = impl.amax(x) if amax is None else amax
-    packed, scales = impl.quantize_nvfp4(x, used, tile_rows, stochastic, seed, offset, transpose=transpose)
-    return packed, scales, _own(used, amax)
+    spec = _spec("nvfp4", (tile_rows, 16), stochastic, transpose, _rht(signs), None)
+    q = _select(backend, x.device).quantize(x, spec, amax=amax, signs=signs, seed=seed, offset=sr_offset(stream, call))
+    return q.data, q.scales, _own(q.amax, amax)
 
 
 def _nvfp4_scaled_values(packed: torch.Tensor, scales: torch.Tensor, backend: str) -> torch.Tensor:
@@ -87,20 +104,20 @@ def _mxfp4_values(
     x: torch.Tensor, stochastic: bool, seed: int, stream: int, call: torch.Tensor, transpose: bool,
     signs: torch.Tensor | None, backend: str,
 ) -> torch.Tensor:  # fmt: skip
-    impl = _select(backend, x.device)
-    return impl.fake_quantize_mxfp4(
-        x, stochastic, seed, sr_offset(stream, call), transpose=transpose, rht_signs=signs
-    )
+    spec = _spec("mxfp4", (1, 32), stochastic, transpose, _rht(signs), torch.bfloat16)
+    return _select(backend, x.device).quantize(x, spec, signs=signs, seed=seed, offset=sr_offset(stream, call)).data
 
 
 def _fp8_values(x: torch.Tensor, tile_rows: int, tile_cols: int, transpose: bool, backend: str) -> torch.Tensor:
-    return _select(backend, x.device).fake_quantize_fp8(x, (tile_rows, tile_cols), transpose=transpose)
+    spec = _spec("fp8", (tile_rows, tile_cols), False, transpose, None, torch.float32)
+    return _select(backend, x.device).quantize(x, spec).data
 
 
 def _fp8_packed(
     x: torch.Tensor, tile_rows: int, tile_cols: int, transpose: bool, backend: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return _select(backend, x.device).quantize_fp8(x, (tile_rows, tile_cols), transpose=transpose)
+    q = _select(backend, x.device).quantize(x, _spec("fp8", (tile_rows, tile_cols), False, transpose, None, None))
+    return q.data, q.scales
 
 
 # -- the CPU GEMM with the tensor scale in its accumulator -----------------------------------------------------------

@@ -42,8 +42,8 @@ import torch
 import triton
 import triton.language as tl
 
-from nvfp4.formats.rng import derive_keys
-from nvfp4.kernels.contract import Unsupported
+from nvfp4.formats.rng import derive_keys, device_key_words
+from nvfp4.kernels.contract import BackendBase, Quantized, QuantSpec, Unsupported, logical_shape, offset_value
 
 BLOCK = 16
 _HADAMARD_SIZE = 16
@@ -210,6 +210,20 @@ def _random_bytes(index, key1, key2):
 
 
 @triton.jit
+def _stream_keys(key1, key2, offset_ptr, DEVICE_OFFSET: tl.constexpr):
+    """The SR stream keys (k1, k2) as uint32. With DEVICE_OFFSET the 64-bit offset is read from device memory and
+    the keys are derived here (nvfp4.formats.rng.device_key_words gives key1 = the seed's word, key2 = the last
+    constant), so an offset that advances every step needs no host sync and no new launch arguments."""
+    k1 = key1.to(tl.uint32, bitcast=True)
+    k2 = key2.to(tl.uint32, bitcast=True)
+    if DEVICE_OFFSET:
+        off = tl.load(offset_ptr)
+        k1 = _mix32(_mix32(k1 ^ off.to(tl.uint32)) ^ (off >> 32).to(tl.uint32))
+        k2 = _mix32(k1 ^ k2)
+    return k1, k2
+
+
+@triton.jit
 def _random_bytes32(index, key1, key2):
     """_random_bytes for indices below 2^32 (uint32): the high word is 0, so no 64-bit arithmetic is needed."""
     h = _mix32(_mix32(index ^ key1) ^ key2)
@@ -293,7 +307,7 @@ def _e2m1_codes(v, rows, cols, K, key1, key2, STOCHASTIC: tl.constexpr, BLOCK_M:
     a = tl.abs(v)
     if STOCHASTIC:
         # Padding columns alias the next row's indices as in the reference; they hold zeros and round to 0.
-        k1, k2 = key1.to(tl.uint32, bitcast=True), key2.to(tl.uint32, bitcast=True)
+        k1, k2 = key1, key2  # uint32 (from _stream_keys)
         if INDEX64:
             index = rows.to(tl.int64)[:, None] * K + cols[None, :]
             r = _random_bytes(index, k1, k2)
@@ -386,9 +400,11 @@ def _quantize_kernel(
     stride_s,
     key1,
     key2,
+    offset_ptr,
     BF16_BITS: tl.constexpr,
     TILE_ROWS: tl.constexpr,
     STOCHASTIC: tl.constexpr,
+    DEVICE_OFFSET: tl.constexpr,
     INDEX64: tl.constexpr,
     RHT: tl.constexpr,
     OUT_VALUES: tl.constexpr,
@@ -431,7 +447,8 @@ def _quantize_kernel(
     # Encode with the ROUNDED scale, by a true division; zero scale -> 1/0 = inf -> FLT_MAX.
     enc = _clamp_max(tl.div_rn(1.0, _e4m3_decode(scale_byte) * s_dec), _FLT_MAX)
     v = x3 * enc[:, :, None]
-    codes = _e2m1_codes(v, rows, cols, K, key1, key2, STOCHASTIC, BLOCK_M, BLOCKS_K, 16, INDEX64)
+    k1, k2 = _stream_keys(key1, key2, offset_ptr, DEVICE_OFFSET)
+    codes = _e2m1_codes(v, rows, cols, K, k1, k2, STOCHASTIC, BLOCK_M, BLOCKS_K, 16, INDEX64)
     if OUT_VALUES:
         values = _e2m1_value(codes) * _e4m3_decode(scale_byte)[:, :, None]
         _store_values(packed_ptr, tl.reshape(values, (BLOCK_M, BK)), rows, cols, M, K, stride_p, OUT_BF16)
@@ -475,9 +492,11 @@ def _mxfp4_kernel(
     stride_s,
     key1,
     key2,
+    offset_ptr,
     BF16_BITS: tl.constexpr,
     CEIL_RULE: tl.constexpr,
     STOCHASTIC: tl.constexpr,
+    DEVICE_OFFSET: tl.constexpr,
     INDEX64: tl.constexpr,
     RHT: tl.constexpr,
     OUT_VALUES: tl.constexpr,
@@ -508,7 +527,8 @@ def _mxfp4_kernel(
     e = tl.where(e < -127, -127, tl.where(e > 127, 127, e))
     bad = amax_bits >= _INF_BITS  # a NaN or Inf in the block: NaN scale (0xFF), codes 0, values NaN
     inv = _nan_where(bad, _pow2(-e))
-    codes = _e2m1_codes(x3 * inv[:, :, None], rows, cols, K, key1, key2, STOCHASTIC, BLOCK_M, BLOCKS_K, 32, INDEX64)
+    k1, k2 = _stream_keys(key1, key2, offset_ptr, DEVICE_OFFSET)
+    codes = _e2m1_codes(x3 * inv[:, :, None], rows, cols, K, k1, k2, STOCHASTIC, BLOCK_M, BLOCKS_K, 32, INDEX64)
     if OUT_VALUES:
         values = _e2m1_value(codes) * _nan_where(bad, _pow2(e))[:, :, None]
         _store_values(out_ptr, tl.reshape(values, (BLOCK_M, BK)), rows, cols, M, K, stride_o, OUT_BF16)
@@ -646,10 +666,11 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-class TritonBackend:
-    """NVFP4 kernels in Triton for CUDA devices (and the CPU under TRITON_INTERPRET=1, for tests)."""
+class TritonBackend(BackendBase):
+    """NVFP4, MXFP4 and FP8 kernels in Triton for CUDA devices (and the CPU under TRITON_INTERPRET=1, for tests)."""
 
     name = "triton"
+    _FUSED_RHT = {"nvfp4": 16, "mxfp4": 32, "fp8": None}
 
     @classmethod
     def is_available(cls, device: torch.device) -> bool:
@@ -667,15 +688,41 @@ class TritonBackend:
     def __init__(self) -> None:
         self._signs_cache: dict[tuple[tuple[float, ...], str], torch.Tensor] = {}
 
+    def supports(
+        self, op: str, x: torch.Tensor, spec: QuantSpec | None = None, *,
+        signs: torch.Tensor | None = None, amax: torch.Tensor | None = None,
+    ) -> str | None:  # fmt: skip
+        if not self.is_available(x.device):
+            return f"not available on {x.device}"
+        if x.dim() != 2 or x.numel() == 0:
+            return "non-empty 2-D tensors only"
+        if op == "scaled_values":
+            return None
+        if x.dtype not in _FLOAT_DTYPES:
+            return f"fp32/bf16/fp16 input only, got {x.dtype}"
+        if op != "quantize":
+            return None
+        if spec.format == "nvfp4" and spec.tile[0] not in (1, 16):
+            return f"nvfp4 tiles (1, 16) and (16, 16) only, got {spec.tile}"
+        if spec.rht is not None:
+            if spec.rht != self._FUSED_RHT[spec.format] or signs is None:
+                return f"no fused {spec.rht}-point RHT for {spec.format}"
+            if logical_shape(x, spec)[1] % spec.rht:
+                return f"K is not a multiple of the RHT size {spec.rht}"
+            if signs.device.type == "cpu":  # a host vector is checked (once: cached); a device one would sync
+                try:
+                    self._device_signs(signs, x.device)
+                except Unsupported as exc:
+                    return str(exc)
+        elif signs is not None:
+            return "signs without spec.rht"
+        return None
+
     # -- helpers -------------------------------------------------------------------------------
 
-    def _check(self, x2d: torch.Tensor, transpose: bool = False) -> torch.Tensor:
-        """The logical operand t = x2d (or x2d.t()), as a strided view the kernels read in place; anything they do
-        not handle raises Unsupported (-> reference)."""
-        if x2d.dim() != 2 or x2d.dtype not in _FLOAT_DTYPES or x2d.numel() == 0:
-            raise Unsupported("triton backend: needs a non-empty 2-D fp32/bf16/fp16 tensor")
-        if not self.is_available(x2d.device):
-            raise Unsupported(f"triton backend is not available on {x2d.device}")
+    @staticmethod
+    def _operand(x2d: torch.Tensor, transpose: bool) -> torch.Tensor:
+        """The logical operand t = x2d (or x2d.t()) as a strided view the kernels read in place."""
         t = x2d.t() if transpose else x2d
         return t if 1 in t.stride() else t.contiguous()  # row- or column-major views are read as they are
 
@@ -699,23 +746,26 @@ class TritonBackend:
             return signs.to(device=device, dtype=torch.float32).contiguous()
         values = tuple(float(v) for v in signs.reshape(-1).tolist())
         if any(v not in (1.0, -1.0) for v in values):
-            raise Unsupported("triton backend: signs must be ±1 (the reference raises the error)")
+            raise Unsupported("signs must be ±1 (the reference raises the error)")
         key = (values, str(device))
         cached = self._signs_cache.get(key)
         if cached is None:
             cached = self._signs_cache[key] = torch.tensor(values, dtype=torch.float32, device=device)
         return cached
 
-    def _rht_signs(self, signs: torch.Tensor | None, size: int, t: torch.Tensor) -> torch.Tensor | None:
-        """Device signs for a fused RHT of ``size`` points along t's rows, or Unsupported (-> reference)."""
-        if signs is None:
-            return None
-        signs = torch.as_tensor(signs)
-        if signs.numel() != size:
-            raise Unsupported(f"triton backend: RHT size {signs.numel()} (only {size} here)")
-        if t.shape[1] % size:
-            raise Unsupported("triton backend: K must be a multiple of the Hadamard size")
-        return self._device_signs(signs, t.device)
+    @staticmethod
+    def _sr_args(
+        stochastic: bool, seed: int, offset: int | torch.Tensor, device: torch.device, dummy: torch.Tensor
+    ) -> tuple[int, int, torch.Tensor, bool]:
+        """(key1, key2, offset pointer, DEVICE_OFFSET): an offset tensor on the kernel's device is read by the kernel
+        (no host sync, CUDA-graph safe); an int, or a tensor elsewhere (e.g. a CPU counter), gives host-side keys."""
+        if not stochastic:
+            return 0, 0, dummy, False
+        if isinstance(offset, torch.Tensor) and offset.device == device:
+            w1, w2 = device_key_words(seed)
+            return _as_int32(w1), _as_int32(w2), offset.reshape(1).to(torch.int64), True
+        k1, k2 = derive_keys(seed, offset_value(offset))
+        return _as_int32(k1), _as_int32(k2), dummy, False
 
     def _launch_amax(self, t: torch.Tensor, signs: torch.Tensor | None) -> torch.Tensor:
         rows, cols = t.shape
@@ -746,7 +796,7 @@ class TritonBackend:
         tile_rows: int,
         stochastic: bool,
         seed: int,
-        offset: int,
+        offset: int | torch.Tensor,
         signs: torch.Tensor | None,
         values_dtype: torch.dtype | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -761,7 +811,7 @@ class TritonBackend:
             out = torch.empty(rows, cols, dtype=values_dtype, device=t.device)
             scales = None
         amax_buf = amax.to(device=t.device, dtype=torch.float32).reshape(1)
-        key1, key2 = derive_keys(seed, offset) if stochastic else (0, 0)
+        key1, key2, offset_buf, device_offset = self._sr_args(stochastic, seed, offset, t.device, amax_buf)
         grid = (_cdiv(rows, _Q_BLOCK_M) * _cdiv(nblk, _Q_BLOCKS_K),)
         with self._device_guard(t.device):
             _quantize_kernel[grid](
@@ -777,11 +827,13 @@ class TritonBackend:
                 t.stride(1),
                 out.stride(0),
                 scales.stride(0) if scales is not None else 0,
-                _as_int32(key1),
-                _as_int32(key2),
+                key1,
+                key2,
+                offset_buf,
                 BF16_BITS=t.dtype == torch.bfloat16,
                 TILE_ROWS=tile_rows,
                 STOCHASTIC=bool(stochastic),
+                DEVICE_OFFSET=device_offset,
                 INDEX64=_needs_index64(rows, nblk * BLOCK),
                 RHT=signs is not None,
                 OUT_VALUES=values_dtype is not None,
@@ -798,13 +850,11 @@ class TritonBackend:
         t: torch.Tensor,
         stochastic: bool,
         seed: int,
-        offset: int,
+        offset: int | torch.Tensor,
         scale_rule: str,
         signs: torch.Tensor | None,
         values_dtype: torch.dtype | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if scale_rule not in ("ceil", "floor"):
-            raise Unsupported("unknown scale rule: the reference reports it")
         rows, cols = t.shape
         nblk = _cdiv(cols, 32)
         if values_dtype is None:
@@ -813,7 +863,7 @@ class TritonBackend:
         else:
             out = torch.empty(rows, cols, dtype=values_dtype, device=t.device)
             scales = None
-        key1, key2 = derive_keys(seed, offset) if stochastic else (0, 0)
+        key1, key2, offset_buf, device_offset = self._sr_args(stochastic, seed, offset, t.device, out)
         grid = (_cdiv(rows, _Q_BLOCK_M) * _cdiv(nblk, _MX_BLOCKS_K),)
         with self._device_guard(t.device):
             _mxfp4_kernel[grid](
@@ -828,11 +878,13 @@ class TritonBackend:
                 t.stride(1),
                 out.stride(0),
                 scales.stride(0) if scales is not None else 0,
-                _as_int32(key1),
-                _as_int32(key2),
+                key1,
+                key2,
+                offset_buf,
                 BF16_BITS=t.dtype == torch.bfloat16,
                 CEIL_RULE=scale_rule == "ceil",
                 STOCHASTIC=bool(stochastic),
+                DEVICE_OFFSET=device_offset,
                 INDEX64=_needs_index64(rows, nblk * 32),
                 RHT=signs is not None,
                 OUT_VALUES=values_dtype is not None,
@@ -847,9 +899,6 @@ class TritonBackend:
     def _launch_fp8(
         self, t: torch.Tensor, tile: tuple[int, int], out_values: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        tile = tuple(tile)
-        if tile not in ((1, 128), (128, 128)):
-            raise Unsupported("unsupported FP8 tile: the reference reports it")
         rows, cols = t.shape
         nblk = _cdiv(cols, 128)
         out = torch.empty(rows, cols, dtype=torch.float32 if out_values else torch.uint8, device=t.device)
@@ -863,122 +912,57 @@ class TritonBackend:
             )  # fmt: skip
         return out, scales
 
-    # -- the backend interface (see nvfp4.kernels.reference.ReferenceBackend) ------------------
+    # -- the kernels of the contract (nvfp4.kernels.contract; semantics: ReferenceBackend) ----------
 
-    def amax(self, x2d: torch.Tensor) -> torch.Tensor:
+    def amax_kernel(self, x2d: torch.Tensor) -> torch.Tensor:
         """max|x| as an FP32 0-d tensor (NaN if any NaN), one pass with a grid-wide atomic max."""
-        return self._launch_amax(self._check(x2d), None)
+        return self._launch_amax(self._operand(x2d, False), None)
 
-    def quantize_nvfp4(
-        self,
-        x2d: torch.Tensor,
-        global_amax: torch.Tensor,
-        tile_rows: int,
-        stochastic: bool,
-        seed: int,
-        offset: int,
-        *,
-        transpose: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(packed uint8 (M, ceil(K/16)*8), scales e4m3 (M, ceil(K/16))) of t = x2d (or x2d.t(), read in place)."""
-        if tile_rows not in (1, 16):
-            raise Unsupported(f"triton backend: tile_rows={tile_rows}")
-        t = self._check(x2d, transpose)
-        return self._launch_quantize(t, torch.as_tensor(global_amax), tile_rows, stochastic, seed, offset, None)
-
-    def rht_quantize_nvfp4(
-        self,
-        x2d: torch.Tensor,
-        signs: torch.Tensor,
-        global_amax: torch.Tensor | None,
-        stochastic: bool,
-        seed: int,
-        offset: int,
-        *,
-        transpose: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """16-point RHT (recomputed in both passes instead of storing it) + 1x16 NVFP4 (of x2d.t() if transpose).
-
-        Pass 1 (only without a given amax): amax of the BF16-rounded transform. Pass 2: transform
-        again and quantize. Re-reading x costs less traffic than writing and re-reading the BF16
-        intermediate. Other Hadamard sizes or K not a multiple of 16 go to the reference.
-        """
-        t = self._check(x2d, transpose)
-        signs = self._rht_signs(signs, _HADAMARD_SIZE, t)
-        amax = self._launch_amax(t, signs) if global_amax is None else global_amax
-        packed, scales = self._launch_quantize(t, torch.as_tensor(amax), 1, stochastic, seed, offset, signs)
-        return packed, scales, amax
-
-    def fake_quantize_nvfp4(
-        self,
-        x2d: torch.Tensor,
-        global_amax: torch.Tensor | None,
-        tile_rows: int,
-        stochastic: bool,
-        seed: int,
-        offset: int,
-        *,
-        transpose: bool = False,
-        rht_signs: torch.Tensor | None = None,
-        out_dtype: torch.dtype = torch.bfloat16,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The GEMM operand value(q)·s_b (M, K) of t = x2d (or x2d.t(), read in place), RHT16'd if rht_signs, and the
-        amax used: the amax pass (unless given) and one fused quantize pass writing the values."""
-        if tile_rows not in (1, 16):
-            raise Unsupported(f"triton backend: tile_rows={tile_rows}")
-        t = self._check(x2d, transpose)
-        if rht_signs is not None and t.shape[1] % _HADAMARD_SIZE:
-            raise ValueError(f"the RHT needs K % 16 == 0 (K = {t.shape[1]}); zero-pad the tensor first")
-        signs = self._rht_signs(rht_signs, _HADAMARD_SIZE, t)
-        if global_amax is None:
-            amax = self._launch_amax(t, signs)
+    def quantize_kernel(
+        self, x2d: torch.Tensor, spec: QuantSpec, *, amax: torch.Tensor | None = None,
+        signs: torch.Tensor | None = None, seed: int = 0, offset: int | torch.Tensor = 0,
+    ) -> Quantized:  # fmt: skip
+        """t read in place (never transposed by a copy); NVFP4: the amax pass (of the RHT'd t, recomputed rather
+        than stored: re-reading x costs less than writing and re-reading a BF16 intermediate) unless given, then one
+        fused pass; MXFP4 and FP8: one pass."""
+        t = self._operand(x2d, spec.transpose)
+        dev_signs = None if signs is None else self._device_signs(signs, t.device)
+        values_dtype = None
+        if not spec.packed:
+            values_dtype = spec.out_dtype if spec.out_dtype in (torch.bfloat16, torch.float32) else torch.float32
+        if spec.format == "nvfp4":
+            if amax is None:
+                used = self._launch_amax(t, dev_signs)
+            else:
+                used = torch.as_tensor(amax).to(device=t.device, dtype=torch.float32).reshape(())
+            out, scales = self._launch_quantize(
+                t, used, spec.tile[0], spec.stochastic, int(seed), offset, dev_signs, values_dtype
+            )
+        elif spec.format == "mxfp4":
+            used = None
+            out, scales = self._launch_mxfp4(
+                t, spec.stochastic, int(seed), offset, spec.scale_rule, dev_signs, values_dtype
+            )
         else:
-            amax = torch.as_tensor(global_amax).to(device=t.device, dtype=torch.float32).reshape(())
-        native = out_dtype if out_dtype in (torch.bfloat16, torch.float32) else torch.float32
-        values, _ = self._launch_quantize(t, amax, tile_rows, stochastic, seed, offset, signs, native)
-        return (values if native == out_dtype else values.to(out_dtype)), amax
+            used = None
+            out, scales = self._launch_fp8(t, spec.tile, out_values=not spec.packed)
+            if spec.packed:
+                return Quantized(out.view(torch.float8_e4m3fn), scales, None)
+            scales = None
+        if not spec.packed and out.dtype != spec.out_dtype:
+            out = out.to(spec.out_dtype)
+        return Quantized(out, scales, used)
 
-    def quantize_mxfp4(
-        self, x2d: torch.Tensor, stochastic: bool, seed: int, offset: int, *, scale_rule: str = "ceil",
-        transpose: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-        """(packed uint8 (M, ceil(K/32)*16), scales float8_e8m0fnu (M, ceil(K/32))) of t = x2d (or x2d.t())."""
-        return self._launch_mxfp4(self._check(x2d, transpose), stochastic, seed, offset, scale_rule, None)
-
-    def fake_quantize_mxfp4(
-        self,
-        x2d: torch.Tensor,
-        stochastic: bool,
-        seed: int,
-        offset: int,
-        *,
-        scale_rule: str = "ceil",
-        transpose: bool = False,
-        rht_signs: torch.Tensor | None = None,
-        out_dtype: torch.dtype = torch.bfloat16,
-    ) -> torch.Tensor:
-        """The MXFP4 GEMM operand value(q)·2^e (M, K) of t = x2d (or x2d.t()), RHT32'd along K if rht_signs."""
-        t = self._check(x2d, transpose)
-        if rht_signs is not None and t.shape[1] % 32:
-            raise ValueError(f"the RHT needs K % 32 == 0 (K = {t.shape[1]}); zero-pad the tensor first")
-        signs = self._rht_signs(rht_signs, 32, t)
-        native = out_dtype if out_dtype in (torch.bfloat16, torch.float32) else torch.float32
-        values, _ = self._launch_mxfp4(t, stochastic, seed, offset, scale_rule, signs, native)
-        return values if native == out_dtype else values.to(out_dtype)
-
-    def scaled_values(
+    def scaled_values_kernel(
         self, packed: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.bfloat16
     ) -> torch.Tensor:
         """value(q) × block scale for every (padded) element: (M, ceil(K/16)*16), exact in BF16."""
-        if dtype not in _FLOAT_DTYPES or packed.dim() != 2 or packed.numel() == 0:
-            raise Unsupported("triton backend: scaled_values needs 2-D packed codes and a float dtype")
-        if not self.is_available(packed.device):
-            raise Unsupported(f"triton backend is not available on {packed.device}")
+        native = dtype if dtype in _FLOAT_DTYPES else torch.float32
         rows, nbytes = packed.shape
         nblk = nbytes // 8
         packed = packed.contiguous()
         scale_bytes = scales.view(torch.uint8).to(packed.device).contiguous()
-        out = torch.empty(rows, nblk * BLOCK, dtype=dtype, device=packed.device)
+        out = torch.empty(rows, nblk * BLOCK, dtype=native, device=packed.device)
         grid = (_cdiv(rows, _Q_BLOCK_M) * _cdiv(nblk, _Q_BLOCKS_K),)
         with self._device_guard(packed.device):
             _scaled_values_kernel[grid](
@@ -995,16 +979,4 @@ class TritonBackend:
                 num_warps=_Q_WARPS,
                 enable_fp_fusion=False,
             )
-        return out
-
-    def quantize_fp8(
-        self, x2d: torch.Tensor, tile: tuple[int, int], *, transpose: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(E4M3 data (M, K), FP32 scales (M, ceil(K/128))) of t = x2d (or x2d.t(), read in place)."""
-        data, scales = self._launch_fp8(self._check(x2d, transpose), tile, out_values=False)
-        return data.view(torch.float8_e4m3fn), scales
-
-    def fake_quantize_fp8(self, x2d: torch.Tensor, tile: tuple[int, int], *, transpose: bool = False) -> torch.Tensor:
-        """The FP8 GEMM operand e4m3(t / s_b) · s_b (FP32, (M, K)) of t = x2d (or x2d.t()), in one pass."""
-        values, _ = self._launch_fp8(self._check(x2d, transpose), tile, out_values=True)
-        return values
+        return out if native == dtype else out.to(dtype)
