@@ -198,9 +198,10 @@ def test_a_device_counter_gives_a_device_offset():
     stream = (3 << 48) | 4
     offset = ops.sr_offset(stream, torch.tensor(5, device="meta"))
     assert isinstance(offset, torch.Tensor) and offset.device.type == "meta" and offset.dtype == torch.int64
-    assert ops.sr_offset(stream, torch.tensor(5)) == stream + 5 * ops.OPERAND_COUNT
-    on_host = (torch.tensor(5) * ops.OPERAND_COUNT + stream).item()  # the device arithmetic, evaluated here
-    assert on_host == stream + 5 * ops.OPERAND_COUNT
+    for base, call in ((stream, 5), (stream, (1 << 62) + 3), ((1 << 64) - 2, 7)):  # wrapping past 2^63 and 2^64
+        want = ops.sr_offset(base, torch.tensor(call))  # the host int
+        got = ops.device_offset(base, torch.tensor(call))  # the device expression, evaluated on the CPU
+        assert int(got) & ((1 << 64) - 1) == want
 
 
 def test_checkpointing_without_the_sr_context_departs():

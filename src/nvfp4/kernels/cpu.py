@@ -253,6 +253,26 @@ def _negative(amax: torch.Tensor) -> bool:
     return not math.isnan(value) and math.copysign(1.0, value) < 0
 
 
+def _outputs(rows: int, cols: int, block: int, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """(out, scale bytes or None, out kind) for an FP4 quantize of a logical (rows, cols) operand in ``block``-element
+    blocks: packed codes + one scale byte per block, or the GEMM values in BF16/FP32 (what the kernel writes)."""
+    if spec.packed:
+        nblk = -(-cols // block)
+        packed = torch.empty((rows, nblk * block // 2), dtype=torch.uint8)
+        return packed, torch.empty((rows, nblk), dtype=torch.uint8), _OUT_PACKED
+    native = spec.out_dtype if spec.out_dtype in (torch.bfloat16, torch.float32) else torch.float32
+    return torch.empty((rows, cols), dtype=native), None, _OUT_BF16 if native == torch.bfloat16 else _OUT_F32
+
+
+def _result(
+    out: torch.Tensor, scales: torch.Tensor | None, scale_dtype: torch.dtype, amax: torch.Tensor | None,
+    spec: QuantSpec,
+) -> Quantized:  # fmt: skip
+    if spec.packed:
+        return Quantized(out, scales.view(scale_dtype), amax)
+    return Quantized(out if out.dtype == spec.out_dtype else out.to(spec.out_dtype), None, amax)
+
+
 class CPUBackend(BackendBase):
     """Bit-exact C implementation of the reference's kernels for CPU tensors."""
 
@@ -376,15 +396,7 @@ class CPUBackend(BackendBase):
         rows, cols = x.shape[::-1] if kernel_t else x.shape
         signbits = _signbits(signs) if spec.rht else None
         amax_t = self._tensor_amax(x, dt, kernel_t, signbits) if amax is None else _amax_cpu(amax)
-        if spec.packed:
-            nblk = -(-cols // BLOCK)
-            out = torch.empty((rows, nblk * BLOCK // 2), dtype=torch.uint8)
-            scales = torch.empty((rows, nblk), dtype=torch.uint8)
-            out_kind = _OUT_PACKED
-        else:
-            native = spec.out_dtype if spec.out_dtype in (torch.bfloat16, torch.float32) else torch.float32
-            out, scales = torch.empty((rows, cols), dtype=native), None
-            out_kind = _OUT_BF16 if native == torch.bfloat16 else _OUT_F32
+        out, scales, out_kind = _outputs(rows, cols, BLOCK, spec)
         k1, k2 = derive_keys(seed, offset) if spec.stochastic else (0, 0)
         rc = self.lib.nvfp4_quantize_ex(
             _ptr(x), dt, x.shape[0], x.shape[1], int(kernel_t),  # x's own (row-major) shape
@@ -393,23 +405,13 @@ class CPUBackend(BackendBase):
         )  # fmt: skip
         if rc != 0:
             raise MemoryError("nvfp4_quantize_ex could not allocate its scratch buffers")
-        if spec.packed:
-            return Quantized(out, scales.view(torch.float8_e4m3fn), amax_t)
-        return Quantized(out if out.dtype == spec.out_dtype else out.to(spec.out_dtype), None, amax_t)
+        return _result(out, scales, torch.float8_e4m3fn, amax_t, spec)
 
     # -- MXFP4 -----------------------------------------------------------------------------------------------
     def _mxfp4(self, x2d: torch.Tensor, spec: QuantSpec, signs: torch.Tensor | None, seed: int, offset: int):
         rows, cols = logical_shape(x2d, spec)
         signbits = _signbits(signs, 32) if spec.rht else None
-        if spec.packed:
-            nblk = -(-cols // 32)
-            out = torch.empty((rows, nblk * 16), dtype=torch.uint8)
-            scales = torch.empty((rows, nblk), dtype=torch.uint8)
-            out_kind = _OUT_PACKED
-        else:
-            native = spec.out_dtype if spec.out_dtype in (torch.bfloat16, torch.float32) else torch.float32
-            out, scales = torch.empty((rows, cols), dtype=native), None
-            out_kind = _OUT_BF16 if native == torch.bfloat16 else _OUT_F32
+        out, scales, out_kind = _outputs(rows, cols, 32, spec)
         x, dt, rows, cols, sr, sk = _strided_layout(x2d, spec.transpose)
         k1, k2 = derive_keys(seed, offset) if spec.stochastic else (0, 0)
         self.lib.mxfp4_quantize(
@@ -417,9 +419,7 @@ class CPUBackend(BackendBase):
             int(spec.scale_rule == "ceil"), int(spec.stochastic), k1, k2, out_kind, _ptr(out),
             None if scales is None else _ptr(scales), torch.get_num_threads(),
         )  # fmt: skip
-        if spec.packed:
-            return Quantized(out, scales.view(torch.float8_e8m0fnu), None)
-        return Quantized(out if out.dtype == spec.out_dtype else out.to(spec.out_dtype), None, None)
+        return _result(out, scales, torch.float8_e8m0fnu, None, spec)
 
     # -- FP8 (blockwise E4M3, FP32 scales) ------------------------------------------------------------------
     def _fp8(self, x2d: torch.Tensor, spec: QuantSpec) -> Quantized:

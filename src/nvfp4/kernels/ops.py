@@ -41,8 +41,14 @@ def sr_offset(stream: int, call: torch.Tensor | int) -> int | torch.Tensor:
     """stream + OPERAND_COUNT * call (mod 2^64): an int for a host counter, a 0-d int64 device tensor for a counter
     on a GPU (read there by the kernel: no sync, and a captured CUDA graph replays the advancing value)."""
     if isinstance(call, torch.Tensor) and call.device.type != "cpu":
-        return call * OPERAND_COUNT + stream  # int64 wraps mod 2^64 like the host arithmetic
+        return device_offset(stream, call)
     return (stream + OPERAND_COUNT * int(call)) & _U64
+
+
+def device_offset(stream: int, call: torch.Tensor) -> torch.Tensor:
+    """The offset as a 0-d int64 tensor on the counter's device: int64 arithmetic wraps mod 2^64, so its bits are
+    those of the host offset (the kernels read them as uint64)."""
+    return call * OPERAND_COUNT + signed64(stream)
 
 
 def _select(backend: str, device: torch.device):
