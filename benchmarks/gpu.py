@@ -59,7 +59,7 @@ def _exact(got: tuple[torch.Tensor, ...], want: tuple[torch.Tensor, ...]) -> str
 
 def _bench_dtype(x: torch.Tensor, with_reference: bool) -> list[Row]:
     """All rows for one input tensor: the copy baseline first, then every kernel."""
-    from nvfp4.hadamard import default_signs
+    from nvfp4.formats.hadamard import default_signs
     from nvfp4.kernels.reference import ReferenceBackend
     from nvfp4.kernels.triton_backend import TritonBackend
 

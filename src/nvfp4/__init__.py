@@ -21,7 +21,7 @@ from nvfp4.formats import (
     quantize_mxfp4,
     quantize_nvfp4,
 )
-from nvfp4.hadamard import random_hadamard_transform
+from nvfp4.formats.hadamard import random_hadamard_transform
 from nvfp4.linear import Linear, checkpoint_context
 from nvfp4.recipe import LayerPolicy, OperandConfig, PrecisionSwitch, Recipe
 

@@ -32,10 +32,10 @@ from torch import nn
 
 from nvfp4 import recipes
 from nvfp4.formats.fp8 import FP8Tensor
+from nvfp4.formats.hadamard import default_signs, random_hadamard_transform
 from nvfp4.formats.mxfp4 import MXFP4Tensor
 from nvfp4.formats.nvfp4 import NVFP4Tensor, global_decode_scale, tensor_amax
 from nvfp4.formats.rng import derive_keys
-from nvfp4.hadamard import default_signs, random_hadamard_transform
 from nvfp4.kernels import ops
 from nvfp4.recipe import OPERANDS, OperandConfig, Recipe
 

@@ -3,7 +3,7 @@
 Why a second implementation: the library's reference quantizer is itself "the oracle" for the fast
 backends, so it needs a check that does not share its code. Everything here is written from
 ``/work/shared/SPEC.md`` and from the generator / butterfly order documented in the docstrings of
-``nvfp4/formats/rng.py`` and ``nvfp4/hadamard.py`` — never by importing ``nvfp4``.
+``nvfp4/formats/rng.py`` and ``nvfp4/formats/hadamard.py`` — never by importing ``nvfp4``.
 
 Conventions: inputs are 2-D float32 NumPy arrays; every arithmetic step that the SPEC puts in FP32
 is done with ``np.float32`` operands (no Python floats, which could promote to float64); the

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from nvfp4 import random_hadamard_transform
-from nvfp4.hadamard import DEFAULT_SIGNS_16, default_signs, hadamard_matrix
+from nvfp4.formats.hadamard import DEFAULT_SIGNS_16, default_signs, hadamard_matrix
 from tests.formats import oracle as O
 
 SIZES = [2, 4, 8, 16, 32, 64, 128]

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from nvfp4 import kernels
-from nvfp4.hadamard import default_signs
+from nvfp4.formats.hadamard import default_signs
 from nvfp4.kernels.contract import CONVENIENCES, KERNELS, OPS, BackendBase, QuantSpec, Unsupported
 from nvfp4.kernels.cpu import CPUBackend
 from nvfp4.kernels.reference import ReferenceBackend
@@ -267,7 +267,7 @@ def _huge_inputs() -> list[tuple[str, torch.Tensor]]:
 def test_rht_stays_finite_and_equal_at_the_top_of_the_range(backend):
     """The RHT pre-scales chunks with a value >= 2^120, so it stays finite wherever the exact transform is, and every
     backend returns the reference's bits there too (16-point, fused with NVFP4; 32-point, fused with MXFP4)."""
-    from nvfp4.hadamard import random_hadamard_transform
+    from nvfp4.formats.hadamard import random_hadamard_transform
 
     impl, device = backend
     for kind, x in _huge_inputs():

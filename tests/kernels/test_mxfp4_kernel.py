@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from nvfp4 import kernels
+from nvfp4.formats.hadamard import default_signs
 from nvfp4.formats.mxfp4 import quantize_mxfp4
-from nvfp4.hadamard import default_signs
 from nvfp4.kernels.contract import Unsupported
 from nvfp4.kernels.cpu import CPUBackend
 from tests.kernels.inputs import make_input, same_float

@@ -25,9 +25,9 @@ if _USE_INTERPRETER:
 triton = pytest.importorskip("triton")
 
 from nvfp4 import kernels  # noqa: E402
+from nvfp4.formats.hadamard import default_signs  # noqa: E402
 from nvfp4.formats.nvfp4 import quantize_nvfp4  # noqa: E402
 from nvfp4.formats.rng import derive_keys, random_bytes  # noqa: E402
-from nvfp4.hadamard import default_signs  # noqa: E402
 from nvfp4.kernels import triton_backend  # noqa: E402
 from nvfp4.kernels.contract import Unsupported  # noqa: E402
 from nvfp4.kernels.reference import ReferenceBackend  # noqa: E402
@@ -360,7 +360,7 @@ def test_kernels_compile_for_sm90_with_exact_arithmetic():
 
 def test_transpose_keyword_matches_reference(tb) -> None:
     """The layer calls quantize/rht_quantize with transpose=True; the Triton backend must accept it."""
-    from nvfp4.hadamard import default_signs
+    from nvfp4.formats.hadamard import default_signs
 
     x = torch.randn(48, 32, device=DEVICE)
     signs = default_signs(16).to(DEVICE)

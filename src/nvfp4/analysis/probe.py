@@ -41,9 +41,9 @@ import nvfp4
 from nvfp4 import recipes
 from nvfp4.convert import _set_submodule, _unwrap, conversion_report, quantized_layers
 from nvfp4.formats.fp8 import FP8Tensor
+from nvfp4.formats.hadamard import hadamard_matrix, random_hadamard_transform
 from nvfp4.formats.mxfp4 import MX_BLOCK, _block_exponents
 from nvfp4.formats.nvfp4 import NVFP4Tensor
-from nvfp4.hadamard import hadamard_matrix, random_hadamard_transform
 from nvfp4.linear import Linear, QuantizedOperand, quantize_operand, rht_signs
 from nvfp4.recipe import OPERANDS, OperandConfig, Recipe
 

@@ -8,9 +8,9 @@ import torch
 
 from nvfp4.formats.e2m1 import e2m1_values, unpack_codes
 from nvfp4.formats.fp8 import quantize_fp8_blockwise
+from nvfp4.formats.hadamard import random_hadamard_transform
 from nvfp4.formats.mxfp4 import MXFP4Tensor, reference_quantize_mxfp4_2d
 from nvfp4.formats.nvfp4 import BLOCK, reference_quantize_nvfp4_2d, tensor_amax
-from nvfp4.hadamard import random_hadamard_transform
 from nvfp4.kernels.contract import BackendBase, Quantized, QuantSpec, offset_value
 
 
