@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import machine  # noqa: E402
 
 from nvfp4 import kernels  # noqa: E402
-from nvfp4.formats import quantize_fp8_blockwise, quantize_mxfp4, quantize_nvfp4  # noqa: E402
 from nvfp4.formats.hadamard import default_signs  # noqa: E402
+from nvfp4.quantize import quantize_fp8_blockwise, quantize_mxfp4, quantize_nvfp4  # noqa: E402
 
 
 def timed_ms(fn: Callable[[], object]) -> float:

@@ -58,7 +58,7 @@ def _cubin_facts(cubin: bytes) -> tuple[int, int, int]:
 
 def kernels() -> dict[str, tuple]:
     """name -> (kernel, signature, constexprs, warps, elements per program, loop factor)."""
-    from nvfp4.kernels import triton_backend as tb
+    from nvfp4.kernels import triton_kernels as tk
 
     q_sig = {"x_ptr": "*i16", "amax_ptr": "*fp32", "signs_ptr": "*fp32", "packed_ptr": "*u8", "scales_ptr": "*u8",
              "M": "i32", "K": "i32", "NB": "i32", "stride_r": "i32", "stride_k": "constexpr", "stride_p": "i32",
@@ -76,8 +76,8 @@ def kernels() -> dict[str, tuple]:
                "stride_r": "i32", "stride_k": "constexpr", "stride_o": "i32", "stride_s": "i32",
                "BF16_BITS": "constexpr", "TILE_ROWS": "constexpr", "OUT_VALUES": "constexpr",
                "BLOCK_M": "constexpr"}  # fmt: skip
-    q_elems = tb._Q_BLOCK_M * tb._Q_BLOCKS_K * 16
-    mx_elems = tb._Q_BLOCK_M * tb._MX_BLOCKS_K * 32
+    q_elems = tk.Q_BLOCK_M * tk.Q_BLOCKS_K * 16
+    mx_elems = tk.Q_BLOCK_M * tk.MX_BLOCKS_K * 32
     out = {}
     for name, (tile_rows, sr, rht, values, stride_k, device_offset) in {
         "nvfp4 1x16 RN packed": (1, False, False, False, 1, False),
@@ -91,30 +91,29 @@ def kernels() -> dict[str, tuple]:
         sig = dict(q_sig, packed_ptr="*i16") if values else dict(q_sig)
         consts = {"BF16_BITS": True, "TILE_ROWS": tile_rows, "STOCHASTIC": sr, "DEVICE_OFFSET": device_offset,
                   "INDEX64": False, "RHT": rht,
-                  "OUT_VALUES": values, "OUT_BF16": True, "BLOCK_M": tb._Q_BLOCK_M,
-                  "BLOCKS_K": tb._Q_BLOCKS_K}  # fmt: skip
+                  "OUT_VALUES": values, "OUT_BF16": True, "BLOCK_M": tk.Q_BLOCK_M,
+                  "BLOCKS_K": tk.Q_BLOCKS_K}  # fmt: skip
         if stride_k == 1:
             consts["stride_k"] = 1
         else:  # a transposed operand: stride_k is the row stride of the original, stride_r = 1
             sig["stride_k"] = "i32"
             consts["stride_r"] = 1
             sig["stride_r"] = "constexpr"
-        out[name] = (tb._quantize_kernel, sig, consts, tb._Q_WARPS, q_elems, 1)
+        out[name] = (tk.nvfp4_quantize_kernel, sig, consts, tk.Q_WARPS, q_elems, 1)
     out["mxfp4 RHT32 SR values"] = (
-        tb._mxfp4_kernel, mx_sig, {"stride_k": 1, "BF16_BITS": True, "CEIL_RULE": True, "STOCHASTIC": True,
+        tk.mxfp4_quantize_kernel, mx_sig, {"stride_k": 1, "BF16_BITS": True, "CEIL_RULE": True, "STOCHASTIC": True,
                                    "DEVICE_OFFSET": False, "INDEX64": False, "RHT": True, "OUT_VALUES": True,
                                    "OUT_BF16": True,
-                                   "BLOCK_M": tb._Q_BLOCK_M, "BLOCKS_K": tb._MX_BLOCKS_K},
-        tb._Q_WARPS, mx_elems, 1,
+                                   "BLOCK_M": tk.Q_BLOCK_M, "BLOCKS_K": tk.MX_BLOCKS_K},
+        tk.Q_WARPS, mx_elems, 1,
     )  # fmt: skip
-    if hasattr(tb, "_fp8_kernel"):
-        for tile_rows, values in ((1, True), (128, False)):
-            sig = dict(fp8_sig, out_ptr="*fp32") if values else fp8_sig
-            consts = {"stride_k": 1, "BF16_BITS": True, "TILE_ROWS": tile_rows, "OUT_VALUES": values,
-                      "BLOCK_M": tb._FP8_BLOCK_M}  # fmt: skip
-            label = "fp8 1x128 values" if tile_rows == 1 else "fp8 128x128 packed (weights)"
-            loops = 1 if tile_rows == 1 else 128 // tb._FP8_BLOCK_M  # the tile's row chunks
-            out[label] = (tb._fp8_kernel, sig, consts, 4, tb._FP8_BLOCK_M * 128 * loops, loops)
+    for tile_rows, values in ((1, True), (128, False)):
+        sig = dict(fp8_sig, out_ptr="*fp32") if values else fp8_sig
+        consts = {"stride_k": 1, "BF16_BITS": True, "TILE_ROWS": tile_rows, "OUT_VALUES": values,
+                  "BLOCK_M": tk.FP8_BLOCK_M}  # fmt: skip
+        label = "fp8 1x128 values" if tile_rows == 1 else "fp8 128x128 packed (weights)"
+        loops = 1 if tile_rows == 1 else 128 // tk.FP8_BLOCK_M  # the tile's row chunks
+        out[label] = (tk.fp8_quantize_kernel, sig, consts, 4, tk.FP8_BLOCK_M * 128 * loops, loops)
     return out
 
 

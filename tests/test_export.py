@@ -13,8 +13,9 @@ from nvfp4.analysis.probe import unconverted_copy
 from nvfp4.cli import main
 from nvfp4.data import default_dataset, prepare_dataset
 from nvfp4.export import _fused_amax, export_compressed_tensors, export_hf, hf_names
-from nvfp4.formats.nvfp4 import quantize_nvfp4, tensor_amax
+from nvfp4.formats.nvfp4 import tensor_amax
 from nvfp4.inference import load_trained
+from nvfp4.quantize import quantize_nvfp4
 from nvfp4.train import TrainConfig, train
 
 transformers = pytest.importorskip("transformers")

@@ -7,11 +7,10 @@ import torch
 from torch import nn
 
 import nvfp4
-from nvfp4.formats.fp8 import quantize_fp8_blockwise
 from nvfp4.formats.hadamard import random_hadamard_transform
-from nvfp4.formats.mxfp4 import quantize_mxfp4
-from nvfp4.formats.nvfp4 import global_decode_scale, quantize_nvfp4
+from nvfp4.formats.nvfp4 import global_decode_scale
 from nvfp4.linear import Linear, emulated_gemm, quantize_operand
+from nvfp4.quantize import quantize_fp8_blockwise, quantize_mxfp4, quantize_nvfp4
 from nvfp4.recipe import OperandConfig
 
 QUANTIZED_RECIPES = [n for n in nvfp4.recipes.names() if nvfp4.recipes.get(n).quantized]

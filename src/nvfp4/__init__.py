@@ -12,17 +12,10 @@ from nvfp4.convert import (
     set_sr_rank,
     sr_state_dict,
 )
-from nvfp4.formats import (
-    FP8Tensor,
-    MXFP4Tensor,
-    NonFiniteError,
-    NVFP4Tensor,
-    quantize_fp8_blockwise,
-    quantize_mxfp4,
-    quantize_nvfp4,
-)
+from nvfp4.formats import FP8Tensor, MXFP4Tensor, NonFiniteError, NVFP4Tensor
 from nvfp4.formats.hadamard import random_hadamard_transform
 from nvfp4.linear import Linear, checkpoint_context
+from nvfp4.quantize import quantize_fp8_blockwise, quantize_mxfp4, quantize_nvfp4
 from nvfp4.recipe import LayerPolicy, OperandConfig, PrecisionSwitch, Recipe
 
 __version__ = "0.1.0"

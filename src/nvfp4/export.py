@@ -36,9 +36,10 @@ from torch import nn
 
 import nvfp4
 from nvfp4._io import atomic_write
-from nvfp4.formats.nvfp4 import global_encode_scale, quantize_nvfp4, tensor_amax
+from nvfp4.formats.nvfp4 import global_encode_scale, tensor_amax
 from nvfp4.inference import TrainedModel, load_trained
 from nvfp4.model import GPT, HybridLM
+from nvfp4.quantize import quantize_nvfp4
 
 FORMATS = ("hf", "compressed-tensors")
 # the linears vLLM runs as one GEMM with one tensor scale (our names; relu2's up is both gate and up)

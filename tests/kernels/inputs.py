@@ -67,3 +67,17 @@ def same_float(a: torch.Tensor, b: torch.Tensor) -> bool:
     if not torch.equal(nan_a, nan_b):
         return False
     return same_bits(a.masked_fill(nan_a, 0), b.masked_fill(nan_b, 0))
+
+
+def decorate_triton_kernels_again() -> None:
+    """Make the Triton kernels interpreted functions (call with TRITON_INTERPRET=1 set): Triton decides when a kernel
+    is decorated, so if another test module imported ``nvfp4.kernels.triton_kernels`` first, without the interpreter,
+    the numerics and kernel modules are re-imported in dependency order. The backend finds its kernels through the
+    ``triton_kernels`` module, which a reload updates in place."""
+    import importlib
+
+    from nvfp4.kernels import triton_backend, triton_kernels, triton_numerics
+
+    if not triton_backend._interpreted():
+        importlib.reload(triton_numerics)
+        importlib.reload(triton_kernels)

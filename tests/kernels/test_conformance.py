@@ -10,7 +10,6 @@ and must return the reference's bits (any NaN equals any NaN).
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import os
 
@@ -22,6 +21,7 @@ from nvfp4.formats.hadamard import default_signs
 from nvfp4.kernels.contract import CONVENIENCES, KERNELS, OPS, BackendBase, QuantSpec, Unsupported
 from nvfp4.kernels.cpu import CPUBackend
 from nvfp4.kernels.reference import ReferenceBackend
+from tests.kernels.inputs import decorate_triton_kernels_again
 
 _GPU = torch.cuda.is_available()
 _SET_INTERPRET = not _GPU and "TRITON_INTERPRET" not in os.environ
@@ -30,8 +30,8 @@ if not _GPU:
 try:
     from nvfp4.kernels import triton_backend
 
-    if not _GPU and not triton_backend._interpreted():
-        triton_backend = importlib.reload(triton_backend)
+    if not _GPU:
+        decorate_triton_kernels_again()
 except ImportError:
     triton_backend = None
 if _SET_INTERPRET:

@@ -17,12 +17,12 @@ from hypothesis import strategies as st
 
 from nvfp4 import kernels
 from nvfp4.formats.hadamard import DEFAULT_SIGNS_16
-from nvfp4.formats.nvfp4 import quantize_nvfp4
 from nvfp4.formats.rng import derive_keys, random_bytes
 from nvfp4.kernels import cpu as cpu_mod
 from nvfp4.kernels.contract import Unsupported
 from nvfp4.kernels.cpu import CPUBackend, build_library
 from nvfp4.kernels.reference import ReferenceBackend
+from nvfp4.quantize import quantize_nvfp4
 from tests.kernels.inputs import make_input, same_float
 
 KINDS = ["random", "heavy", "tiny", "huge", "mixed", "zeros", "signed_zeros", "ties", "nonfinite"]

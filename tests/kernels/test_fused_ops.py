@@ -13,10 +13,10 @@ import torch
 
 from nvfp4 import kernels
 from nvfp4.formats.hadamard import random_hadamard_transform
-from nvfp4.formats.nvfp4 import quantize_nvfp4
 from nvfp4.formats.rng import derive_keys, random_bytes
 from nvfp4.kernels.contract import Unsupported
 from nvfp4.kernels.cpu import CPUBackend
+from nvfp4.quantize import quantize_nvfp4
 from tests.kernels.inputs import make_input, same_float
 from tests.kernels.test_cpu_backend import (
     REF,

@@ -13,9 +13,9 @@ import torch
 
 from nvfp4 import kernels
 from nvfp4.formats.hadamard import default_signs
-from nvfp4.formats.mxfp4 import quantize_mxfp4
 from nvfp4.kernels.contract import Unsupported
 from nvfp4.kernels.cpu import CPUBackend
+from nvfp4.quantize import quantize_mxfp4
 from tests.kernels.inputs import make_input, same_float
 from tests.kernels.test_cpu_backend import REF, torch_threads
 

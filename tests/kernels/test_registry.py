@@ -28,7 +28,8 @@ class _ImportRecorder(importlib.abc.MetaPathFinder):
 def without_triton(monkeypatch):
     """As on a machine without Triton: `import triton` fails, and the backend module is not yet imported."""
     monkeypatch.setitem(sys.modules, "triton", None)
-    monkeypatch.delitem(sys.modules, "nvfp4.kernels.triton_backend", raising=False)
+    for module in ("triton_backend", "triton_kernels", "triton_numerics"):
+        monkeypatch.delitem(sys.modules, f"nvfp4.kernels.{module}", raising=False)
     kernels._load.cache_clear()
     kernels._select.cache_clear()
     yield

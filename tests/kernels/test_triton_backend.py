@@ -26,16 +26,15 @@ triton = pytest.importorskip("triton")
 
 from nvfp4 import kernels  # noqa: E402
 from nvfp4.formats.hadamard import default_signs  # noqa: E402
-from nvfp4.formats.nvfp4 import quantize_nvfp4  # noqa: E402
 from nvfp4.formats.rng import derive_keys, random_bytes  # noqa: E402
-from nvfp4.kernels import triton_backend  # noqa: E402
+from nvfp4.kernels import triton_backend, triton_kernels, triton_numerics  # noqa: E402
 from nvfp4.kernels.contract import Unsupported  # noqa: E402
 from nvfp4.kernels.reference import ReferenceBackend  # noqa: E402
-from tests.kernels.inputs import make_input, same_bits, same_float  # noqa: E402
+from nvfp4.quantize import quantize_nvfp4  # noqa: E402
+from tests.kernels.inputs import decorate_triton_kernels_again, make_input, same_bits, same_float  # noqa: E402
 
-if _USE_INTERPRETER and not triton_backend._interpreted():
-    # Imported earlier by another module, without the interpreter: decorate the kernels again.
-    triton_backend = importlib.reload(triton_backend)
+if _USE_INTERPRETER:
+    decorate_triton_kernels_again()
 tl = triton.language
 
 
@@ -43,7 +42,7 @@ tl = triton.language
 def _random_bytes_probe(out_ptr, base, key1, key2, N: tl.constexpr):
     """Runs the backend's in-kernel RNG on arbitrary int64 indices (decorated while interpreting)."""
     index = base.to(tl.int64) + tl.arange(0, N).to(tl.int64)
-    tl.store(out_ptr + tl.arange(0, N), triton_backend._random_bytes(
+    tl.store(out_ptr + tl.arange(0, N), triton_numerics.random_bytes(
         index, key1.to(tl.uint32, bitcast=True), key2.to(tl.uint32, bitcast=True)))
 
 
@@ -278,7 +277,7 @@ _COMPILE_FOR_SM90 = r"""
 import json, re, sys
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, compile as triton_compile
-from nvfp4.kernels import triton_backend as tb
+from nvfp4.kernels import triton_kernels as tk
 
 ALIGNED = {"x_ptr", "amax_ptr", "signs_ptr", "packed_ptr", "scales_ptr", "out_ptr",
            "M", "K", "NB", "stride_r", "stride_p", "stride_s", "stride_o"}  # as a launch on 8192x8192 sees them
@@ -306,23 +305,23 @@ mx_sig = {"x_ptr": "*i16", "signs_ptr": "*fp32", "out_ptr": "*i16", "scales_ptr"
           "key2": "i32", "BF16_BITS": "constexpr", "CEIL_RULE": "constexpr", "STOCHASTIC": "constexpr",
           "INDEX64": "constexpr", "RHT": "constexpr", "OUT_VALUES": "constexpr", "OUT_BF16": "constexpr",
           "BLOCK_M": "constexpr", "BLOCKS_K": "constexpr"}
-blocks = {"BLOCK_M": tb._Q_BLOCK_M, "BLOCKS_K": tb._Q_BLOCKS_K}
+blocks = {"BLOCK_M": tk.Q_BLOCK_M, "BLOCKS_K": tk.Q_BLOCKS_K}
 out = {}
 variants = {"sr": (1, True, False, False), "2d": (16, False, False, False), "rht_sr": (1, True, True, False),
             "values_rht_sr": (1, True, True, True)}
 for name, (tile_rows, sr, rht, values) in variants.items():
     sig = dict(quantize_sig, packed_ptr="*i16") if values else quantize_sig
-    out["quantize_" + name] = ptx(tb._quantize_kernel, sig, {"stride_k": 1, "BF16_BITS": True, "TILE_ROWS": tile_rows,
-                                  "STOCHASTIC": sr, "INDEX64": name == "sr", "RHT": rht, "OUT_VALUES": values,
-                                  "OUT_BF16": True, **blocks}, tb._Q_WARPS)
+    out["quantize_" + name] = ptx(tk.nvfp4_quantize_kernel, sig, {"stride_k": 1, "BF16_BITS": True,
+                                  "TILE_ROWS": tile_rows, "STOCHASTIC": sr, "INDEX64": name == "sr", "RHT": rht,
+                                  "OUT_VALUES": values, "OUT_BF16": True, **blocks}, tk.Q_WARPS)
 for name, (rht, values) in {"packed": (False, False), "values_rht_sr": (True, True)}.items():
     sig = mx_sig if values else dict(mx_sig, out_ptr="*u8")
-    out["mxfp4_" + name] = ptx(tb._mxfp4_kernel, sig, {"stride_k": 1, "BF16_BITS": True, "CEIL_RULE": True,
+    out["mxfp4_" + name] = ptx(tk.mxfp4_quantize_kernel, sig, {"stride_k": 1, "BF16_BITS": True, "CEIL_RULE": True,
                                "STOCHASTIC": values, "INDEX64": False, "RHT": rht, "OUT_VALUES": values,
-                               "OUT_BF16": True, "BLOCK_M": tb._Q_BLOCK_M, "BLOCKS_K": tb._MX_BLOCKS_K}, tb._Q_WARPS)
-out["amax_rht"] = ptx(tb._amax_kernel, amax_sig, {"stride_k": 1, "BF16_BITS": True, "RHT": True,
-                      "BLOCK_M": tb._A_BLOCK_M, "BLOCK_K": tb._A_BLOCK_K}, tb._A_WARPS)
-out["scaled_values"] = ptx(tb._scaled_values_kernel, values_sig, blocks, tb._Q_WARPS)
+                               "OUT_BF16": True, "BLOCK_M": tk.Q_BLOCK_M, "BLOCKS_K": tk.MX_BLOCKS_K}, tk.Q_WARPS)
+out["amax_rht"] = ptx(tk.amax_kernel, amax_sig, {"stride_k": 1, "BF16_BITS": True, "RHT": True,
+                      "BLOCK_M": tk.A_BLOCK_M, "BLOCK_K": tk.A_BLOCK_K}, tk.A_WARPS)
+out["scaled_values"] = ptx(tk.scaled_values_kernel, values_sig, blocks, tk.Q_WARPS)
 json.dump(out, sys.stdout)
 """
 
@@ -517,8 +516,8 @@ def test_launch_grids_are_one_dimensional_past_the_65535_limit(tb, monkeypatch):
             grids[self.name] = grid
             return lambda *args, **kwargs: None
 
-    for name in ("_quantize_kernel", "_mxfp4_kernel", "_amax_kernel", "_scaled_values_kernel"):
-        monkeypatch.setattr(triton_backend, name, Recorder(name))
+    for name in ("nvfp4_quantize_kernel", "mxfp4_quantize_kernel", "amax_kernel", "scaled_values_kernel"):
+        monkeypatch.setattr(triton_kernels, name, Recorder(name))
     if _USE_INTERPRETER:  # the backend tells the interpreter by the kernels' type, which the stand-ins replace
         monkeypatch.setattr(triton_backend, "_interpreted", lambda: True)
     tokens = 9_000_000
@@ -529,5 +528,5 @@ def test_launch_grids_are_one_dimensional_past_the_65535_limit(tb, monkeypatch):
     packed = torch.zeros(1, tokens // 2, dtype=torch.uint8, device=DEVICE)
     tb.scaled_values(packed, torch.zeros(1, tokens // 16, dtype=torch.uint8, device=DEVICE).view(torch.float8_e4m3fn))
     assert all(len(grid) == 1 for grid in grids.values()), grids
-    assert grids["_quantize_kernel"][0] == (32 // 32) * -(-tokens // 128)  # one row tile x 70,313 column tiles
+    assert grids["nvfp4_quantize_kernel"][0] == (32 // 32) * -(-tokens // 128)  # one row tile x 70,313 column tiles
     assert -(-tokens // 128) > 65_535

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from nvfp4.formats._validate import as_2d, ceil_div, check_finite_strict, check_float_input, check_tile
+from nvfp4.formats._validate import ceil_div
 
 E4M3_MAX = 448.0
 FP8_TILES = ((1, 128), (128, 128))
@@ -26,18 +26,11 @@ class FP8Tensor:
         return (self.data.to(torch.float32) * scale).to(dtype).reshape(self.shape)
 
 
-def quantize_fp8_blockwise(
-    x: torch.Tensor, tile: tuple[int, int] = (1, 128), *, strict: bool = False
-) -> FP8Tensor:
-    """E4M3 values x / s_b (RNE, saturating at ±448) with s_b = amax_b / 448 in FP32.
+def reference_quantize_fp8_2d(x2d: torch.Tensor, tile: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """E4M3 values x / s_b (RNE, saturating at ±448) with s_b = amax_b / 448 in FP32: (data (M, K), scales).
 
     An all-zero block gets scale 1; a block whose amax is NaN/Inf gets a NaN scale (and NaN data).
     """
-    check_float_input(x)
-    tile = check_tile(tile, FP8_TILES)
-    x2d = as_2d(x)
-    if strict:
-        check_finite_strict(x2d)
     rows, cols = x2d.shape
     tr, tc = tile
     prow, pcol = ceil_div(rows, tr) * tr, ceil_div(cols, tc) * tc
@@ -52,4 +45,4 @@ def quantize_fp8_blockwise(
     full_scale = scale.repeat_interleave(tr, dim=0).repeat_interleave(tc, dim=1)
     data = torch.clamp(xp / full_scale, -E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
     scales = scale.repeat_interleave(tr, dim=0)[:rows]
-    return FP8Tensor(data=data[:rows, :cols], scales=scales, shape=x.shape, tile=tile)
+    return data[:rows, :cols], scales

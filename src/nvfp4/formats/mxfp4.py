@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from nvfp4.formats._validate import as_2d, ceil_div, check_finite_strict, check_float_input
+from nvfp4.formats._validate import ceil_div
 from nvfp4.formats.e2m1 import (
     E2M1_MAX,
     e2m1_round_nearest,
@@ -94,30 +94,3 @@ def reference_quantize_mxfp4_2d(
     biased = (e + E8M0_BIAS).to(torch.uint8)
     biased = torch.where(torch.isfinite(block_amax), biased, torch.full_like(biased, E8M0_NAN))
     return pack_codes(codes), biased.view(torch.float8_e8m0fnu)
-
-
-def quantize_mxfp4(
-    x: torch.Tensor,
-    stochastic: bool = False,
-    seed: int = 0,
-    *,
-    offset: int = 0,
-    scale_rule: str = "ceil",
-    strict: bool = False,
-    backend: str = "auto",
-) -> MXFP4Tensor:
-    """Quantize ``x`` to MXFP4 along its last dim (32-blocks, E8M0 scales). See module doc for rules.
-
-    backend: "auto" (fastest available for the device) or "reference"; every backend gives the same bits.
-    """
-    from nvfp4 import kernels  # local import: kernels import this module
-
-    check_float_input(x)
-    if scale_rule not in SCALE_RULES:
-        raise ValueError(f"scale_rule={scale_rule!r} is not supported; accepted: {', '.join(SCALE_RULES)}")
-    x2d = as_2d(x)
-    if strict:
-        check_finite_strict(x2d)
-    impl = kernels.select(backend, x2d.device)
-    packed, scales = impl.quantize_mxfp4(x2d, bool(stochastic), int(seed), int(offset), scale_rule=scale_rule)
-    return MXFP4Tensor(packed=packed, scales=scales, shape=x.shape)

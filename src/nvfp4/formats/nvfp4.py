@@ -1,7 +1,7 @@
 """NVFP4: E2M1 values in 16-element blocks, E4M3 block scales, an FP32 tensor scale (SPEC §2).
 
-This file is the plain-PyTorch reference ("the oracle"). Fast backends in ``nvfp4.kernels``
-must reproduce its codes and scales bit for bit; ``quantize_nvfp4`` dispatches to them.
+This file is the plain-PyTorch reference ("the oracle") and imports nothing fast. Fast backends in ``nvfp4.kernels``
+must reproduce its codes and scales bit for bit; ``nvfp4.quantize.quantize_nvfp4`` (above both) dispatches to them.
 """
 
 from __future__ import annotations
@@ -10,11 +10,12 @@ from dataclasses import dataclass
 
 import torch
 
-from nvfp4.formats._validate import as_2d, ceil_div, check_finite_strict, check_float_input, check_tile
+from nvfp4.formats._validate import ceil_div
 from nvfp4.formats.e2m1 import (
     E2M1_MAX,
     e2m1_round_nearest,
     e2m1_round_stochastic,
+    e2m1_values,
     pack_codes,
     unpack_codes,
 )
@@ -40,7 +41,7 @@ class NVFP4Tensor:
     global_amax: torch.Tensor  # float32 0-d
     shape: torch.Size  # the original shape (any leading dims)
     tile: tuple[int, int]
-    backend: str = "auto"
+    backend: str = "auto"  # the backend that made it; the layer decodes GEMM operands with the same one
 
     @property
     def rows(self) -> int:
@@ -60,10 +61,10 @@ class NVFP4Tensor:
         return unpack_codes(self.packed)[:, : self.cols]
 
     def scaled_values(self, dtype: torch.dtype = torch.bfloat16, padded: bool = False) -> torch.Tensor:
-        """value(q) × block scale, WITHOUT the tensor scale: exact in BF16 (SPEC §2), the GEMM operand."""
-        from nvfp4 import kernels
+        """value(q) × block scale, WITHOUT the tensor scale: exact in BF16 (SPEC §2), the GEMM operand.
 
-        values = kernels.select(self.backend, self.packed.device).scaled_values(self.packed, self.scales, dtype)
+        The reference decode; ``nvfp4.kernels`` backends have fast ones (``scaled_values``) with the same bits."""
+        values = reference_scaled_values(self.packed, self.scales, dtype)
         return values if padded else values[:, : self.cols]
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -145,39 +146,9 @@ def reference_quantize_nvfp4_2d(
     return pack_codes(codes)[:rows], scales[:rows]
 
 
-def quantize_nvfp4(
-    x: torch.Tensor,
-    tile: tuple[int, int] = (1, 16),
-    stochastic: bool = False,
-    seed: int = 0,
-    global_amax: torch.Tensor | float | None = None,
-    *,
-    offset: int = 0,
-    strict: bool = False,
-    backend: str = "auto",
-) -> NVFP4Tensor:
-    """Quantize ``x`` to NVFP4 along its last dim (SPEC §2, §3).
-
-    tile: (1, 16) blocks, or (16, 16) tiles for weights (so W and Wᵀ quantize identically).
-    stochastic: SR with random bytes keyed by (seed, offset, element index) — same bits anywhere.
-    global_amax: a caller-reduced amax (e.g. across ranks); must be >= max|x|.
-    strict: raise ``NonFiniteError`` on NaN/Inf instead of propagating NaN into the scales.
-    backend: "auto" (fastest available for the device), "reference", or a name from
-    ``nvfp4.kernels.available_backends()``.
-    """
-    from nvfp4 import kernels  # local import: kernels import this module
-
-    check_float_input(x)
-    tile = check_tile(tile, NVFP4_TILES)
-    x2d = as_2d(x)
-    if strict:
-        check_finite_strict(x2d)
-    impl = kernels.select(backend, x2d.device)
-    if global_amax is None:
-        amax = impl.amax(x2d)
-    else:
-        amax = torch.as_tensor(global_amax, dtype=torch.float32, device=x2d.device).reshape(())
-        if bool(amax < 0) or bool(torch.signbit(amax) & (amax == 0)):
-            raise ValueError(f"global_amax must be >= 0 (a max of absolute values), got {float(amax)}")
-    packed, scales = impl.quantize_nvfp4(x2d, amax, tile[0], bool(stochastic), int(seed), int(offset))
-    return NVFP4Tensor(packed=packed, scales=scales, global_amax=amax, shape=x.shape, tile=tile, backend=backend)
+def reference_scaled_values(
+    packed: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.bfloat16
+) -> torch.Tensor:
+    """value(q) × block scale for every (padded) element: (M, ceil(K/16)*16), exact in BF16."""
+    values = e2m1_values(unpack_codes(packed), torch.float32)
+    return (values * scales.to(torch.float32).repeat_interleave(BLOCK, dim=1)).to(dtype)

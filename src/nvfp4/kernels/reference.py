@@ -6,11 +6,10 @@ import functools
 
 import torch
 
-from nvfp4.formats.e2m1 import e2m1_values, unpack_codes
-from nvfp4.formats.fp8 import quantize_fp8_blockwise
+from nvfp4.formats.fp8 import FP8Tensor, reference_quantize_fp8_2d
 from nvfp4.formats.hadamard import random_hadamard_transform
 from nvfp4.formats.mxfp4 import MXFP4Tensor, reference_quantize_mxfp4_2d
-from nvfp4.formats.nvfp4 import BLOCK, reference_quantize_nvfp4_2d, tensor_amax
+from nvfp4.formats.nvfp4 import reference_quantize_nvfp4_2d, reference_scaled_values, tensor_amax
 from nvfp4.kernels.contract import BackendBase, Quantized, QuantSpec, offset_value
 
 
@@ -64,14 +63,14 @@ class ReferenceBackend(BackendBase):
             if spec.packed:
                 return Quantized(packed, scales, None)
             return Quantized(MXFP4Tensor(packed, scales, t.shape).scaled_values(spec.out_dtype), None, None)
-        q = quantize_fp8_blockwise(t, spec.tile)
+        data, scales = reference_quantize_fp8_2d(t, spec.tile)
         if spec.packed:
-            return Quantized(q.data, q.scales, None)
-        return Quantized(q.dequantize(torch.float32).to(spec.out_dtype), None, None)
+            return Quantized(data, scales, None)
+        values = FP8Tensor(data, scales, t.shape, spec.tile).dequantize(torch.float32)
+        return Quantized(values.to(spec.out_dtype), None, None)
 
     def scaled_values_kernel(
         self, packed: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.bfloat16
     ) -> torch.Tensor:
         """value(q) × block scale for every (padded) element: (M, ceil(K/16)*16), exact in BF16."""
-        values = e2m1_values(unpack_codes(packed), torch.float32)
-        return (values * scales.to(torch.float32).repeat_interleave(BLOCK, dim=1)).to(dtype)
+        return reference_scaled_values(packed, scales, dtype)
