@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -30,6 +32,39 @@ def test_policy_picks_expected_layers(depth):
     report = nvfp4.conversion_report(model)
     assert len(report) == 2 * depth + 1
     assert "lm_head" in str(report) and "excluded by name" in str(report)
+
+
+def test_edge_recipe_runs_the_first_and_last_blocks():
+    """nvfp4-mxfp8-edges: the blocks nvfp4 keeps in BF16 run the mxfp8 recipe, the others nvfp4, the head BF16."""
+    depth = 12
+    model = nvfp4.convert(_tower(depth), "nvfp4-mxfp8-edges")
+    edges = nvfp4.recipes.get("nvfp4").layers.bf16_blocks(depth)
+    assert edges == {0, 10, 11}  # 2/62 and 8/62 of 12 blocks, rounded half up, at least one each
+    for i, block in enumerate(model.blocks):
+        for layer in block:
+            assert isinstance(layer, nvfp4.Linear)
+            assert layer.recipe.fprop_x.format == ("mxfp8" if i in edges else "nvfp4"), i
+            if i in edges:  # the edge layers' own recipe: mxfp8, with no layer policy of its own
+                assert layer.recipe.name == "mxfp8" and layer.recipe.layers.edge_recipe is None
+    assert type(model.lm_head) is nn.Linear
+    report = str(nvfp4.conversion_report(model))
+    assert "quantized (mxfp8, first blocks)" in report and "quantized (mxfp8, last blocks)" in report
+    x = torch.randn(3, 16)
+    y = model.blocks[0](x)  # an MXFP8 block trains: its output and gradients are finite
+    y.sum().backward()
+    assert torch.isfinite(model.blocks[0][0].weight.grad).all()
+
+
+def test_edge_recipe_errors_are_clear():
+    policy = nvfp4.recipes.get("nvfp4").layers
+    bad = nvfp4.recipes.get("nvfp4").replace(name="bad", layers=dataclasses.replace(policy, edge_recipe="nope"))
+    with pytest.raises(ValueError, match="unknown recipe 'nope'"):
+        nvfp4.convert(_tower(4), bad)
+    nested = nvfp4.recipes.get("nvfp4").replace(
+        name="nested", layers=dataclasses.replace(policy, edge_recipe="nvfp4-mxfp8-edges")
+    )
+    with pytest.raises(ValueError, match="names an edge recipe of its own"):
+        nvfp4.convert(_tower(4), nested)
 
 
 def test_bf16_recipe_converts_nothing():

@@ -10,7 +10,7 @@ import nvfp4
 from nvfp4.formats.hadamard import random_hadamard_transform
 from nvfp4.formats.nvfp4 import global_decode_scale
 from nvfp4.linear import Linear, emulated_gemm, quantize_operand
-from nvfp4.quantize import quantize_fp8_blockwise, quantize_mxfp4, quantize_nvfp4
+from nvfp4.quantize import quantize_fp8_blockwise, quantize_mxfp4, quantize_mxfp8, quantize_nvfp4
 from nvfp4.recipe import OperandConfig
 
 QUANTIZED_RECIPES = [n for n in nvfp4.recipes.names() if nvfp4.recipes.get(n).quantized]
@@ -34,6 +34,8 @@ def _dequant_reference(t: torch.Tensor, cfg: OperandConfig, seed: int, offset: i
         return quantize_mxfp4(t, cfg.stochastic, seed, offset=offset).dequantize(torch.float64)
     if cfg.format == "fp8":
         return quantize_fp8_blockwise(t, cfg.tile).dequantize(torch.float64)
+    if cfg.format == "mxfp8":
+        return quantize_mxfp8(t).dequantize(torch.float64)
     return t.to(torch.bfloat16).double()
 
 
@@ -101,7 +103,10 @@ def test_dgrad_reuses_the_bit_identical_2d_weight():
     assert torch.equal(direct, w_dgrad.values())
 
 
-@pytest.mark.parametrize("recipe", ["nvfp4", "nvfp4-no-2d", "nvfp4-rht4", "nvfp4-rht-no-signs", "fp8", "mxfp4"])
+BACKWARD_RECIPES = ["nvfp4", "nvfp4-no-2d", "nvfp4-rht4", "nvfp4-rht-no-signs", "fp8", "mxfp4", "mxfp8"]
+
+
+@pytest.mark.parametrize("recipe", BACKWARD_RECIPES)
 def test_backward_equals_float64_reference(recipe):
     layer = _layer(recipe)
     r = layer.recipe

@@ -2,22 +2,37 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 import nvfp4
-from nvfp4.recipe import LayerPolicy, OperandConfig, PrecisionSwitch, Recipe
+from nvfp4.recipe import OPERANDS, LayerPolicy, OperandConfig, PrecisionSwitch, Recipe
 
 PAPER_NAMES = {
     "bf16", "fp8", "mxfp4", "nvfp4", "nvfp4-no-rht", "nvfp4-no-sr", "nvfp4-no-2d", "nvfp4-all-fp4",
     "nvfp4-sr-everywhere", "nvfp4-rht-everywhere", "nvfp4-rht4", "nvfp4-rht-no-signs", "nvfp4-base",
     "nvfp4-switch-fwd", "nvfp4-switch-bwd", "nvfp4-switch-both",
 }
+SUCCESSOR_NAMES = {"mxfp8", "nvfp4-mxfp8-edges"}  # issue 17's recipes, as they land
 
 
 def test_registry_has_every_preset_and_describes_each():
-    assert set(nvfp4.recipes.names()) == PAPER_NAMES
+    assert set(nvfp4.recipes.names()) == PAPER_NAMES | SUCCESSOR_NAMES
     lines = nvfp4.recipes.describe().splitlines()
-    assert len(lines) == len(PAPER_NAMES) and all(line.split()[0] in PAPER_NAMES for line in lines)
+    assert [line.split()[0] for line in lines] == nvfp4.recipes.names()
+    for name in SUCCESSOR_NAMES | {"nvfp4", "fp8", "mxfp4"}:  # every recipe beyond the ablations names its source
+        assert nvfp4.recipes.get(name).source, name
+        assert f"[{nvfp4.recipes.get(name).source}]" in lines[nvfp4.recipes.names().index(name)]
+
+
+def test_mxfp8_recipes():
+    mx = nvfp4.recipes.get("mxfp8")
+    assert all(mx.operand(o) == OperandConfig("mxfp8", (1, 32), "nearest") for o in OPERANDS)
+    edges, base = nvfp4.recipes.get("nvfp4-mxfp8-edges"), nvfp4.recipes.get("nvfp4")
+    assert edges.layers.edge_recipe == "mxfp8"
+    assert dataclasses.replace(edges.layers, edge_recipe=None) == base.layers  # the same blocks as nvfp4's BF16 ones
+    assert edges.replace(layers=base.layers, name="nvfp4", description=base.description) == base
 
 
 def test_unknown_recipe_lists_valid_names():
@@ -87,6 +102,9 @@ def test_recipe_round_trips_through_dict():
         (lambda: OperandConfig("nvfp4", (1, 32)), "tile"),
         (lambda: OperandConfig("nvfp4", rounding="up"), "rounding"),
         (lambda: OperandConfig("nvfp4", hadamard=12), "hadamard"),
+        (lambda: OperandConfig("mxfp8", (1, 32), "stochastic"), "nearest only"),
+        (lambda: OperandConfig("mxfp8", (1, 16)), "tile"),
+        (lambda: OperandConfig("mxfp8", (1, 32), hadamard=32), "no Hadamard"),
         (lambda: LayerPolicy(first_fraction=1.5), "fraction"),
         (lambda: PrecisionSwitch(passes=("sideways",)), "passes"),
         (lambda: Recipe("x", wgrad_dy=OperandConfig("nvfp4", hadamard=16)), "same hadamard"),

@@ -12,10 +12,10 @@ from nvfp4.convert import (
     set_sr_rank,
     sr_state_dict,
 )
-from nvfp4.formats import FP8Tensor, MXFP4Tensor, NonFiniteError, NVFP4Tensor
+from nvfp4.formats import FP8Tensor, MXFP4Tensor, MXFP8Tensor, NonFiniteError, NVFP4Tensor
 from nvfp4.formats.hadamard import random_hadamard_transform
 from nvfp4.linear import Linear, checkpoint_context
-from nvfp4.quantize import quantize_fp8_blockwise, quantize_mxfp4, quantize_nvfp4
+from nvfp4.quantize import quantize_fp8_blockwise, quantize_mxfp4, quantize_mxfp8, quantize_nvfp4
 from nvfp4.recipe import LayerPolicy, OperandConfig, PrecisionSwitch, Recipe
 
 __version__ = "0.1.0"
@@ -39,10 +39,12 @@ __all__ = [
     "sr_state_dict",
     "FP8Tensor",
     "MXFP4Tensor",
+    "MXFP8Tensor",
     "NVFP4Tensor",
     "NonFiniteError",
     "quantize_fp8_blockwise",
     "quantize_mxfp4",
+    "quantize_mxfp8",
     "quantize_nvfp4",
     "random_hadamard_transform",
 ]

@@ -16,7 +16,7 @@ from torch import nn
 
 from nvfp4 import recipes
 from nvfp4.linear import PRECISIONS, AmaxReducer, Linear, checkpoint_context, layer_seed
-from nvfp4.recipe import PASSES, Recipe
+from nvfp4.recipe import PASSES, LayerPolicy, Recipe
 
 # Name patterns that stay high precision unless ``default_exclusions=False``: output heads of the common model
 # families (GPT/Llama ``lm_head``, GPT-NeoX/Pythia ``embed_out``, Megatron ``output_layer``, sequence-classification
@@ -82,6 +82,17 @@ def _matches(name: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatch(name, p) or any(fnmatch.fnmatch(part, p) for part in parts) for p in patterns)
 
 
+def _edge_recipe(recipe: Recipe) -> Recipe | None:
+    """The recipe of the first/last blocks when the layer policy names one (``LayerPolicy.edge_recipe``)."""
+    name = recipe.layers.edge_recipe
+    if name is None:
+        return None
+    edge = recipes.get(name)
+    if edge.layers.edge_recipe is not None:
+        raise ValueError(f"recipe {recipe.name!r}: its edge recipe {name!r} names an edge recipe of its own")
+    return edge.replace(layers=LayerPolicy(), switch=recipe.switch)
+
+
 def convert(
     model: nn.Module,
     recipe: str | Recipe = "nvfp4",
@@ -116,6 +127,7 @@ def convert(
             raise ValueError("`blocks` is not a submodule of `model`; pass the model's own ModuleList")
     depth = len(blocks) if blocks is not None else 0
     bf16_blocks = recipe.layers.bf16_blocks(depth) if depth else set()
+    edge_recipe = _edge_recipe(recipe)
 
     report = ConversionReport()
     targets = [(n, m) for n, m in model.named_modules() if type(m) is nn.Linear or isinstance(m, Linear)]
@@ -126,7 +138,8 @@ def convert(
         elif not recipe.quantized:
             treatment = f"bf16 (recipe {recipe.name})"
         elif block is not None and block in bf16_blocks:
-            treatment = "bf16 (first blocks)" if block < depth / 2 else "bf16 (last blocks)"
+            edge = "first blocks" if block < depth / 2 else "last blocks"
+            treatment = f"quantized ({edge_recipe.name}, {edge})" if edge_recipe else f"bf16 ({edge})"
         elif _matches(name, recipe.layers.bf16_names):
             treatment = "bf16 (recipe bf16_names)"
         elif filter_fn is not None and not filter_fn(module, name):
@@ -135,7 +148,8 @@ def convert(
             treatment = f"quantized ({recipe.name})"
         base = module if type(module) is nn.Linear else _unwrap(module)
         if treatment.startswith("quantized"):
-            replacement = Linear.from_linear(base, recipe, seed=layer_seed(seed, index), backend=backend)
+            layer_recipe = edge_recipe if edge_recipe and block in bf16_blocks else recipe
+            replacement = Linear.from_linear(base, layer_recipe, seed=layer_seed(seed, index), backend=backend)
         else:
             replacement = base
         if replacement is not module:

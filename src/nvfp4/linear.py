@@ -137,6 +137,9 @@ def _quantize_operand(
         return _quantize_mxfp4_operand(t2d, cfg, seed, stream, call, backend, transpose)
     if cfg.format == "fp8" and not cfg.hadamard:
         return _quantize_fp8_operand(t2d, cfg, backend, transpose, keep_packed)
+    if cfg.format == "mxfp8":  # no RHT (OperandConfig refuses one): TE's MXFP8 has none
+        values = ops.mxfp8_values(_fused_input(t2d, transpose, None), transpose, backend)
+        return QuantizedOperand(values, values.shape[1])
     if transpose:
         t2d = t2d.t().contiguous()
     if not cfg.quantized and not cfg.hadamard:

@@ -13,9 +13,10 @@ from nvfp4 import kernels
 from nvfp4.formats._validate import as_2d, check_finite_strict, check_float_input, check_tile
 from nvfp4.formats.fp8 import FP8_TILES, FP8Tensor
 from nvfp4.formats.mxfp4 import SCALE_RULES, MXFP4Tensor
+from nvfp4.formats.mxfp8 import MXFP8Tensor
 from nvfp4.formats.nvfp4 import NVFP4_TILES, NVFP4Tensor
 
-__all__ = ["quantize_fp8_blockwise", "quantize_mxfp4", "quantize_nvfp4"]
+__all__ = ["quantize_fp8_blockwise", "quantize_mxfp4", "quantize_mxfp8", "quantize_nvfp4"]
 
 
 def _checked_2d(x: torch.Tensor, strict: bool) -> torch.Tensor:
@@ -94,3 +95,11 @@ def quantize_fp8_blockwise(
     x2d = _checked_2d(x, strict)
     data, scales = kernels.select(backend, x2d.device).quantize_fp8(x2d, tile)
     return FP8Tensor(data=data, scales=scales, shape=x.shape, tile=tile)
+
+
+def quantize_mxfp8(x: torch.Tensor, *, strict: bool = False, backend: str = "auto") -> MXFP8Tensor:
+    """Quantize ``x`` to MXFP8 along its last dim: E4M3 values in 32-blocks with E8M0 scales rounded up (Transformer
+    Engine's MXFP8 arithmetic; rules in ``nvfp4.formats.mxfp8``)."""
+    x2d = _checked_2d(x, strict)
+    data, scales = kernels.select(backend, x2d.device).quantize_mxfp8(x2d)
+    return MXFP8Tensor(data=data, scales=scales, shape=x.shape)

@@ -17,11 +17,17 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-FORMATS = ("nvfp4", "mxfp4", "fp8", "bf16")
+FORMATS = ("nvfp4", "mxfp4", "fp8", "mxfp8", "bf16")
 ROUNDINGS = ("nearest", "stochastic")
 OPERANDS = ("fprop_x", "fprop_w", "dgrad_dy", "dgrad_w", "wgrad_dy", "wgrad_x")
 PASSES = ("forward", "backward")
-_TILES = {"nvfp4": ((1, 16), (16, 16)), "mxfp4": ((1, 32),), "fp8": ((1, 128), (128, 128)), "bf16": ((1, 1),)}
+_TILES = {
+    "nvfp4": ((1, 16), (16, 16)),
+    "mxfp4": ((1, 32),),
+    "fp8": ((1, 128), (128, 128)),
+    "mxfp8": ((1, 32),),
+    "bf16": ((1, 1),),
+}
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,10 @@ class OperandConfig:
             raise ValueError(f"tile {self.tile} not supported for {self.format}; accepted: {_TILES[self.format]}")
         if self.rounding not in ROUNDINGS:
             raise ValueError(f"rounding {self.rounding!r} unknown; accepted: {', '.join(ROUNDINGS)}")
+        if self.format in ("fp8", "mxfp8") and self.rounding != "nearest":
+            raise ValueError(f"{self.format} rounds to nearest only; use rounding='nearest'")
+        if self.format == "mxfp8" and self.hadamard is not None:
+            raise ValueError("mxfp8 operands take no Hadamard transform (as in Transformer Engine); use hadamard=None")
         h = self.hadamard
         if h is not None and (h < 2 or h > 128 or h & (h - 1)):
             raise ValueError(f"hadamard size must be a power of 2 in 2..128 or None, got {self.hadamard}")
@@ -62,10 +72,12 @@ BF16 = OperandConfig("bf16", (1, 1))
 
 @dataclass(frozen=True)
 class LayerPolicy:
-    """Which linears stay BF16: the first/last transformer blocks, and name globs.
+    """Which linears stay in high precision: the first/last transformer blocks, and name globs.
 
     Counts are absolute; fractions are of the model's depth, rounded half up, and a non-zero
     fraction keeps at least one block (the paper keeps 2/62 first and 8/62 last blocks).
+    ``edge_recipe``: the name of a recipe the first/last blocks run instead of BF16 (the paper keeps them in
+    "BF16 or MXFP8": ``"mxfp8"``); name globs (``bf16_names``) always stay BF16.
     """
 
     first_blocks: int = 0
@@ -73,6 +85,7 @@ class LayerPolicy:
     first_fraction: float = 0.0
     last_fraction: float = 0.0
     bf16_names: tuple[str, ...] = ()
+    edge_recipe: str | None = None
 
     def __post_init__(self) -> None:
         if min(self.first_blocks, self.last_blocks) < 0:
@@ -140,6 +153,7 @@ class Recipe:
     layers: LayerPolicy = field(default_factory=LayerPolicy)
     switch: PrecisionSwitch | None = None
     description: str = ""
+    source: str = ""  # where the recipe comes from (paper, repository), shown by `nvfp4 recipes`
     # GEMM outputs in FP32 before the tensor scales (exact, SPEC §2). None = automatic: exact where
     # the device has a BF16→FP32 GEMM (CUDA); on CPU a BF16-output GEMM is used for speed (one extra
     # BF16 rounding of the accumulator, the same rounding torch's own bf16 autocast applies).
@@ -174,7 +188,7 @@ class Recipe:
         """True if the two recipes train identically until a precision switch begins (they may differ only in the
         switch and their names): a run of one can branch from the other's checkpoint taken before the switch."""
         def strip(r: Recipe) -> Recipe:
-            return r.replace(name="", description="", switch=None)
+            return r.replace(name="", description="", source="", switch=None)
 
         return strip(self) == strip(other)
 

@@ -15,6 +15,9 @@ _NV_2D = OperandConfig("nvfp4", (16, 16), "nearest")
 # The paper keeps the first 2 and last 8 of 62 blocks in BF16; scaled to the model's depth.
 _PAPER_LAYERS = LayerPolicy(first_fraction=2 / 62, last_fraction=8 / 62)
 
+_PAPER = "arXiv 2509.25149"  # NVIDIA, Pretraining Large Language Models with NVFP4
+_MX8 = OperandConfig("mxfp8", (1, 32), "nearest")
+
 _NVFP4 = Recipe(
     name="nvfp4",
     fprop_x=_NV_1D,
@@ -25,6 +28,7 @@ _NVFP4 = Recipe(
     wgrad_x=OperandConfig("nvfp4", (1, 16), "nearest", hadamard=16),
     layers=_PAPER_LAYERS,
     description="the paper's full recipe: 2D weights, SR on gradients, RHT16 on Wgrad, first/last blocks BF16",
+    source=_PAPER,
 )
 
 
@@ -52,6 +56,7 @@ _PRESETS: dict[str, Recipe] = {
         wgrad_x=_fp8_operand((1, 128)),
         layers=LayerPolicy(first_blocks=1, last_blocks=2),
         description="paper's FP8 baseline: E4M3, 1x128 acts/grads, 128x128 weights, first 1/last 2 blocks BF16",
+        source=_PAPER,
     ),
     "mxfp4": Recipe(
         name="mxfp4",
@@ -63,8 +68,26 @@ _PRESETS: dict[str, Recipe] = {
         wgrad_x=OperandConfig("mxfp4", (1, 32), "nearest", hadamard=32),
         layers=_PAPER_LAYERS,
         description="paper's MXFP4 comparison: 32-blocks, power-of-2 scales rounded up, SR grads, RHT32 on Wgrad",
+        source=_PAPER,
     ),
     "nvfp4": _NVFP4,
+    "mxfp8": Recipe(
+        name="mxfp8",
+        fprop_x=_MX8,
+        fprop_w=_MX8,
+        dgrad_dy=_MX8,
+        dgrad_w=_MX8,
+        wgrad_dy=_MX8,
+        wgrad_x=_MX8,
+        description="MXFP8 everywhere: E4M3 in 32-blocks with E8M0 scales rounded up, both passes (TE's MXFP8)",
+        source="OCP MX v1.0; TE MXFP8BlockScaling",
+    ),
+    "nvfp4-mxfp8-edges": _NVFP4.replace(
+        name="nvfp4-mxfp8-edges",
+        layers=LayerPolicy(first_fraction=2 / 62, last_fraction=8 / 62, edge_recipe="mxfp8"),
+        description="nvfp4 with its first/last blocks in MXFP8 instead of BF16 (the paper's 'BF16 or MXFP8')",
+        source=_PAPER,
+    ),
     "nvfp4-no-rht": _NVFP4.replace(
         name="nvfp4-no-rht",
         wgrad_dy=_NV_1D_SR,
@@ -146,6 +169,8 @@ def get(name: str | Recipe) -> Recipe:
 
 
 def describe() -> str:
-    """One line per preset: name and description."""
+    """One line per preset: name, description and, in brackets, its source."""
     width = max(map(len, _PRESETS))
-    return "\n".join(f"{n:{width}s}  {r.description}" for n, r in _PRESETS.items())
+    return "\n".join(
+        f"{n:{width}s}  {r.description}" + (f"  [{r.source}]" if r.source else "") for n, r in _PRESETS.items()
+    )

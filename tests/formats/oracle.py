@@ -309,6 +309,48 @@ def quantize_fp8(x: np.ndarray, tile: tuple[int, int]) -> tuple[np.ndarray, np.n
 
 
 # ------------------------------------------------------------------------------------------------
+# MXFP8 (Transformer Engine's MXFP8BlockScaling, documented in nvfp4/formats/mxfp8.py): E4M3 in 32-blocks,
+# scale = the smallest power of two >= amax_b * FP32(1/448), within [2^-127, 2^127]
+# ------------------------------------------------------------------------------------------------
+
+
+def mxfp8_biased_exponent(amax_b: float) -> int | None:
+    """Biased E8M0 exponent of one block (None for a non-finite block), from exact float64 arithmetic."""
+    if not math.isfinite(amax_b):
+        return None
+    s = float(np.float32(amax_b) * np.float32(1.0 / 448.0))  # the FP32 product, then exact in float64
+    if s == 0.0:
+        return 0
+    m, k = math.frexp(s)  # s = m * 2^k, m in [0.5, 1): 2^(k-1) when m = 0.5, else 2^k is the smallest >= s
+    e = k - 1 if m == 0.5 else k
+    return max(0, min(254, e + 127))
+
+
+def quantize_mxfp8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(E4M3 data bytes (M, K) uint8, scale bytes (M, ceil(K/32)) uint8); a NaN/Inf block -> 0xFF scale, NaN data."""
+    x = np.asarray(x, dtype=np.float32)
+    rows, cols = x.shape
+    nb = -(-cols // 32)
+    xp = np.zeros((rows, nb * 32), dtype=np.float32)
+    xp[:, :cols] = x
+    data = np.zeros_like(xp, dtype=np.uint8)
+    scale_bytes = np.zeros((rows, nb), dtype=np.uint8)
+    for i in range(rows):
+        for j in range(nb):
+            block = xp[i, 32 * j : 32 * (j + 1)]
+            with np.errstate(invalid="ignore"):
+                e = mxfp8_biased_exponent(float(np.abs(block).max()))
+            if e is None:
+                scale_bytes[i, j] = 0xFF
+                data[i, 32 * j : 32 * (j + 1)] = 0x7F
+                continue
+            scale_bytes[i, j] = e
+            factor = F32(1.0) if e == 0 else F32(math.ldexp(1.0, 127 - e))  # TE encodes e = 0 with factor 1
+            data[i, 32 * j : 32 * (j + 1)] = e4m3_rne_satfinite(np.clip(block * factor, -E4M3_MAX, E4M3_MAX))
+    return data[:, :cols], scale_bytes
+
+
+# ------------------------------------------------------------------------------------------------
 # BF16 and the RHT (SPEC §4)
 # ------------------------------------------------------------------------------------------------
 

@@ -53,6 +53,19 @@ def backend(request, monkeypatch):
     return kernels.select(name, device), device
 
 
+def _scale_boundaries() -> torch.Tensor:
+    """Blocks whose amax is 448·2^k or 6·2^k exactly, or one FP32 ulp either side: power-of-two scale rules decide
+    on the rounding of an FP32 product or quotient there (MXFP8's amax·FP32(1/448), MXFP4's exponent)."""
+    rows = []
+    for center in [448.0 * 2.0**k for k in (-30, -1, 0, 3)] + [6.0 * 2.0**k for k in (-2, 5)]:
+        c = torch.tensor(center, dtype=torch.float32)
+        for amax in (c, torch.nextafter(c, c * 2), torch.nextafter(c, c * 0)):
+            row = torch.full((64,), float(amax) / 3)
+            row[7], row[40] = -amax, amax
+            rows.append(row)
+    return torch.stack(rows)
+
+
 def _inputs() -> list[tuple[str, torch.Tensor]]:
     g = torch.Generator().manual_seed(0)
     base = torch.randn(20, 64, generator=g)
@@ -67,7 +80,10 @@ def _inputs() -> list[tuple[str, torch.Tensor]]:
         ("zeros-fp32", torch.zeros(20, 64)),
         ("nan-fp32", nan),
         ("inf-bf16", inf.bfloat16()),
-        ("odd-fp32", torch.randn(17, 40, generator=g) * 1e-3),  # K not a block multiple, M not a tile multiple
+        ("odd-fp32", torch.randn(17, 40, generator=g) * 1e-3),
+        ("tiny-fp32", base * 1e-37),  # below FP32's normal range in places; MXFP8's biased exponent 0
+        ("huge-fp32", base * 1e36),
+        ("scale-boundaries-fp32", _scale_boundaries()),  # K not a block multiple, M not a tile multiple
     ]
 
 
@@ -110,6 +126,12 @@ def _calls(op: str, x: torch.Tensor):
     elif op in ("quantize_fp8", "fake_quantize_fp8"):
         for tile, t in (((1, 128), False), ((128, 128), True)):
             yield f"{tile} T={t}", (x, tile), {"transpose": t}
+    elif op == "quantize_mxfp8":
+        for t in (False, True):
+            yield f"T={t}", (x,), {"transpose": t}
+    elif op == "fake_quantize_mxfp8":
+        for t, dtype in ((False, torch.bfloat16), (True, torch.bfloat16), (False, torch.float32)):
+            yield f"T={t} {dtype}", (x,), {"transpose": t, "out_dtype": dtype}
 
 
 def _specs(x: torch.Tensor) -> list[QuantSpec]:
@@ -129,6 +151,7 @@ def _specs(x: torch.Tensor) -> list[QuantSpec]:
                 specs.append(QuantSpec("mxfp4", (1, 32), True, transpose, rht=32, scale_rule="floor", out_dtype=out))
             for tile in ((1, 128), (128, 128)):
                 specs.append(QuantSpec("fp8", tile, False, transpose, out_dtype=torch.float32 if out else None))
+            specs.append(QuantSpec("mxfp8", (1, 32), False, transpose, out_dtype=out))
     return specs
 
 

@@ -29,14 +29,14 @@ from typing import NamedTuple
 
 import torch
 
-FORMATS = ("nvfp4", "mxfp4", "fp8")
+FORMATS = ("nvfp4", "mxfp4", "fp8", "mxfp8")
 _RHT_SIZES = (2, 4, 8, 16, 32, 64, 128)  # what nvfp4.hadamard transforms; backends fuse some (``supports``)
 
 OPS = ("amax", "quantize", "scaled_values")  # the checked entry points; each runs the op's *_kernel
 KERNELS = ("amax_kernel", "quantize_kernel", "scaled_values_kernel")
 CONVENIENCES = (  # per-format shorthands over ``quantize``, defined once in BackendBase
     "quantize_nvfp4", "rht_quantize_nvfp4", "fake_quantize_nvfp4", "quantize_mxfp4", "fake_quantize_mxfp4",
-    "quantize_fp8", "fake_quantize_fp8",
+    "quantize_fp8", "fake_quantize_fp8", "quantize_mxfp8", "fake_quantize_mxfp8",
 )
 
 
@@ -50,8 +50,9 @@ class QuantSpec:
 
     The logical operand is t = x2d.t() if ``transpose`` else x2d, of shape (M, K), quantized along K:
     ``format`` "nvfp4" (E2M1, 16-blocks, E4M3 scales, FP32 tensor scale; ``tile`` (1, 16) or (r, 16) tiles),
-    "mxfp4" (E2M1, 32-blocks, E8M0 scales; ``scale_rule`` "ceil" or "floor") or "fp8" (E4M3 values, FP32 block
-    scales; ``tile`` (1, 128) or (128, 128)). ``rht``: the size of a random Hadamard transform applied along K
+    "mxfp4" (E2M1, 32-blocks, E8M0 scales; ``scale_rule`` "ceil" or "floor"), "fp8" (E4M3 values, FP32 block
+    scales; ``tile`` (1, 128) or (128, 128)) or "mxfp8" (E4M3 values, 32-blocks, E8M0 scales; ``tile`` (1, 32)).
+    ``rht``: the size of a random Hadamard transform applied along K
     first (its signs travel as a tensor; K must be a multiple). ``out_dtype``: the dtype of the GEMM values
     value(q) × block scale (M, K), or ``None`` for the packed codes and scales.
     """
@@ -73,16 +74,16 @@ class QuantSpec:
             raise ValueError(f"a tile is (rows, cols) with both >= 1, got {tile}")
         if self.format == "nvfp4" and tile[1] != 16:
             raise ValueError(f"nvfp4 tiles are (rows, 16), got {tile}")
-        if self.format == "mxfp4" and tile != (1, 32):
-            raise ValueError(f"mxfp4 tiles are (1, 32), got {tile}")
+        if self.format in ("mxfp4", "mxfp8") and tile != (1, 32):
+            raise ValueError(f"{self.format} tiles are (1, 32), got {tile}")
         if self.format == "fp8" and tile not in ((1, 128), (128, 128)):
             raise ValueError(f"fp8 tiles are (1, 128) or (128, 128), got {tile}")
         if self.rht is not None and self.rht not in _RHT_SIZES:
             raise ValueError(f"rht must be a power of two from 2 to 128 (or None), got {self.rht}")
         if self.format == "mxfp4" and self.scale_rule not in ("ceil", "floor"):
             raise ValueError(f"scale_rule must be 'ceil' or 'floor', got {self.scale_rule!r}")
-        if self.stochastic and self.format == "fp8":
-            raise ValueError("fp8 rounds to nearest only: stochastic=True is not defined for it")
+        if self.stochastic and self.format in ("fp8", "mxfp8"):
+            raise ValueError(f"{self.format} rounds to nearest only: stochastic=True is not defined for it")
 
     @property
     def packed(self) -> bool:
@@ -237,3 +238,14 @@ class BackendBase:
     def fake_quantize_fp8(self, x2d: torch.Tensor, tile: tuple[int, int], *, transpose: bool = False) -> torch.Tensor:
         """The FP8 GEMM operand e4m3(t / s_b) · s_b (FP32, (M, K)) of t."""
         return self.quantize(x2d, QuantSpec("fp8", tile, transpose=transpose, out_dtype=torch.float32)).data
+
+    def quantize_mxfp8(self, x2d: torch.Tensor, *, transpose: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(E4M3 data (M, K), E8M0 scales float8_e8m0fnu (M, ceil(K/32))) of t."""
+        q = self.quantize(x2d, QuantSpec("mxfp8", (1, 32), transpose=transpose, out_dtype=None))
+        return q.data, q.scales
+
+    def fake_quantize_mxfp8(
+        self, x2d: torch.Tensor, *, transpose: bool = False, out_dtype: torch.dtype = torch.bfloat16
+    ) -> torch.Tensor:
+        """The MXFP8 GEMM operand e4m3(t · 2^-e) · 2^e (M, K) of t."""
+        return self.quantize(x2d, QuantSpec("mxfp8", (1, 32), transpose=transpose, out_dtype=out_dtype)).data

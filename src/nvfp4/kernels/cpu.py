@@ -1,4 +1,5 @@
-"""Fast CPU backend: a small C kernel (``nvfp4_cpu.c``), compiled on first use and called through ctypes.
+"""Fast CPU backend: a small C kernel (``csrc/``, one translation unit ``csrc/nvfp4_cpu.c`` that includes the other
+files), compiled on first use and called through ctypes.
 
 Why a C kernel: the plain-PyTorch reference materialises a dozen full-size temporaries per quantization;
 the kernel reads the input twice (tensor amax, then a fused block-amax/scale/round/pack pass) and writes only
@@ -12,8 +13,11 @@ A transposed view given as input is read in place through the other layout inste
 
 Build: ``$CC`` (else gcc, else cc) with OpenMP and ``-march=native``, falling back to plainer flags if those
 fail. The shared library is cached in ``$NVFP4_CACHE/kernels/`` (default ``~/.cache/nvfp4/kernels/``) under a
-name keyed by the source, the flags and the CPU, compiled to a temporary file and renamed atomically so that
-concurrent processes never load a half-written file. ``NVFP4_DISABLE_CPU_KERNEL=1`` turns the backend off.
+name keyed by every file of ``csrc/``, the flags and the CPU, compiled to a temporary file and renamed atomically so
+that concurrent processes never load a half-written file. ``NVFP4_DISABLE_CPU_KERNEL=1`` turns the backend off.
+
+ABI: every kernel entry point takes one argument, a pointer to ``struct nvfp4_call`` (``csrc/call.h``), mirrored
+here by :class:`KernelCall`; tests/kernels/test_cpu_abi.py checks that the two layouts agree.
 """
 
 from __future__ import annotations
@@ -37,8 +41,9 @@ from nvfp4.formats.nvfp4 import BLOCK
 from nvfp4.formats.rng import derive_keys
 from nvfp4.kernels.contract import BackendBase, Quantized, QuantSpec, Unsupported, logical_shape, offset_value
 
-_SOURCE = Path(__file__).with_name("nvfp4_cpu.c")
-_ABI_VERSION = 3
+_CSRC = Path(__file__).with_name("csrc")
+_SOURCE = _CSRC / "nvfp4_cpu.c"  # the translation unit; it #includes the other files of csrc/
+_ABI_VERSION = 5
 _DT_F32, _DT_BF16 = 0, 1
 _OUT_PACKED, _OUT_F32, _OUT_BF16 = 0, 1, 2
 # Bit-exactness: no -ffast-math (it reassociates and flushes subnormals); -ffp-contract=off stops GCC from
@@ -84,9 +89,17 @@ def _cpu_fingerprint() -> str:
     return "\n".join(dict.fromkeys(keep))  # first processor's lines (all processors repeat them)
 
 
+def _source_files() -> list[Path]:
+    """Every file of csrc/ (sorted by name): any of them may be included, so all of them key the build."""
+    return sorted((f for f in _CSRC.iterdir() if f.is_file()), key=lambda f: f.name)
+
+
 def _library_path(cc: str, flags: tuple[str, ...]) -> Path:
     key = hashlib.sha256()
-    key.update(_SOURCE.read_bytes())
+    for f in _source_files():
+        data = f.read_bytes()
+        key.update(f"{f.name}\0{len(data)}\0".encode())
+        key.update(data)
     key.update("\0".join((cc, *flags, platform.machine())).encode())
     if "-march=native" in flags:
         key.update(_cpu_fingerprint().encode())
@@ -98,7 +111,7 @@ def _compile(cc: str, flags: tuple[str, ...], target: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.stem + ".", suffix=".tmp")
     os.close(fd)
     try:
-        cmd = [cc, *flags, str(_SOURCE), "-o", tmp, "-lm"]
+        cmd = [cc, *flags, "-I", str(_CSRC), str(_SOURCE), "-o", tmp, "-lm"]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if proc.returncode != 0:
             raise RuntimeError(f"`{' '.join(cmd)}` failed:\n{proc.stderr.strip()[-2000:]}")
@@ -108,23 +121,59 @@ def _compile(cc: str, flags: tuple[str, ...], target: Path) -> None:
             os.unlink(tmp)
 
 
+class KernelCall(ctypes.Structure):
+    """The arguments of a kernel entry point: mirrors ``struct nvfp4_call`` in csrc/call.h, field for field and in
+    the same order (see there for what each kernel reads; the fields a kernel ignores are left 0). Change both
+    together and bump ``_ABI_VERSION``; tests/kernels/test_cpu_abi.py compares the layouts."""
+
+    _fields_ = [
+        ("x", ctypes.c_void_p),
+        ("out", ctypes.c_void_p),
+        ("scales", ctypes.c_void_p),
+        ("signbits", ctypes.c_void_p),
+        ("rows", ctypes.c_int64),
+        ("cols", ctypes.c_int64),
+        ("stride_r", ctypes.c_int64),
+        ("stride_k", ctypes.c_int64),
+        ("tile_rows", ctypes.c_int64),
+        ("global_amax", ctypes.c_float),
+        ("k1", ctypes.c_uint32),
+        ("k2", ctypes.c_uint32),
+        ("dtype", ctypes.c_int32),
+        ("out_kind", ctypes.c_int32),
+        ("transpose", ctypes.c_int32),
+        ("stochastic", ctypes.c_int32),
+        ("ceil_rule", ctypes.c_int32),
+        ("nthreads", ctypes.c_int32),
+    ]
+
+
+def _call(**fields):
+    """``byref`` of a KernelCall of these fields (nthreads: torch's thread count unless given)."""
+    fields.setdefault("nthreads", torch.get_num_threads())
+    return ctypes.byref(KernelCall(**fields))
+
+
 def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     p, i64, i32, u32, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_uint32, ctypes.c_float
+    call = [ctypes.POINTER(KernelCall)]
     sigs = {
         "nvfp4_abi_version": (i32, []),
         "nvfp4_simd_width": (i32, []),
-        "nvfp4_amax": (f32, [p, i32, i64, i32]),
-        "nvfp4_quantize": (i32, [p, i32, i64, i64, f32, i64, i32, u32, u32, p, p, i32]),
-        "nvfp4_rht_amax": (f32, [p, i32, i64, i64, p, i32]),
-        "nvfp4_rht_quantize": (i32, [p, i32, i64, i64, p, f32, i32, u32, u32, p, p, i32]),
-        "nvfp4_rht_amax_t": (f32, [p, i32, i64, i64, p, i32]),
-        "nvfp4_quantize_ex": (i32, [p, i32, i64, i64, i32, p, f32, i64, i32, u32, u32, i32, p, p, i32]),
-        "nvfp4_scaled_values": (None, [p, p, i64, i64, i32, p, i32]),
+        "nvfp4_call_layout": (i64, [p]),
+        "nvfp4_call_fields": (ctypes.c_char_p, []),
+        "nvfp4_amax": (f32, call),
+        "nvfp4_rht_amax": (f32, call),
+        "nvfp4_rht_amax_t": (f32, call),
+        "nvfp4_quantize": (i32, call),
+        "nvfp4_scaled_values": (None, call),
+        "mxfp4_quantize": (None, call),
+        "fp8_quantize": (i32, call),
+        "mxfp8_quantize": (None, call),
+        # probes for the tests, plain arguments
         "nvfp4_e4m3_encode": (None, [p, i64, p]),
         "nvfp4_random_bytes": (None, [ctypes.c_uint64, i64, u32, u32, p]),
         "nvfp4_random_bytes_lanes": (None, [p, u32, u32, u32, p]),
-        "mxfp4_quantize": (None, [p, i32, i64, i64, i64, i64, p, i32, i32, u32, u32, i32, p, p, i32]),
-        "fp8_quantize": (i32, [p, i32, i64, i64, i64, i64, i64, i32, p, p, i32]),
     }
     for name, (restype, argtypes) in sigs.items():
         fn = getattr(lib, name)
@@ -277,7 +326,7 @@ class CPUBackend(BackendBase):
     """Bit-exact C implementation of the reference's kernels for CPU tensors."""
 
     name = "cpu"
-    _FUSED_RHT = {"nvfp4": 16, "mxfp4": 32, "fp8": None}
+    _FUSED_RHT = {"nvfp4": 16, "mxfp4": 32, "fp8": None, "mxfp8": None}
 
     def __init__(self, lib: ctypes.CDLL | None = None):
         lib = lib if lib is not None else _library()
@@ -332,7 +381,7 @@ class CPUBackend(BackendBase):
     def amax_kernel(self, x2d: torch.Tensor) -> torch.Tensor:
         """max|x| as an FP32 0-d tensor (NaN if any NaN)."""
         x, dt, _ = _kernel_layout(x2d, False)  # the layout does not matter for a max
-        value = self.lib.nvfp4_amax(_ptr(x), dt, x.numel(), torch.get_num_threads())
+        value = self.lib.nvfp4_amax(_call(x=_ptr(x), dtype=dt, rows=x.shape[0], cols=x.shape[1]))
         return torch.tensor(value, dtype=torch.float32)
 
     def quantize_kernel(
@@ -346,6 +395,8 @@ class CPUBackend(BackendBase):
             return self._nvfp4(x2d, spec, amax, signs, int(seed), off)
         if spec.format == "mxfp4":
             return self._mxfp4(x2d, spec, signs, int(seed), off)
+        if spec.format == "mxfp8":
+            return self._mxfp8(x2d, spec)
         return self._fp8(x2d, spec)
 
     def scaled_values_kernel(
@@ -362,10 +413,10 @@ class CPUBackend(BackendBase):
         scales_c = scales.to("cpu").contiguous().view(torch.uint8)
         native = dtype if dtype in (torch.bfloat16, torch.float32) else torch.float32
         out = torch.empty((rows, nblk * BLOCK), dtype=native)
-        out_dt = _DT_BF16 if native == torch.bfloat16 else _DT_F32
-        self.lib.nvfp4_scaled_values(
-            _ptr(packed_c), _ptr(scales_c), rows, nblk, out_dt, _ptr(out), torch.get_num_threads()
-        )
+        out_kind = _OUT_BF16 if native == torch.bfloat16 else _OUT_F32
+        self.lib.nvfp4_scaled_values(_call(
+            x=_ptr(packed_c), scales=_ptr(scales_c), rows=rows, cols=nblk * BLOCK, out_kind=out_kind, out=_ptr(out)
+        ))  # fmt: skip
         return out if native == dtype else out.to(dtype)  # the reference also rounds from FP32
 
     # -- NVFP4 -----------------------------------------------------------------------------------------------
@@ -378,13 +429,11 @@ class CPUBackend(BackendBase):
     def _tensor_amax(self, x: torch.Tensor, dt: int, kernel_t: bool, signbits: torch.Tensor | None) -> torch.Tensor:
         """max|t| (after the RHT if signbits) of the logical tensor t (x, or x.t() if kernel_t), FP32 0-d."""
         rows, cols = x.shape
-        nthreads = torch.get_num_threads()
         if signbits is None:
-            value = self.lib.nvfp4_amax(_ptr(x), dt, x.numel(), nthreads)
-        elif kernel_t:
-            value = self.lib.nvfp4_rht_amax_t(_ptr(x), dt, rows, cols, _ptr(signbits), nthreads)
+            value = self.lib.nvfp4_amax(_call(x=_ptr(x), dtype=dt, rows=rows, cols=cols))
         else:
-            value = self.lib.nvfp4_rht_amax(_ptr(x), dt, rows, cols, _ptr(signbits), nthreads)
+            rht_amax = self.lib.nvfp4_rht_amax_t if kernel_t else self.lib.nvfp4_rht_amax
+            value = rht_amax(_call(x=_ptr(x), dtype=dt, rows=rows, cols=cols, signbits=_ptr(signbits)))
         return torch.tensor(value, dtype=torch.float32)
 
     def _nvfp4(
@@ -398,13 +447,14 @@ class CPUBackend(BackendBase):
         amax_t = self._tensor_amax(x, dt, kernel_t, signbits) if amax is None else _amax_cpu(amax)
         out, scales, out_kind = _outputs(rows, cols, BLOCK, spec)
         k1, k2 = derive_keys(seed, offset) if spec.stochastic else (0, 0)
-        rc = self.lib.nvfp4_quantize_ex(
-            _ptr(x), dt, x.shape[0], x.shape[1], int(kernel_t),  # x's own (row-major) shape
-            None if signbits is None else _ptr(signbits), float(amax_t), int(tile_rows), int(spec.stochastic),
-            k1, k2, out_kind, _ptr(out), None if scales is None else _ptr(scales), torch.get_num_threads(),
-        )  # fmt: skip
+        rc = self.lib.nvfp4_quantize(_call(
+            x=_ptr(x), dtype=dt, rows=x.shape[0], cols=x.shape[1], transpose=int(kernel_t),  # x's own shape
+            signbits=None if signbits is None else _ptr(signbits), global_amax=float(amax_t),
+            tile_rows=int(tile_rows), stochastic=int(spec.stochastic), k1=k1, k2=k2, out_kind=out_kind,
+            out=_ptr(out), scales=None if scales is None else _ptr(scales),
+        ))  # fmt: skip
         if rc != 0:
-            raise MemoryError("nvfp4_quantize_ex could not allocate its scratch buffers")
+            raise MemoryError("nvfp4_quantize could not allocate its scratch buffers")
         return _result(out, scales, torch.float8_e4m3fn, amax_t, spec)
 
     # -- MXFP4 -----------------------------------------------------------------------------------------------
@@ -414,22 +464,41 @@ class CPUBackend(BackendBase):
         out, scales, out_kind = _outputs(rows, cols, 32, spec)
         x, dt, rows, cols, sr, sk = _strided_layout(x2d, spec.transpose)
         k1, k2 = derive_keys(seed, offset) if spec.stochastic else (0, 0)
-        self.lib.mxfp4_quantize(
-            _ptr(x), dt, rows, cols, sr, sk, None if signbits is None else _ptr(signbits),
-            int(spec.scale_rule == "ceil"), int(spec.stochastic), k1, k2, out_kind, _ptr(out),
-            None if scales is None else _ptr(scales), torch.get_num_threads(),
-        )  # fmt: skip
+        self.lib.mxfp4_quantize(_call(
+            x=_ptr(x), dtype=dt, rows=rows, cols=cols, stride_r=sr, stride_k=sk,
+            signbits=None if signbits is None else _ptr(signbits), ceil_rule=int(spec.scale_rule == "ceil"),
+            stochastic=int(spec.stochastic), k1=k1, k2=k2, out_kind=out_kind, out=_ptr(out),
+            scales=None if scales is None else _ptr(scales),
+        ))  # fmt: skip
         return _result(out, scales, torch.float8_e8m0fnu, None, spec)
 
     # -- FP8 (blockwise E4M3, FP32 scales) ------------------------------------------------------------------
+    def _mxfp8(self, x2d: torch.Tensor, spec: QuantSpec) -> Quantized:
+        x, dt, rows, cols, sr, sk = _strided_layout(x2d, spec.transpose)
+        if spec.packed:
+            out_kind, out = _OUT_PACKED, torch.empty((rows, cols), dtype=torch.uint8)
+            scales = torch.empty((rows, -(-cols // 32)), dtype=torch.uint8)
+        else:
+            native = spec.out_dtype if spec.out_dtype == torch.bfloat16 else torch.float32
+            out_kind = _OUT_BF16 if native == torch.bfloat16 else _OUT_F32
+            out, scales = torch.empty((rows, cols), dtype=native), None
+        self.lib.mxfp8_quantize(_call(
+            x=_ptr(x), dtype=dt, rows=rows, cols=cols, stride_r=sr, stride_k=sk, out_kind=out_kind, out=_ptr(out),
+            scales=_ptr(scales) if scales is not None else None,
+        ))  # fmt: skip
+        if spec.packed:
+            return Quantized(out.view(torch.float8_e4m3fn), scales.view(torch.float8_e8m0fnu), None)
+        return Quantized(out if out.dtype == spec.out_dtype else out.to(spec.out_dtype), None, None)
+
     def _fp8(self, x2d: torch.Tensor, spec: QuantSpec) -> Quantized:
         x, dt, rows, cols, sr, sk = _strided_layout(x2d, spec.transpose)
         out_kind = _OUT_PACKED if spec.packed else _OUT_F32
         out = torch.empty((rows, cols), dtype=torch.uint8 if spec.packed else torch.float32)
         scales = torch.empty((rows, -(-cols // 128)), dtype=torch.float32)
-        rc = self.lib.fp8_quantize(
-            _ptr(x), dt, rows, cols, sr, sk, spec.tile[0], out_kind, _ptr(out), _ptr(scales), torch.get_num_threads()
-        )
+        rc = self.lib.fp8_quantize(_call(
+            x=_ptr(x), dtype=dt, rows=rows, cols=cols, stride_r=sr, stride_k=sk, tile_rows=spec.tile[0],
+            out_kind=out_kind, out=_ptr(out), scales=_ptr(scales),
+        ))  # fmt: skip
         if rc != 0:
             raise MemoryError("fp8_quantize could not allocate its scratch buffers")
         if spec.packed:

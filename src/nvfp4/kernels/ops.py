@@ -119,6 +119,11 @@ def _fp8_values(x: torch.Tensor, tile_rows: int, tile_cols: int, transpose: bool
     return _select(backend, x.device).quantize(x, spec).data
 
 
+def _mxfp8_values(x: torch.Tensor, transpose: bool, backend: str) -> torch.Tensor:
+    spec = _spec("mxfp8", (1, 32), False, transpose, None, torch.bfloat16)
+    return _select(backend, x.device).quantize(x, spec).data
+
+
 def _fp8_packed(
     x: torch.Tensor, tile_rows: int, tile_cols: int, transpose: bool, backend: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,6 +160,7 @@ _ops = {
         ("mxfp4_values", _mxfp4_values),
         ("fp8_values", _fp8_values),
         ("fp8_packed", _fp8_packed),
+        ("mxfp8_values", _mxfp8_values),
         ("cpu_scaled_mm", _cpu_scaled_mm),
     )
 }
@@ -201,6 +207,11 @@ def _(x, tile_rows, tile_cols, transpose, backend):
     )
 
 
+@_ops["mxfp8_values"].register_fake
+def _(x, transpose, backend):
+    return x.new_empty(_logical_shape(x, transpose), dtype=torch.bfloat16)
+
+
 @_ops["cpu_scaled_mm"].register_fake
 def _(a, b, scale, out_dtype):
     return a.new_empty((a.shape[0], b.shape[0]), dtype=out_dtype)
@@ -223,4 +234,5 @@ nvfp4_scaled_values = _dispatch("nvfp4_scaled_values", _nvfp4_scaled_values)
 mxfp4_values = _dispatch("mxfp4_values", _mxfp4_values)
 fp8_values = _dispatch("fp8_values", _fp8_values)
 fp8_packed = _dispatch("fp8_packed", _fp8_packed)
+mxfp8_values = _dispatch("mxfp8_values", _mxfp8_values)
 cpu_scaled_mm = _dispatch("cpu_scaled_mm", _cpu_scaled_mm)

@@ -9,6 +9,7 @@ import torch
 from nvfp4.formats.fp8 import FP8Tensor, reference_quantize_fp8_2d
 from nvfp4.formats.hadamard import random_hadamard_transform
 from nvfp4.formats.mxfp4 import MXFP4Tensor, reference_quantize_mxfp4_2d
+from nvfp4.formats.mxfp8 import reference_mxfp8_values, reference_quantize_mxfp8_2d
 from nvfp4.formats.nvfp4 import reference_quantize_nvfp4_2d, reference_scaled_values, tensor_amax
 from nvfp4.kernels.contract import BackendBase, Quantized, QuantSpec, offset_value
 
@@ -41,7 +42,8 @@ class ReferenceBackend(BackendBase):
         NVFP4: amax = the given one, or max|t| after the RHT; packed -> (codes uint8 (M, ceil(K/16)*8), scales e4m3
         (M, ceil(K/16)), amax); values -> (value(q)·s_b (M, K) in out_dtype, None, amax), which is exactly
         ``scaled_values(packed, scales)[:, :K]``. MXFP4: (codes, scales e8m0, None) or (value(q)·2^e, None, None).
-        FP8: (E4M3 data (M, K), FP32 scales (M, ceil(K/128)), None) or (e4m3(t/s_b)·s_b, None, None).
+        FP8: (E4M3 data (M, K), FP32 scales (M, ceil(K/128)), None) or (e4m3(t/s_b)·s_b, None, None). MXFP8: (E4M3
+        data (M, K), E8M0 scales (M, ceil(K/32)), None) or (e4m3(t·2^-e)·2^e, None, None).
         """
         t = x2d.t() if spec.transpose else x2d
         cols = t.shape[1]
@@ -63,6 +65,11 @@ class ReferenceBackend(BackendBase):
             if spec.packed:
                 return Quantized(packed, scales, None)
             return Quantized(MXFP4Tensor(packed, scales, t.shape).scaled_values(spec.out_dtype), None, None)
+        if spec.format == "mxfp8":
+            data, scales = reference_quantize_mxfp8_2d(t)
+            if spec.packed:
+                return Quantized(data, scales, None)
+            return Quantized(reference_mxfp8_values(data, scales, spec.out_dtype), None, None)
         data, scales = reference_quantize_fp8_2d(t, spec.tile)
         if spec.packed:
             return Quantized(data, scales, None)

@@ -60,7 +60,7 @@ class TritonBackend(BackendBase):
     """NVFP4, MXFP4 and FP8 kernels in Triton for CUDA devices (and the CPU under TRITON_INTERPRET=1, for tests)."""
 
     name = "triton"
-    _FUSED_RHT = {"nvfp4": 16, "mxfp4": 32, "fp8": None}
+    _FUSED_RHT = {"nvfp4": 16, "mxfp4": 32, "fp8": None, "mxfp8": None}
 
     @classmethod
     def is_available(cls, device: torch.device) -> bool:
@@ -263,6 +263,28 @@ class TritonBackend(BackendBase):
             )  # fmt: skip
         return out, scales
 
+    def _launch_mxfp8(
+        self, t: torch.Tensor, values_dtype: torch.dtype | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """MXFP8 of the logical (M, K) tensor t in one pass: (E4M3 bytes, E8M0 scales), or (values, None)."""
+        rows, cols = t.shape
+        nblk = _cdiv(cols, 32)
+        out_dtype = torch.uint8 if values_dtype is None else values_dtype
+        out = torch.empty(rows, cols, dtype=out_dtype, device=t.device)
+        scales = torch.empty(rows, nblk, dtype=torch.uint8, device=t.device) if values_dtype is None else None
+        grid = (_cdiv(rows, tk.Q_BLOCK_M) * _cdiv(nblk, tk.MX_BLOCKS_K),)
+        with self._device_guard(t.device):
+            tk.mxfp8_quantize_kernel[grid](
+                _bf16_as_bits(t), _bf16_as_bits(out), scales if scales is not None else out, rows, cols, nblk,
+                t.stride(0), t.stride(1), out.stride(0), scales.stride(0) if scales is not None else 0,
+                BF16_BITS=t.dtype == torch.bfloat16, OUT_VALUES=values_dtype is not None,
+                OUT_BF16=values_dtype == torch.bfloat16, BLOCK_M=tk.Q_BLOCK_M, BLOCKS_K=tk.MX_BLOCKS_K,
+                num_warps=tk.Q_WARPS, enable_fp_fusion=False,
+            )  # fmt: skip
+        if scales is None:
+            return out, None
+        return out.view(torch.float8_e4m3fn), scales.view(torch.float8_e8m0fnu)
+
     # -- the kernels of the contract (nvfp4.kernels.contract; semantics: ReferenceBackend) ----------
 
     def amax_kernel(self, x2d: torch.Tensor) -> torch.Tensor:
@@ -289,6 +311,9 @@ class TritonBackend(BackendBase):
                 else:
                     used = torch.as_tensor(amax).to(device=t.device, dtype=torch.float32).reshape(())
             out, scales = self._launch_fp4(t, spec, int(seed), offset, dev_signs, values_dtype, used)
+        elif spec.format == "mxfp8":
+            used = None
+            out, scales = self._launch_mxfp8(t, values_dtype)
         else:
             used = None
             out, scales = self._launch_fp8(t, spec.tile, out_values=not spec.packed)

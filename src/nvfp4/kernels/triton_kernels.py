@@ -18,6 +18,7 @@ from nvfp4.kernels.triton_numerics import (
     FLT_MAX,
     INF_BITS,
     ONE_SIXTH_F32,
+    RCP_E4M3_MAX_F32,
     abs_bits,
     clamp_max,
     e2m1_codes,
@@ -28,6 +29,7 @@ from nvfp4.kernels.triton_numerics import (
     max_along,
     nan_where,
     rht,
+    round_to_bf16,
     store_values,
     stream_keys,
 )
@@ -306,6 +308,52 @@ def fp8_quantize_kernel(
             fp8_store(x, scale, rows, cols, M, K, out_ptr, stride_o, OUT_VALUES)
             tl.store(scales_ptr + rows.to(tl.int64) * stride_s + pid_k, tl.full((BLOCK_M,), 0.0, tl.float32) + scale,
                      mask=rows < M)  # fmt: skip
+
+
+@triton.jit
+def mxfp8_quantize_kernel(
+    x_ptr, out_ptr, scales_ptr, M, K, NB, stride_r, stride_k, stride_o, stride_s,
+    BF16_BITS: tl.constexpr, OUT_VALUES: tl.constexpr, OUT_BF16: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCKS_K: tl.constexpr,
+):  # fmt: skip
+    """MXFP8 (nvfp4.formats.mxfp8: Transformer Engine's arithmetic) of BLOCK_M rows x BLOCKS_K 32-element blocks:
+    E4M3 bytes + E8M0 scale bytes, or (OUT_VALUES) the GEMM operand e4m3 * 2^e. No tensor scale: one pass."""
+    BK: tl.constexpr = BLOCKS_K * 32
+    pid_m, pid_k = tile_of_program((NB + BLOCKS_K - 1) // BLOCKS_K)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = pid_k * BK + tl.arange(0, BK)
+    x3 = tl.reshape(load_tile(x_ptr, rows, cols, M, K, stride_r, stride_k, BF16_BITS), (BLOCK_M, BLOCKS_K, 32))
+    amax_bits = max_along(abs_bits(x3), 2)
+    bad = amax_bits >= INF_BITS  # a NaN or Inf in the block: NaN scale (0xFF), NaN data
+    s = tl.where(bad, 0, amax_bits).to(tl.float32, bitcast=True) * RCP_E4M3_MAX_F32  # TE's FP32 product
+    s_bits = s.to(tl.int32, bitcast=True)
+    exponent = s_bits >> 23  # s >= 0: no sign bit
+    mantissa = s_bits & 0x7FFFFF
+    round_up = (mantissa > 0) & (exponent != 0xFE) & ~((exponent == 0) & (mantissa <= 0x400000))
+    biased = exponent + round_up.to(tl.int32)
+    factor = tl.where(biased == 0, 1.0, ((254 - biased) << 23).to(tl.float32, bitcast=True))  # TE's exp2f_rcp
+    byte = e4m3_encode(x3 * factor[:, :, None])
+    byte = tl.where(bad[:, :, None], 0x7F, byte)
+    if OUT_VALUES:
+        scale = tl.where(biased == 0, 0x400000, biased << 23).to(tl.float32, bitcast=True)  # 2^(e - 127), exact
+        values = nan_where(bad, scale)[:, :, None] * e4m3_decode(byte)
+        values = tl.reshape(values, (BLOCK_M, BK))
+        if OUT_BF16:  # e4m3 * 2^e leaves BF16's precision only below its normal range: round as torch does
+            values = round_to_bf16(values)
+        store_values(out_ptr, values, rows, cols, M, K, stride_o, OUT_BF16)
+    else:
+        row_ok = (rows < M)[:, None]
+        tl.store(
+            out_ptr + rows.to(tl.int64)[:, None] * stride_o + cols[None, :],
+            tl.reshape(byte, (BLOCK_M, BK)).to(tl.uint8),
+            mask=row_ok & (cols < K)[None, :],
+        )
+        bcols = pid_k * BLOCKS_K + tl.arange(0, BLOCKS_K)
+        tl.store(
+            scales_ptr + rows.to(tl.int64)[:, None] * stride_s + bcols[None, :],
+            tl.where(bad, 0xFF, biased).to(tl.uint8),
+            mask=row_ok & (bcols < NB)[None, :],
+        )
 
 
 @triton.jit

@@ -35,6 +35,7 @@ BLOCK = 16
 FLT_MAX: tl.constexpr = tl.constexpr(3.4028234663852886e38)
 E4M3_MAX: tl.constexpr = tl.constexpr(448.0)
 E4M3_TIMES_E2M1: tl.constexpr = tl.constexpr(2688.0)
+RCP_E4M3_MAX_F32: tl.constexpr = tl.constexpr(0.0022321429569274187)  # float32(1/448) = 0x3B124925
 ONE_SIXTH_F32: tl.constexpr = tl.constexpr(0.1666666716337204)  # float32(1/6) = 0x3E2AAAAB
 E4M3_MIN_NORMAL: tl.constexpr = tl.constexpr(0.015625)  # 2^-6
 E4M3_SUBNORMAL_STEP: tl.constexpr = tl.constexpr(0.001953125)  # 2^-9

@@ -5,6 +5,12 @@ needs. It is written to a temp file in the same directory, fsynced and renamed o
 name, so a reader sees either the previous state or the complete new one. Loading walks the
 checkpoints from the newest down and skips any that fail to load (with a warning), so a bad
 disk write costs at most one checkpoint interval of work, never the run.
+
+``CheckpointManager`` is the policy on top (torchtitan's design): handed a run's config and its stateful part (an
+object with ``state_dict()``/``load_state_dict()``: the trainer), it decides how the run starts (from scratch,
+resumed from its own latest readable checkpoint, or branched from another run's), refuses checkpoints of another
+run with a one-line reason, and saves when a checkpoint is due. It never sees the model, so its rules are tested
+with a dict-backed stand-in.
 """
 
 from __future__ import annotations
@@ -15,19 +21,41 @@ import re
 import shutil
 import uuid
 import warnings
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 import torch
 
+from nvfp4 import recipes
 from nvfp4._io import atomic_write, file_sha256
+from nvfp4.recipe import Recipe
+from nvfp4.train import distributed as D
+from nvfp4.train.config import IDENTITY_FIELDS
+from nvfp4.train.metrics import METRICS_FILE, metrics_until
+
+if TYPE_CHECKING:
+    from nvfp4.train.config import TrainConfig
 
 CHECKPOINT_VERSION = 1
 LATEST = "latest"
 _NAME = re.compile(r"^step_(\d{8})\.pt$")
 REQUIRED_KEYS = ("version", "step", "tokens", "model", "optimizer", "rng", "sr", "loader", "config")
+# Every key of a training checkpoint, in the order written. The manager writes the run's identity (RUN_KEYS); the
+# stateful part's state_dict() supplies the training state (STATE_KEYS), and load_state_dict() gets the whole dict.
+CHECKPOINT_KEYS = (
+    "version", "step", "tokens", "bad_steps", "model", "optimizer", "optimizer_format", "rng", "sr", "loader",
+    "config", "model_config", "recipe", "metrics_offset", "last_train_loss", "last_val_loss", "world_size", "elapsed",
+)  # fmt: skip
+RUN_KEYS = ("version", "optimizer_format", "config", "model_config", "recipe", "world_size")
+STATE_KEYS = tuple(k for k in CHECKPOINT_KEYS if k not in RUN_KEYS)
+# Settings a resumed run may change (unlike IDENTITY_FIELDS), but which change its trajectory: a resume says so.
+RESUME_NOTED_FIELDS = (
+    "lr", "min_lr_ratio", "schedule", "warmup_steps", "warmup_fraction", "decay_fraction", "weight_decay", "betas",
+    "eps", "grad_clip", "batch_size", "max_steps", "max_tokens", "backend", "host_sync",
+)  # fmt: skip
 
 
 class CheckpointError(RuntimeError):
@@ -301,3 +329,214 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# -- the checkpoint manager: how a run starts, when it saves ----------------------------------------
+
+
+class Stateful(Protocol):
+    """What the manager checkpoints: ``state_dict()`` gives the STATE_KEYS (a collective under FSDP: called on every
+    rank), ``load_state_dict()`` takes a whole checkpoint dict."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True)
+class StartPoint:
+    """How a run starts: from scratch, resumed from its own checkpoint, or branched from another run's."""
+
+    how: Literal["scratch", "resume", "branch"]
+    path: Path | None = None  # the checkpoint loaded, if any
+    step: int = 0
+    metrics_offset: int = 0  # where this run's metrics.jsonl continues (bytes kept; 0 = a fresh file)
+
+    @property
+    def resumed_from(self) -> int | None:
+        """The step training continues from, or None from scratch."""
+        return None if self.path is None else self.step
+
+
+def _differs(saved: Any, now: Any) -> bool:
+    """Config values as saved in JSON (lists) against live ones (tuples)."""
+    norm = lambda v: list(v) if isinstance(v, tuple | list) else v  # noqa: E731
+    return norm(saved) != norm(now)
+
+
+class CheckpointManager:
+    """The checkpoints of one run in ``OUT/checkpoints``: where the run starts (``start()``), whether a step is due
+    (``due()``) and saving it (``save()``).
+
+    The rules (each refusal is one line and changes nothing on disk):
+
+    * without ``resume``, a directory that already holds checkpoints is refused (never train over a run); with
+      ``branch_from`` the run starts from that checkpoint, else from scratch;
+    * with ``resume``, the newest checkpoint that loads is used (corrupt ones skipped with a warning); if there are
+      checkpoints but none loads, the resume is refused; if there are none, ``branch_from`` (if given) or scratch;
+    * a checkpoint resumes only into the same run: the config's IDENTITY_FIELDS, the model architecture and the
+      optimizer state format (FSDP or not) must match, and its step must not be past this run's last; a change of
+      RESUME_NOTED_FIELDS is allowed but said;
+    * a branch loads another run's checkpoint whose recipe differs from this one's only in a late precision switch
+      that neither has begun by the checkpoint's step; the source run's metrics up to that step are copied, so this
+      run's metrics.jsonl holds its whole curve.
+    """
+
+    def __init__(
+        self,
+        out: str | Path,
+        config: TrainConfig,
+        stateful: Stateful,
+        *,
+        model_config: dict[str, Any],
+        ctx: D.DistContext | None = None,
+        say: Callable[[str], None] = print,
+    ) -> None:
+        """``model_config``: the architecture as ``dataclasses.asdict`` gives it (compared to the checkpoint's);
+        ``say``: where the notes go (the trainer's progress display)."""
+        self.out = Path(out)
+        self.directory = self.out / "checkpoints"
+        self.config, self.stateful, self.model_config, self.say = config, stateful, model_config, say
+        self.ctx = ctx if ctx is not None else D.DistContext()
+        self.recipe = recipes.get(config.recipe)
+        self.total_steps = config.total_steps(self.ctx.world_size)
+        self.tokens_per_step = config.tokens_per_step(self.ctx.world_size)
+
+    # -- where the run starts -----------------------------------------------------------------------
+    def start(self) -> StartPoint:
+        """Restore the latest checkpoint if asked to (or branch from ``branch_from``) into the stateful part."""
+        existing = list_checkpoints(self.directory)
+        if not self.config.resume:
+            if existing:
+                raise ValueError(
+                    f"{self.directory} already holds checkpoints (up to step {existing[-1][0]}); "
+                    "pass --resume to continue that run, or choose another --out"
+                )
+            return self._branch() if self.config.branch_from else StartPoint("scratch")
+        found = load_latest(self.directory)
+        if found is None and existing:
+            # Never start over on top of a run: that would overwrite its metrics and rotate its checkpoints away.
+            raise ValueError(
+                f"cannot resume: none of the {len(existing)} checkpoint(s) in {self.directory} can be read "
+                f"({unreadable_reasons(self.directory)}); nothing was changed. Move them away to start over, or use "
+                "another --out"
+            )
+        if found is None:
+            if self.config.branch_from:
+                return self._branch()
+            self.say(f"no checkpoint in {self.directory}: starting from scratch")
+            return StartPoint("scratch")
+        path, state = found
+        self.check_compatible(path, state)
+        if int(state["step"]) > self.total_steps:
+            raise ValueError(
+                f"cannot resume from {path}: its step {state['step']} is past this run's {self.total_steps} steps"
+            )
+        self.stateful.load_state_dict(state)
+        step = int(state["step"])
+        self.say(f"resumed from {path} (step {step}, {int(state['tokens']):,} tokens)")
+        changed = [
+            f"{name}={getattr(self.config, name)!r} (was {state['config'].get(name)!r})"
+            for name in RESUME_NOTED_FIELDS
+            if name in state["config"] and _differs(state["config"][name], getattr(self.config, name))
+        ]
+        if changed:  # allowed (a deliberate change of schedule is common), but never silently
+            self.say(f"note: resuming with changed settings: {', '.join(changed)}")
+        return StartPoint("resume", path, step, int(state["metrics_offset"]))
+
+    def _branch(self) -> StartPoint:
+        """Start from another run's checkpoint taken before this recipe's precision switch: until the switch this
+        run trains exactly as that one did, so its steps need not be trained again."""
+        path = Path(self.config.branch_from)  # type: ignore[arg-type]
+        try:
+            state = load_checkpoint(path)
+        except CheckpointError as e:
+            raise ValueError(f"cannot branch: {e}") from None
+        step = int(state["step"])
+        source = Recipe.from_dict(state["recipe"])
+        if not source.same_until_switch(self.recipe):
+            raise ValueError(
+                f"cannot branch from {path}: its recipe {source.name!r} differs from {self.recipe.name!r} in more "
+                "than the late precision switch, so the runs differ before the branch point"
+            )
+        for recipe in (source, self.recipe):
+            first = recipe.switch.first_active_step(self.total_steps, self.tokens_per_step) if recipe.switch else None
+            if first is not None and step > first:
+                raise ValueError(
+                    f"cannot branch from {path} (step {step}): recipe {recipe.name!r} switches precision at step "
+                    f"{first}, before it; use a checkpoint from step {first} or earlier (--keep-steps {first})"
+                )
+        self.check_compatible(path, {**state, "config": {**state["config"], "recipe": self.config.recipe}})
+        if step > self.total_steps:
+            raise ValueError(f"cannot branch from {path}: its step {step} is past this run's {self.total_steps} steps")
+        self.stateful.load_state_dict(state)
+        offset = 0
+        source_metrics = path.parent.parent / METRICS_FILE  # <run>/checkpoints/step_N.pt -> <run>/metrics.jsonl
+        if self.ctx.is_main:
+            if not source_metrics.exists():
+                self.say(f"{source_metrics} not found: this run's metrics start at the branch point")
+            data = metrics_until(source_metrics, step)
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(self.out / METRICS_FILE, data)
+            offset = len(data)
+        self.say(f"branched from {path} ({source.name}, step {step}, {int(state['tokens']):,} tokens)")
+        return StartPoint("branch", path, step, offset)
+
+    def check_compatible(self, path: Path, state: dict[str, Any]) -> None:
+        """Refuse (ValueError, one line) a checkpoint of another run: identity fields, architecture, FSDP or not."""
+        saved = state["config"]
+        for name in IDENTITY_FIELDS:
+            mine = getattr(self.config, name)
+            if saved.get(name) != mine:
+                raise ValueError(
+                    f"cannot resume from {path}: it was trained with {name}={saved.get(name)!r} but this run has "
+                    f"{name}={mine!r}; use the same setting or another --out"
+                )
+        if state["model_config"] != self.model_config:
+            raise ValueError(f"cannot resume from {path}: its model architecture differs from this run's")
+        if state["optimizer_format"] != D.optimizer_state_format(self.ctx):
+            raise ValueError(
+                f"cannot resume from {path}: it was written with distributed={saved.get('distributed')!r}; "
+                f"FSDP and non-FSDP checkpoints do not mix"
+            )
+
+    # -- saving -------------------------------------------------------------------------------------
+    def due(self, step: int) -> bool:
+        """Whether ``step`` ends with a checkpoint: every ``checkpoint_interval``, the kept steps, the last step."""
+        every = self.config.checkpoint_interval
+        kept = step in (self.config.keep_steps or ())
+        return kept or step == self.total_steps or (every > 0 and step % every == 0)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The checkpoint dict: the stateful part's training state and this run's identity, in CHECKPOINT_KEYS order
+        (the on-disk format; every rank calls it, since gathering the state can be a collective)."""
+        state = self.stateful.state_dict()
+        run = {
+            "version": CHECKPOINT_VERSION,
+            "optimizer_format": D.optimizer_state_format(self.ctx),
+            "config": self.config.to_dict(),
+            "model_config": self.model_config,
+            "recipe": self.recipe.to_dict(),
+            "world_size": self.ctx.world_size,
+        }
+        return {key: run[key] if key in RUN_KEYS else state[key] for key in CHECKPOINT_KEYS}
+
+    def save(self) -> bool:
+        """Write the checkpoint of the current step (rank 0), keeping the last ``keep_checkpoints`` and every step
+        in ``keep_steps``; False (said, on every rank) if refused because a parameter is not finite."""
+        state = self.state_dict()
+        ok = True
+        if self.ctx.is_main:
+            try:
+                save_checkpoint(self.directory, int(state["step"]), state, keep=self.config.keep_checkpoints,
+                                protect=set(self.config.keep_steps or ()))  # fmt: skip
+            except CheckpointError as e:
+                self.say(str(e))
+                ok = False
+        ok = bool(D.broadcast_object(ok, self.ctx))
+        D.barrier(self.ctx)
+        return ok
+
+    def saved_steps(self) -> list[int]:
+        """The steps checkpointed in this run's directory, oldest first."""
+        return [step for step, _ in list_checkpoints(self.directory)]

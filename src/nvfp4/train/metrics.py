@@ -90,6 +90,22 @@ def _tensorboard_writer(log_dir: Path, purge_step: int | None):
     return SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
 
 
+def metrics_until(path: str | Path, step: int) -> bytes:
+    """The metrics.jsonl lines of steps up to ``step`` (a line cut off by a crash is dropped): what a run branched
+    from another one's checkpoint at ``step`` starts its own metrics.jsonl with."""
+    path = Path(path)
+    kept = []
+    if path.exists():
+        for line in path.read_text().splitlines(keepends=True):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record.get("step", 0) <= step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+    return "".join(kept).encode()
+
+
 def read_metrics(out_dir: str | Path) -> list[dict[str, Any]]:
     """All records of a run's ``metrics.jsonl`` (for tests, plots and ``nvfp4 compare``)."""
     path = Path(out_dir) / METRICS_FILE

@@ -10,6 +10,11 @@ Reproducibility rules this file keeps, because ``nvfp4 compare`` and ``--resume`
   before the switch (``branch_from``) and repeat its own unbranched run bit for bit;
 * no global state: ``train()`` can run many times in one process (a signal handler is installed
   for the duration of the run only, and only in the main thread).
+
+The trainer is the loop and the stateful part (``state_dict()``/``load_state_dict()``); its components do the rest:
+``checkpoint.CheckpointManager`` decides how the run starts (scratch, resume, branch) and saves when due,
+``metrics.MetricsLog``/``Progress`` record and show each step, and ``run_log`` writes the run files, the banner and
+the clock.
 """
 
 from __future__ import annotations
@@ -34,43 +39,21 @@ from torch import nn
 import nvfp4
 from nvfp4 import kernels
 from nvfp4._io import atomic_write
-from nvfp4._provenance import git_commit, hardware
 from nvfp4.convert import quantized_layers
 from nvfp4.data import DatasetInfo, TokenLoader, default_dataset, load_dataset, val_batches
-from nvfp4.model import count_parameters, from_config, model_config
+from nvfp4.model import from_config, model_config
 from nvfp4.recipe import Recipe
 from nvfp4.train import distributed as D
-from nvfp4.train.checkpoint import (
-    CHECKPOINT_VERSION,
-    CheckpointError,
-    RunLock,
-    atomic_write_bytes,
-    list_checkpoints,
-    load_checkpoint,
-    load_latest,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-    unreadable_reasons,
-)
-from nvfp4.train.config import IDENTITY_FIELDS, TrainConfig
-from nvfp4.train.metrics import METRICS_FILE, MetricsLog, Progress
+from nvfp4.train.checkpoint import RESUME_NOTED_FIELDS as RESUME_NOTED_FIELDS  # re-exported: it lived here
+from nvfp4.train.checkpoint import CheckpointManager, RunLock, rng_state, set_rng_state
+from nvfp4.train.config import TrainConfig
+from nvfp4.train.metrics import MetricsLog, Progress
+from nvfp4.train.run_log import RunClock, RunInfo, write_run_files
 from nvfp4.train.schedule import LRSchedule
 
 SEQUENCE_EVAL_FILE = "val_sequences.json"  # per-sequence final validation losses (--sequence-eval-batches)
 
 StepCallback = Callable[[dict[str, Any]], None]
-# Settings a resumed run may change (unlike IDENTITY_FIELDS), but which change its trajectory: a resume says so.
-RESUME_NOTED_FIELDS = (
-    "lr", "min_lr_ratio", "schedule", "warmup_steps", "warmup_fraction", "decay_fraction", "weight_decay", "betas",
-    "eps", "grad_clip", "batch_size", "max_steps", "max_tokens", "backend", "host_sync",
-)  # fmt: skip
-
-
-def _differs(saved: Any, now: Any) -> bool:
-    """Config values as saved in JSON (lists) against live ones (tuples)."""
-    norm = lambda v: list(v) if isinstance(v, tuple | list) else v  # noqa: E731
-    return norm(saved) != norm(now)
 
 
 @dataclass
@@ -103,6 +86,15 @@ class TrainResult:
         return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class _End:
+    """How the loop ended: completed (the defaults), diverged at a step, or interrupted; and what to say."""
+
+    diverged_step: int | None = None
+    interrupted: bool = False
+    message: str = ""
+
+
 def train(config: TrainConfig, on_step: StepCallback | None = None) -> TrainResult:
     """Run (or resume) the training ``config`` describes; returns when done, diverged or interrupted.
 
@@ -124,20 +116,6 @@ def _run(config: TrainConfig, ctx: D.DistContext, device: torch.device, on_step:
         return trainer.run()
     finally:
         trainer.close()
-
-
-def _metrics_until(path: Path, step: int) -> bytes:
-    """The metrics.jsonl lines of steps up to ``step`` (a line cut off by a crash is dropped)."""
-    kept = []
-    if path.exists():
-        for line in path.read_text().splitlines(keepends=True):
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if record.get("step", 0) <= step:
-                kept.append(line if line.endswith("\n") else line + "\n")
-    return "".join(kept).encode()
 
 
 def build_model(config: TrainConfig, vocab_size: int, device: torch.device) -> nn.Module:
@@ -243,18 +221,20 @@ class Trainer:
         self.step = 0
         self.tokens = 0
         self.bad_steps = 0
-        self.resumed_from: int | None = None
         self.last_losses: tuple[float | None, float | None] = (None, None)  # (train, val) at the latest step
         self.progress: Progress | None = None
-        self.train_time, self.train_tokens, self.window_time, self.window_tokens = 0.0, 0, 0.0, 0
-        # Time spent before this invocation (from the checkpoint), so a resumed run reports its whole cost.
-        self.prior_elapsed = {"wall_time_s": 0.0, "train_time_s": 0.0, "train_tokens": 0}
-        self.run_start = time.perf_counter()
-        metrics_offset = self._maybe_resume()
+        self.clock = RunClock()
+        # The manager restores a checkpoint through load_state_dict() (a resume or a branch) before anything in OUT
+        # is written: a refused resume changes nothing there.
+        self.checkpoints = CheckpointManager(
+            self.out, config, self, model_config=dataclasses.asdict(self.model_config), ctx=ctx, say=self._say
+        )
+        start = self.checkpoints.start()
+        self.resumed_from = start.resumed_from
         if ctx.is_main:
-            self._write_run_files()
+            write_run_files(self.out, self.run_info())
         self.metrics = MetricsLog(
-            self.out, enabled=ctx.is_main, truncate_to=metrics_offset, tensorboard=config.tensorboard,
+            self.out, enabled=ctx.is_main, truncate_to=start.metrics_offset, tensorboard=config.tensorboard,
             purge_step=self.step + 1 if self.resumed_from is not None else None,
         )  # fmt: skip
 
@@ -274,88 +254,31 @@ class Trainer:
         fused = self.device.type == "cuda" or self.deferred
         return torch.optim.AdamW(groups, lr=c.lr, betas=c.betas, eps=c.eps, fused=fused or None)
 
-    def _maybe_resume(self) -> int:
-        """Restore the latest checkpoint if asked to (or branch from ``branch_from``); returns the metrics.jsonl
-        offset to continue from."""
-        existing = list_checkpoints(self.ckpt_dir)
-        if not self.config.resume:
-            if existing:
-                raise ValueError(
-                    f"{self.ckpt_dir} already holds checkpoints (up to step {existing[-1][0]}); "
-                    "pass --resume to continue that run, or choose another --out"
-                )
-            return self._branch() if self.config.branch_from else 0
-        found = load_latest(self.ckpt_dir)
-        if found is None and existing:
-            # Never start over on top of a run: that would overwrite its metrics and rotate its checkpoints away.
-            raise ValueError(
-                f"cannot resume: none of the {len(existing)} checkpoint(s) in {self.ckpt_dir} can be read "
-                f"({unreadable_reasons(self.ckpt_dir)}); nothing was changed. Move them away to start over, or use "
-                "another --out"
-            )
-        if found is None:
-            if self.config.branch_from:
-                return self._branch()
-            self._say(f"no checkpoint in {self.ckpt_dir}: starting from scratch")
-            return 0
-        path, state = found
-        self._check_compatible(path, state)
-        if int(state["step"]) > self.total_steps:
-            raise ValueError(
-                f"cannot resume from {path}: its step {state['step']} is past this run's {self.total_steps} steps"
-            )
-        self._restore(state)
-        self._say(f"resumed from {path} (step {self.step}, {self.tokens:,} tokens)")
-        changed = [
-            f"{name}={getattr(self.config, name)!r} (was {state['config'].get(name)!r})"
-            for name in RESUME_NOTED_FIELDS
-            if name in state["config"] and _differs(state["config"][name], getattr(self.config, name))
-        ]
-        if changed:  # allowed (a deliberate change of schedule is common), but never silently
-            self._say(f"note: resuming with changed settings: {', '.join(changed)}")
-        return int(state["metrics_offset"])
+    # -- the stateful part: what the checkpoint manager saves and restores ----------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a step reads: parameters, AdamW moments, step, data position, SR counters, RNGs (plus the
+        metrics offset, last losses and clock). The manager adds the run's identity (checkpoint.RUN_KEYS).
 
-    def _branch(self) -> int:
-        """Start from another run's checkpoint taken before this recipe's precision switch: until the switch this
-        run trains exactly as that one did, so its steps need not be trained again. The source run's metrics up
-        to the branch point are copied, so this run's metrics.jsonl holds its whole curve."""
-        path = Path(self.config.branch_from)  # type: ignore[arg-type]
-        try:
-            state = load_checkpoint(path)
-        except CheckpointError as e:
-            raise ValueError(f"cannot branch: {e}") from None
-        step = int(state["step"])
-        source = Recipe.from_dict(state["recipe"])
-        if not source.same_until_switch(self.recipe):
-            raise ValueError(
-                f"cannot branch from {path}: its recipe {source.name!r} differs from {self.recipe.name!r} in more "
-                "than the late precision switch, so the runs differ before the branch point"
-            )
-        for recipe in (source, self.recipe):
-            first = recipe.switch.first_active_step(self.total_steps, self.tokens_per_step) if recipe.switch else None
-            if first is not None and step > first:
-                raise ValueError(
-                    f"cannot branch from {path} (step {step}): recipe {recipe.name!r} switches precision at step "
-                    f"{first}, before it; use a checkpoint from step {first} or earlier (--keep-steps {first})"
-                )
-        self._check_compatible(path, {**state, "config": {**state["config"], "recipe": self.config.recipe}})
-        if step > self.total_steps:
-            raise ValueError(f"cannot branch from {path}: its step {step} is past this run's {self.total_steps} steps")
-        self._restore(state)
-        offset = 0
-        source_metrics = path.parent.parent / METRICS_FILE  # <run>/checkpoints/step_N.pt -> <run>/metrics.jsonl
-        if self.ctx.is_main:
-            if not source_metrics.exists():
-                self._say(f"{source_metrics} not found: this run's metrics start at the branch point")
-            data = _metrics_until(source_metrics, step)
-            self.out.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(self.out / METRICS_FILE, data)
-            offset = len(data)
-        self._say(f"branched from {path} ({source.name}, step {self.step}, {self.tokens:,} tokens)")
-        return offset
+        A collective under FSDP: every rank calls it (only rank 0 writes the result)."""
+        model = D.model_state_dict(self.model, self.ctx)
+        optimizer = D.optimizer_state_dict(self.model, self.optimizer, self.ctx)
+        return {
+            "step": self.step,
+            "tokens": self.tokens,
+            "bad_steps": self.bad_steps,
+            "model": model,
+            "optimizer": optimizer,
+            "rng": rng_state(),
+            "sr": nvfp4.sr_state_dict(self.model),
+            "loader": self.loader.state_dict(),
+            "metrics_offset": self.metrics.offset(),
+            "last_train_loss": self.last_losses[0],
+            "last_val_loss": self.last_losses[1],
+            "elapsed": self.clock.state_dict(),
+        }
 
-    def _restore(self, state: dict[str, Any]) -> None:
-        """Load a checkpoint's full training state into this run."""
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Load a checkpoint's full training state into this run (the manager has checked it is this run's)."""
         D.load_model_state_dict(self.model, state["model"], self.ctx)
         D.load_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], self.ctx)
         nvfp4.load_sr_state_dict(self.model, state["sr"])
@@ -363,125 +286,89 @@ class Trainer:
         set_rng_state(state["rng"])
         self.step, self.tokens, self.bad_steps = int(state["step"]), int(state["tokens"]), int(state["bad_steps"])
         self.last_losses = (state["last_train_loss"], state["last_val_loss"])
-        self.prior_elapsed.update(state.get("elapsed", {}))  # absent in checkpoints written before it existed
-        self.resumed_from = self.step
+        self.clock.load_state_dict(state.get("elapsed", {}))  # absent in checkpoints written before it existed
         drop_weight_caches(self.model)
 
-    def _check_compatible(self, path: Path, state: dict[str, Any]) -> None:
-        saved = state["config"]
-        for name in IDENTITY_FIELDS:
-            mine = getattr(self.config, name)
-            if saved.get(name) != mine:
-                raise ValueError(
-                    f"cannot resume from {path}: it was trained with {name}={saved.get(name)!r} but this run has "
-                    f"{name}={mine!r}; use the same setting or another --out"
-                )
-        if state["model_config"] != dataclasses.asdict(self.model_config):
-            raise ValueError(f"cannot resume from {path}: its model architecture differs from this run's")
-        if state["optimizer_format"] != D.optimizer_state_format(self.ctx):
-            raise ValueError(
-                f"cannot resume from {path}: it was written with distributed={saved.get('distributed')!r}; "
-                f"FSDP and non-FSDP checkpoints do not mix"
-            )
-
-    def _write_run_files(self) -> None:
-        """config.json (reloadable with TrainConfig.from_dict) and run.json (derived facts, for tools)."""
-        self.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(self.out / "config.json", (json.dumps(self.config.to_dict(), indent=2) + "\n").encode())
-        report = nvfp4.conversion_report(self.model)
-        run = {
-            "total_steps": self.total_steps,
-            "tokens_per_step": self.tokens_per_step,
-            "world_size": self.ctx.world_size,
-            "device": str(self.device),
-            "model_config": dataclasses.asdict(self.model_config),
-            "non_embedding_params": count_parameters(self.model),
-            "params": count_parameters(self.model, non_embedding=False),
-            "quantized_layers": sum(r.treatment.startswith("quantized") for r in report),
-            "linear_layers": len(report),
-            "recipe": self.recipe.to_dict(),
-            "dataset": str(self.data.path) if self.data.path else None,
-            "train_tokens": self.data.train_tokens,
-            "val_tokens": self.data.val_tokens,
-            "hardware": hardware(self.device),
-            "git_commit": git_commit(),
-        }
-        atomic_write_bytes(self.out / "run.json", (json.dumps(run, indent=2, default=str) + "\n").encode())
+    def run_info(self) -> RunInfo:
+        """This run as the banner and run.json describe it (not kept: it holds the model)."""
+        return RunInfo(self.config, self.model, self.recipe, self.data, self.device, self.ctx, self.total_steps,
+                       self.tokens_per_step)  # fmt: skip
 
     def elapsed(self) -> dict[str, float]:
         """Wall time, time in training steps and tokens trained, over every invocation of this run (resumes
         included), and the training throughput tokens/s = tokens / step time (evals and checkpoints excluded)."""
-        train_time = self.prior_elapsed["train_time_s"] + self.train_time
-        train_tokens = self.prior_elapsed["train_tokens"] + self.train_tokens
-        return {
-            "wall_time_s": self.prior_elapsed["wall_time_s"] + time.perf_counter() - self.run_start,
-            "train_time_s": train_time,
-            "train_tokens": train_tokens,
-            "tokens_per_s": train_tokens / train_time if train_time > 0 else 0.0,
-        }
+        return self.clock.elapsed()
 
     # -- the loop ----------------------------------------------------------------------------------
     def run(self) -> TrainResult:
-        """Train up to ``total_steps``; stop early on divergence, or on Ctrl-C after a checkpoint."""
-        self._say(self._banner())
-        report = nvfp4.conversion_report(self.model)
-        if self.recipe.quantized and not any(r.treatment.startswith("quantized") for r in report):
-            self._say(
-                f"note: recipe {self.recipe.name} quantizes none of this model's {len(report)} linear layers (its "
-                f"BF16 layer policy covers all {self.model.num_blocks} blocks): this run trains in BF16"
-            )
-        self.progress = Progress(self.total_steps, self.step, enabled=self.verbose)
+        """Train up to ``total_steps``: step, log, evaluate, checkpoint; stop early on divergence, or on Ctrl-C
+        (SIGTERM, SIGUSR1) after a checkpoint."""
+        self._start()
         previous_handler = self._install_sigint()
-        self.run_start = time.perf_counter()
-        self.train_time, self.train_tokens = 0.0, 0  # this invocation only (see elapsed())
-        self.window_time, self.window_tokens = 0.0, 0  # since the last metrics record
-        diverged_step: int | None = None
-        interrupted = False
-        message = ""
-        if self.step == self.total_steps:
-            message = f"nothing to do: the run in {self.out} is already complete at step {self.step}"
+        end = _End(message=f"nothing to do: the run in {self.out} is already complete at step {self.step}"
+                   if self.step == self.total_steps else "")  # fmt: skip
         try:
             if self.step == 0 and self.resumed_from is None:
-                self.last_losses = (None, self.evaluate())
-                self.metrics.write({"step": 0, "tokens": 0, "val_loss": self.last_losses[1]})
-                self.progress.message(f"step 0 | val {self.last_losses[1]:.4f}")
-                self._probe()
+                self._evaluate_at_start()
             while self.step < self.total_steps:
-                read_back = self._step_and_log()
-                if not read_back and self.ctx.world_size > 1:
+                if not self._step_and_log() and self.ctx.world_size > 1:
                     continue  # deferred: ranks agree on stopping at read-back steps only (a collective)
                 if self.bad_steps >= self.config.max_bad_steps:
-                    diverged_step = self.step
-                    saved = list_checkpoints(self.ckpt_dir)
-                    where = f"the last checkpoint is step {saved[-1][0]}" if saved else "no checkpoint was saved"
-                    message = (
-                        f"training diverged: {self.bad_steps} non-finite steps in a row (last at step {self.step}); "
-                        f"stopped without saving this state ({where}). Try a lower --lr or a higher-precision recipe."
-                    )
+                    end = self._diverged()
                     break
                 stop = D.any_rank(self.stop_requested, self.ctx)
-                if (stop or self._checkpoint_due()) and not self.save_checkpoint():
-                    diverged_step = self.step
+                if (stop or self.checkpoints.due(self.step)) and not self.save_checkpoint():
                     message = f"parameters became non-finite at step {self.step}; checkpoint refused, stopping"
+                    end = _End(diverged_step=self.step, message=message)
                     break
                 if stop:
-                    interrupted = True
-                    message = (
-                        f"{'interrupted' if self.stop_signal in (None, 'SIGINT') else 'stopped by ' + self.stop_signal}"
-                        f" at step {self.step}: checkpoint saved; run the same command with --resume to continue"
-                    )
+                    end = self._interrupted()
                     break
         finally:
             self.progress.close()
             self.progress = None
             self._restore_sigint(previous_handler)
-        if diverged_step is None and not interrupted and self.step == self.total_steps:
+        return self._finish(end)
+
+    def _start(self) -> None:
+        """Before the first step of this invocation: the banner and notes, the progress display, the clock."""
+        info = self.run_info()
+        self._say(info.banner())
+        for note in info.notes():
+            self._say(note)
+        self.progress = Progress(self.total_steps, self.step, enabled=self.verbose)
+        self.clock.start()  # this invocation only (see elapsed())
+
+    def _evaluate_at_start(self) -> None:
+        """Step 0 of a fresh run: the untrained model's validation loss (and probe), the first point of its curve."""
+        self.last_losses = (None, self.evaluate())
+        self.metrics.write({"step": 0, "tokens": 0, "val_loss": self.last_losses[1]})
+        self.progress.message(f"step 0 | val {self.last_losses[1]:.4f}")
+        self._probe()
+
+    def _diverged(self) -> _End:
+        saved = self.checkpoints.saved_steps()
+        where = f"the last checkpoint is step {saved[-1]}" if saved else "no checkpoint was saved"
+        return _End(diverged_step=self.step, message=(
+            f"training diverged: {self.bad_steps} non-finite steps in a row (last at step {self.step}); "
+            f"stopped without saving this state ({where}). Try a lower --lr or a higher-precision recipe."
+        ))  # fmt: skip
+
+    def _interrupted(self) -> _End:
+        how = "interrupted" if self.stop_signal in (None, "SIGINT") else "stopped by " + self.stop_signal
+        return _End(interrupted=True, message=(
+            f"{how} at step {self.step}: checkpoint saved; run the same command with --resume to continue"
+        ))  # fmt: skip
+
+    def _finish(self, end: _End) -> TrainResult:
+        """After the loop: the per-sequence evaluation of a completed run, the stop message, the result."""
+        if end.diverged_step is None and not end.interrupted and self.step == self.total_steps:
             self._sequence_eval()
-        if message:
-            self._say(message)
+        if end.message:
+            self._say(end.message)
         elapsed = self.elapsed()
         # A diverged run has no final losses: the last finite ones (a validation from step 0, say) would pass for them.
-        final = (None, None) if diverged_step is not None else self.last_losses
+        final = (None, None) if end.diverged_step is not None else self.last_losses
         return TrainResult(
             final_train_loss=final[0],
             final_val_loss=final[1],
@@ -490,13 +377,13 @@ class Trainer:
             wall_time_s=elapsed["wall_time_s"],
             tokens_per_s=elapsed["tokens_per_s"],
             out_dir=str(self.out),
-            diverged=diverged_step is not None,
-            diverged_step=diverged_step,
-            interrupted=interrupted,
+            diverged=end.diverged_step is not None,
+            diverged_step=end.diverged_step,
+            interrupted=end.interrupted,
             resumed_from=self.resumed_from,
-            message=message,
+            message=end.message,
             rank=self.ctx.rank,
-            stop_signal=self.stop_signal if interrupted else None,
+            stop_signal=self.stop_signal if end.interrupted else None,
         )
 
     def _step_and_log(self) -> bool:
@@ -507,16 +394,14 @@ class Trainer:
         c = self.config
         t0 = time.perf_counter()
         loss, grad_norm, lr, precision = self.train_step()
-        dt = time.perf_counter() - t0
-        self.train_time, self.train_tokens = self.train_time + dt, self.train_tokens + self.tokens_per_step
-        self.window_time, self.window_tokens = self.window_time + dt, self.window_tokens + self.tokens_per_step
+        self.clock.add_step(time.perf_counter() - t0, self.tokens_per_step)
         self._pending.append({
             "step": self.step, "tokens": self.tokens, "train_loss": loss, "lr": lr, "grad_norm": grad_norm,
-            "tokens_per_s": self.window_tokens / max(self.window_time, 1e-9), "precision": precision,
+            "tokens_per_s": self.clock.window_tokens_per_s(), "precision": precision,
         })  # fmt: skip
         evaluate = self.step == self.total_steps or (c.eval_interval > 0 and self.step % c.eval_interval == 0)
         probe = self._probe_due()
-        due = evaluate or probe or self.step == 1 or self.step % c.log_interval == 0 or self._checkpoint_due()
+        due = evaluate or probe or self.step == 1 or self.step % c.log_interval == 0 or self.checkpoints.due(self.step)
         # A single process reads back at once on Ctrl-C; ranks must read back (and agree on stopping) at the same steps.
         stop_now = self.stop_requested and self.ctx.world_size == 1
         if self.deferred and not (due or stop_now):
@@ -570,15 +455,10 @@ class Trainer:
             logged = evaluated or not finite or step == 1 or step % c.log_interval == 0
             if logged:
                 self.metrics.write(record)
-                self.window_time, self.window_tokens = 0.0, 0
+                self.clock.reset_window()
             self.progress.step(record, logged)
             if self.on_step is not None and self.ctx.is_main:
                 self.on_step(record)
-
-    def _checkpoint_due(self) -> bool:
-        every = self.config.checkpoint_interval
-        kept = self.step in (self.config.keep_steps or ())
-        return kept or self.step == self.total_steps or (every > 0 and self.step % every == 0)
 
     def train_step(self) -> tuple[Any, Any, float, dict[str, str]]:
         """One optimizer step over grad_accum micro-batches; returns (loss, pre-clip grad norm, lr, precision).
@@ -678,58 +558,14 @@ class Trainer:
         atomic_write(path, json.dumps(record).encode())
 
     def save_checkpoint(self) -> bool:
-        """Write a checkpoint (rank 0) after checking every parameter is finite; False if refused."""
-        model_state = D.model_state_dict(self.model, self.ctx)
-        optim_state = D.optimizer_state_dict(self.model, self.optimizer, self.ctx)
-        ok = True
-        if self.ctx.is_main:
-            state = {
-                "version": CHECKPOINT_VERSION,
-                "step": self.step,
-                "tokens": self.tokens,
-                "bad_steps": self.bad_steps,
-                "model": model_state,
-                "optimizer": optim_state,
-                "optimizer_format": D.optimizer_state_format(self.ctx),
-                "rng": rng_state(),
-                "sr": nvfp4.sr_state_dict(self.model),
-                "loader": self.loader.state_dict(),
-                "config": self.config.to_dict(),
-                "model_config": dataclasses.asdict(self.model_config),
-                "recipe": self.recipe.to_dict(),
-                "metrics_offset": self.metrics.offset(),
-                "last_train_loss": self.last_losses[0],
-                "last_val_loss": self.last_losses[1],
-                "world_size": self.ctx.world_size,
-                "elapsed": {k: v for k, v in self.elapsed().items() if k != "tokens_per_s"},
-            }
-            try:
-                save_checkpoint(self.ckpt_dir, self.step, state, keep=self.config.keep_checkpoints,
-                                protect=set(self.config.keep_steps or ()))  # fmt: skip
-            except CheckpointError as e:
-                self._say(str(e))
-                ok = False
-        ok = bool(D.broadcast_object(ok, self.ctx))
-        D.barrier(self.ctx)
-        return ok
+        """Write a checkpoint of this step (rank 0) after checking every parameter is finite; False if refused."""
+        return self.checkpoints.save()
 
     # -- helpers -----------------------------------------------------------------------------------
     def _autocast(self):
         if not self.use_autocast:
             return nullcontext()
         return torch.autocast(self.autocast_device, dtype=torch.bfloat16)
-
-    def _banner(self) -> str:
-        report = nvfp4.conversion_report(self.model)
-        quantized = sum(r.treatment.startswith("quantized") for r in report)
-        data = str(self.data.path) if self.data.path else ", ".join(self.config.data or [])
-        return (
-            f"recipe {self.recipe.name} | model {self.config.model} "
-            f"({count_parameters(self.model) / 1e6:.2f}M non-embedding params, {quantized}/{len(report)} linears "
-            f"quantized) | data {data} ({self.data.train_tokens:,} train tokens, vocab {self.data.vocab_size}) | "
-            f"{self.total_steps} steps x {self.tokens_per_step:,} tokens | {self.device}"
-            + (f" x {self.ctx.world_size} ranks ({self.ctx.mode})" if self.ctx.world_size > 1 else "")
-        )
 
     def _say(self, text: str) -> None:
         if self.progress is not None:
