@@ -87,35 +87,69 @@ def _bench_dtype(x: torch.Tensor, with_reference: bool) -> list[Row]:
 
     quant_bytes = n * elem + n * OUTPUT_BYTES_PER_ELEMENT
     add("amax", n * elem, lambda: tb.amax(x), lambda: ref.amax(x))
-    add("quantize 1x16 RN", quant_bytes,
-        lambda: tb.quantize_nvfp4(x, amax, 1, False, 0, 0), lambda: ref.quantize_nvfp4(x, amax, 1, False, 0, 0))
-    add("quantize 1x16 SR", quant_bytes,
-        lambda: tb.quantize_nvfp4(x, amax, 1, True, 7, 3), lambda: ref.quantize_nvfp4(x, amax, 1, True, 7, 3))
-    add("quantize 16x16 RN", quant_bytes,
-        lambda: tb.quantize_nvfp4(x, amax, 16, False, 0, 0), lambda: ref.quantize_nvfp4(x, amax, 16, False, 0, 0))
-    add("RHT+quantize SR (amax given)", quant_bytes,
+    add(
+        "quantize 1x16 RN",
+        quant_bytes,
+        lambda: tb.quantize_nvfp4(x, amax, 1, False, 0, 0),
+        lambda: ref.quantize_nvfp4(x, amax, 1, False, 0, 0),
+    )
+    add(
+        "quantize 1x16 SR",
+        quant_bytes,
+        lambda: tb.quantize_nvfp4(x, amax, 1, True, 7, 3),
+        lambda: ref.quantize_nvfp4(x, amax, 1, True, 7, 3),
+    )
+    add(
+        "quantize 16x16 RN",
+        quant_bytes,
+        lambda: tb.quantize_nvfp4(x, amax, 16, False, 0, 0),
+        lambda: ref.quantize_nvfp4(x, amax, 16, False, 0, 0),
+    )
+    add(
+        "RHT+quantize SR (amax given)",
+        quant_bytes,
         lambda: tb.rht_quantize_nvfp4(x, signs, amax, True, 7, 3)[:2],
-        lambda: ref.rht_quantize_nvfp4(x, signs, amax, True, 7, 3)[:2])
+        lambda: ref.rht_quantize_nvfp4(x, signs, amax, True, 7, 3)[:2],
+    )
     # Without an amax the input is read twice (amax pass + quantize pass): count both reads.
-    add("RHT amax + quantize SR", 2 * n * elem + n * OUTPUT_BYTES_PER_ELEMENT,
+    add(
+        "RHT amax + quantize SR",
+        2 * n * elem + n * OUTPUT_BYTES_PER_ELEMENT,
         lambda: tb.rht_quantize_nvfp4(x, signs, None, True, 7, 3),
-        lambda: ref.rht_quantize_nvfp4(x, signs, None, True, 7, 3))
-    add("scaled_values -> bf16", n * OUTPUT_BYTES_PER_ELEMENT + 2 * n,
+        lambda: ref.rht_quantize_nvfp4(x, signs, None, True, 7, 3),
+    )
+    add(
+        "scaled_values -> bf16",
+        n * OUTPUT_BYTES_PER_ELEMENT + 2 * n,
         lambda: tb.scaled_values(packed, scales, torch.bfloat16),
-        lambda: ref.scaled_values(packed, scales, torch.bfloat16))
+        lambda: ref.scaled_values(packed, scales, torch.bfloat16),
+    )
     # The layer's hot path: the GEMM operand in BF16 straight from the input (amax pass + one fused pass).
-    add("fused operand RN -> bf16", 2 * n * elem + 2 * n,
+    add(
+        "fused operand RN -> bf16",
+        2 * n * elem + 2 * n,
         lambda: tb.fake_quantize_nvfp4(x, None, 1, False, 0, 0),
-        lambda: ref.fake_quantize_nvfp4(x, None, 1, False, 0, 0))
-    add("fused operand T RHT SR -> bf16", 2 * n * elem + 2 * n,
+        lambda: ref.fake_quantize_nvfp4(x, None, 1, False, 0, 0),
+    )
+    add(
+        "fused operand T RHT SR -> bf16",
+        2 * n * elem + 2 * n,
         lambda: tb.fake_quantize_nvfp4(x, None, 1, True, 7, 3, transpose=True, rht_signs=signs),
-        lambda: ref.fake_quantize_nvfp4(x, None, 1, True, 7, 3, transpose=True, rht_signs=signs))
+        lambda: ref.fake_quantize_nvfp4(x, None, 1, True, 7, 3, transpose=True, rht_signs=signs),
+    )
     signs32 = default_signs(32)
-    add("MXFP4 quantize RN", n * elem + n * (0.5 + 1 / 32),
-        lambda: tb.quantize_mxfp4(x, False, 0, 0), lambda: ref.quantize_mxfp4(x, False, 0, 0))
-    add("MXFP4 fused T RHT32 SR -> bf16", n * elem + 2 * n,
+    add(
+        "MXFP4 quantize RN",
+        n * elem + n * (0.5 + 1 / 32),
+        lambda: tb.quantize_mxfp4(x, False, 0, 0),
+        lambda: ref.quantize_mxfp4(x, False, 0, 0),
+    )
+    add(
+        "MXFP4 fused T RHT32 SR -> bf16",
+        n * elem + 2 * n,
         lambda: tb.fake_quantize_mxfp4(x, True, 7, 3, transpose=True, rht_signs=signs32),
-        lambda: ref.fake_quantize_mxfp4(x, True, 7, 3, transpose=True, rht_signs=signs32))
+        lambda: ref.fake_quantize_mxfp4(x, True, 7, 3, transpose=True, rht_signs=signs32),
+    )
     return rows
 
 
@@ -138,10 +172,14 @@ def print_table(rows: list[Row], size: int) -> None:
 
     props = torch.cuda.get_device_properties(0)
     memory = props.total_memory / 2**30
-    print(f"NVFP4 Triton kernels on {props.name} (sm_{props.major}{props.minor}, {memory:.0f} GiB), "
-          f"{size}x{size}, torch {torch.__version__}, triton {triton.__version__}")
-    header = (f"{'op':<30} {'dtype':<9} {'time us':>9} {'GB/s':>8} {'% of copy':>10} {'ref us':>10} "
-              f"{'speedup':>8} {'exact':>6}")
+    print(
+        f"NVFP4 Triton kernels on {props.name} (sm_{props.major}{props.minor}, {memory:.0f} GiB), "
+        f"{size}x{size}, torch {torch.__version__}, triton {triton.__version__}"
+    )
+    header = (
+        f"{'op':<30} {'dtype':<9} {'time us':>9} {'GB/s':>8} {'% of copy':>10} {'ref us':>10} "
+        f"{'speedup':>8} {'exact':>6}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:

@@ -52,8 +52,10 @@ def main() -> None:
             fn()
     times = {name: [t * 1e3 for t in ts] for name, ts in interleaved_ms(steps, args.repeats).items()}  # us
     base = statistics.median(times["nn.Linear"])
-    print(f"# {machine()}; {args.tokens} tokens x {args.features} features, fwd+bwd, bf16 autocast"
-          + (", Triton blocked" if args.block_triton else ""))  # fmt: skip
+    print(
+        f"# {machine()}; {args.tokens} tokens x {args.features} features, fwd+bwd, bf16 autocast"
+        + (", Triton blocked" if args.block_triton else "")
+    )
     print(f"{'layer':>12s} {'us/step':>9s} {'ratio':>7s}")
     for name in layers:
         med = statistics.median(times[name])

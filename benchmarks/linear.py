@@ -78,13 +78,18 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     print(f"# {machine()}; recipe {args.recipe}, backend {args.backend}, tokens {args.tokens}, bf16 autocast")
-    print(f"{'shape':>12s} {'nn.Linear ms':>13s} {'nvfp4 ms':>9s} {'ratio':>6s} {'saved MB (nn)':>14s} "
-          f"{'saved MB (nvfp4)':>17s} {'mem ratio':>9s}")
+    print(
+        f"{'shape':>12s} {'nn.Linear ms':>13s} {'nvfp4 ms':>9s} {'ratio':>6s} {'saved MB (nn)':>14s} "
+        f"{'saved MB (nvfp4)':>17s} {'mem ratio':>9s}"
+    )
     for fan_in, fan_out in ((1024, 4096), (4096, 1024)):
-        t_ref, t_q, m_ref, m_q = bench(args.tokens, fan_in, fan_out, args.recipe, args.backend, args.repeats,
-                                       args.device)
-        print(f"{fan_in:>5d}->{fan_out:<5d} {t_ref:13.1f} {t_q:9.1f} {t_q / t_ref:6.2f} {m_ref / 2**20:14.1f} "
-              f"{m_q / 2**20:17.1f} {m_ref / m_q:9.2f}")
+        t_ref, t_q, m_ref, m_q = bench(
+            args.tokens, fan_in, fan_out, args.recipe, args.backend, args.repeats, args.device
+        )
+        print(
+            f"{fan_in:>5d}->{fan_out:<5d} {t_ref:13.1f} {t_q:9.1f} {t_q / t_ref:6.2f} {m_ref / 2**20:14.1f} "
+            f"{m_q / 2**20:17.1f} {m_ref / m_q:9.2f}"
+        )
 
 
 if __name__ == "__main__":

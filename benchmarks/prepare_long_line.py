@@ -35,8 +35,12 @@ def main() -> None:
             src.parent.mkdir()
             src.write_text(body)
             start = time.perf_counter()
-            prepare_dataset([str(src)], Path(tmp) / f"out-{len(times)}", vocab_size=args.vocab_size,
-                            cache_dir=Path(tmp) / f"cache-{len(times)}")  # fmt: skip
+            prepare_dataset(
+                [str(src)],
+                Path(tmp) / f"out-{len(times)}",
+                vocab_size=args.vocab_size,
+                cache_dir=Path(tmp) / f"cache-{len(times)}",
+            )
             times[name] = time.perf_counter() - start
     print(f"# {machine()}; {args.megabytes:g} MB of whitespace-free text, BPE vocab {args.vocab_size}")
     base = times["80-char lines"]

@@ -43,8 +43,10 @@ def main() -> None:
         Path(args.out).write_text(averages.table(sort_by=sort, row_limit=200))
     counts = {e.key: e.count for e in averages if e.key in _SYNC_EVENTS}
     launches = sum(e.count for e in averages if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx"))
-    print(f"SUMMARY: {args.model}/{args.recipe} one step: kernel launches {launches}, "
-          + ", ".join(f"{k} {counts.get(k, 0)}" for k in _SYNC_EVENTS))  # fmt: skip
+    print(
+        f"SUMMARY: {args.model}/{args.recipe} one step: kernel launches {launches}, "
+        + ", ".join(f"{k} {counts.get(k, 0)}" for k in _SYNC_EVENTS)
+    )
 
 
 if __name__ == "__main__":

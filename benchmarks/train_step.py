@@ -54,8 +54,10 @@ def main() -> None:
     models = args.model.split(",")
     pairs = [(m, r) for m in models for r in args.recipes.split(",")]
     names = [f"{m}/{r}" if len(models) > 1 else r for m, r in pairs]
-    steps = {n: make_step(r, m, args.batch_size, args.seq_len, args.device, args.backend)
-             for n, (m, r) in zip(names, pairs, strict=True)}
+    steps = {
+        n: make_step(r, m, args.batch_size, args.seq_len, args.device, args.backend)
+        for n, (m, r) in zip(names, pairs, strict=True)
+    }
     for step in steps.values():  # warm-up (kernel compilation, allocator)
         step()
         step()

@@ -80,7 +80,7 @@ def check_layer() -> int:
             y = layer(xi)
             y.backward(dy.to(device))
             results.append((y.detach().cpu(), xi.grad.cpu(), layer.weight.grad.cpu()))
-        for (a, b) in zip(*results, strict=True):
+        for a, b in zip(*results, strict=True):
             worst = max(worst, float((a - b).abs().max() / b.abs().max().clamp_min(1e-30)))
     ok = worst < 1e-3
     print(f"SUMMARY: layer GPU vs CPU max relative difference {worst:.2e} ({'ok' if ok else 'TOO LARGE'})")
@@ -142,8 +142,10 @@ def check_compile() -> int:
         losses[mode] = (run, time.perf_counter() - start)
     diff = max(abs(a - b) / abs(b) for a, b in zip(losses["compiled"][0], losses["eager"][0], strict=True))
     ok = diff < 2e-2
-    print(f"SUMMARY: compile fullgraph ok, 3 steps {losses['compiled'][1]:.1f} s (eager {losses['eager'][1]:.1f} s), "
-          f"max loss rel diff {diff:.1e} ({'ok' if ok else 'TOO LARGE'})")  # fmt: skip
+    print(
+        f"SUMMARY: compile fullgraph ok, 3 steps {losses['compiled'][1]:.1f} s (eager {losses['eager'][1]:.1f} s), "
+        f"max loss rel diff {diff:.1e} ({'ok' if ok else 'TOO LARGE'})"
+    )
     return 0 if ok else 1
 
 
@@ -190,7 +192,10 @@ def check_graphs() -> int:
 
 
 CHECKS = {
-    "operands": check_operands, "layer": check_layer, "sync": check_sync, "compile": check_compile,
+    "operands": check_operands,
+    "layer": check_layer,
+    "sync": check_sync,
+    "compile": check_compile,
     "graphs": check_graphs,
 }
 

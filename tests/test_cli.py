@@ -14,8 +14,27 @@ import nvfp4
 from nvfp4.cli import main
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
-TINY_FLAGS = ["--model", "tiny", "--n-layer", "3", "--d-model", "32", "--d-ff", "64", "--n-head", "2",
-              "--n-kv-head", "1", "--batch-size", "2", "--seq-len", "32", "--eval-batches", "1", "--quiet"]  # fmt: skip
+TINY_FLAGS = [
+    "--model",
+    "tiny",
+    "--n-layer",
+    "3",
+    "--d-model",
+    "32",
+    "--d-ff",
+    "64",
+    "--n-head",
+    "2",
+    "--n-kv-head",
+    "1",
+    "--batch-size",
+    "2",
+    "--seq-len",
+    "32",
+    "--eval-batches",
+    "1",
+    "--quiet",
+]
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +42,10 @@ def dataset(tmp_path_factory) -> Path:
     """A small byte-level dataset prepared through `nvfp4 prepare` itself."""
     root = tmp_path_factory.mktemp("cli")
     corpus = root / "docs.jsonl"
-    lines = [json.dumps({"text": f"Document {i}: " + "the quick brown fox jumps over the lazy dog. " * 20})
-             for i in range(24)]  # fmt: skip
+    lines = [
+        json.dumps({"text": f"Document {i}: " + "the quick brown fox jumps over the lazy dog. " * 20})
+        for i in range(24)
+    ]
     corpus.write_text("\n".join(lines) + "\n")
     assert main(["prepare", "--data", str(corpus), "--out", str(root / "data"), "--tokenizer", "byte"]) == 0
     return root / "data"
@@ -60,8 +81,26 @@ def test_train_writes_outputs_and_summary(dataset, tmp_path, capsys):
     assert steps[0] == 0 and steps[-1] == 3
     assert (out / "checkpoints" / "step_00000003.pt").is_file()
     # Continuing a finished run to more steps with --resume picks up at step 3.
-    assert main(["train", "--config", str(config), "--lr", "0.002", "--data", str(dataset), "--out", str(out),
-                 "--max-steps", "4", "--resume", *TINY_FLAGS]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(config),
+                "--lr",
+                "0.002",
+                "--data",
+                str(dataset),
+                "--out",
+                str(out),
+                "--max-steps",
+                "4",
+                "--resume",
+                *TINY_FLAGS,
+            ]
+        )
+        == 0
+    )
     steps = [r["step"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())]
     assert steps[-2:] == [3, 4] and len(steps) == len(set(steps))
 
@@ -122,8 +161,11 @@ def test_subprocess_error_has_no_traceback(tmp_path):
     env = {**os.environ, "PYTHONPATH": SRC}
     done = subprocess.run(
         [sys.executable, "-m", "nvfp4.cli", "train", "--recipe", "nope", "--out", str(tmp_path)],
-        env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2
     assert done.stderr.strip().startswith("error: unknown recipe 'nope'")
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1

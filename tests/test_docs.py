@@ -23,8 +23,23 @@ def test_deploy_guide_example_runs(tmp_path):
     pytest.importorskip("compressed_tensors")
     data = str(default_dataset(cache_dir=tmp_path / "cache", tokenizer="byte").path)
     run = tmp_path / "run"
-    train(TrainConfig(model="tiny", n_layer=4, d_model=64, d_ff=128, n_head=2, n_kv_head=1, batch_size=2,
-                      seq_len=32, max_steps=2, eval_batches=1, data=[data], out=str(run), quiet=True))  # fmt: skip
+    train(
+        TrainConfig(
+            model="tiny",
+            n_layer=4,
+            d_model=64,
+            d_ff=128,
+            n_head=2,
+            n_kv_head=1,
+            batch_size=2,
+            seq_len=32,
+            max_steps=2,
+            eval_batches=1,
+            data=[data],
+            out=str(run),
+            quiet=True,
+        )
+    )
     blocks = python_blocks(ROOT / "docs" / "deploy.md")
     assert len(blocks) == 1
     exec(compile(blocks[0], "docs/deploy.md", "exec"), {"RUN": str(run), "OUT": str(tmp_path / "out")})

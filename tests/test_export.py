@@ -22,8 +22,19 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("compressed_tensors")
 from transformers.utils.quantization_config import CompressedTensorsConfig  # noqa: E402
 
-TINY = dict(model="tiny", n_layer=4, d_model=64, d_ff=128, n_head=2, n_kv_head=1, batch_size=2, seq_len=32,
-            max_steps=3, eval_batches=1, quiet=True)  # fmt: skip
+TINY = dict(
+    model="tiny",
+    n_layer=4,
+    d_model=64,
+    d_ff=128,
+    n_head=2,
+    n_kv_head=1,
+    batch_size=2,
+    seq_len=32,
+    max_steps=3,
+    eval_batches=1,
+    quiet=True,
+)
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +82,8 @@ def _dequantized_reference(trained, fuse: bool) -> dict[str, torch.Tensor]:
 def test_compressed_tensors_export_loads_back_bit_exactly(run, tmp_path, fuse):
     report = export_compressed_tensors(run, tmp_path / "ct", fuse_scales=fuse, tokenizer=False)
     loaded = transformers.AutoModelForCausalLM.from_pretrained(
-        tmp_path / "ct", quantization_config=CompressedTensorsConfig(dequantize=True))
+        tmp_path / "ct", quantization_config=CompressedTensorsConfig(dequantize=True)
+    )
     state = loaded.state_dict()
     trained = load_trained(run, device="cpu")
     reference = _dequantized_reference(trained, fuse)
@@ -84,14 +96,17 @@ def test_compressed_tensors_export_loads_back_bit_exactly(run, tmp_path, fuse):
                 forward = m._weight_operand("fprop_w")
                 used = (forward.values().float() * forward.decode_scale).to(torch.bfloat16)
                 assert torch.equal(state[hf_names(n + ".weight", trained.model.config.mlp)[-1]], used)
-    plain = {h: v for n, v in _ours_fp32(run).state_dict().items()
-             for h in hf_names(n, trained.model.config.mlp)}  # fmt: skip
+    plain = {h: v for n, v in _ours_fp32(run).state_dict().items() for h in hf_names(n, trained.model.config.mlp)}
     for name, value in plain.items():
         if name not in reference:
             assert torch.equal(state[name], value.to(torch.bfloat16)), name
     # the ignore list is what the conversion kept in high precision (BF16 edge blocks and the head)
-    kept = {h[: -len(".weight")] for r in nvfp4.conversion_report(trained.model) if not r.treatment.startswith(
-        "quantized") for h in hf_names(r.name + ".weight", trained.model.config.mlp)}  # fmt: skip
+    kept = {
+        h[: -len(".weight")]
+        for r in nvfp4.conversion_report(trained.model)
+        if not r.treatment.startswith("quantized")
+        for h in hf_names(r.name + ".weight", trained.model.config.mlp)
+    }
     config = json.loads((tmp_path / "ct" / "config.json").read_text())
     assert set(config["quantization_config"]["ignore"]) == kept == set(report.ignore)
     # logits: the HF export (BF16) loaded the same way, with our dequantized weights in place of its own
@@ -116,14 +131,16 @@ def test_calibrated_export_writes_input_scales(run, tmp_path):
     assert torch.equal(q, k)  # one GEMM in vLLM, one input: one scale
     config = json.loads((tmp_path / "ct" / "config.json").read_text())
     assert config["quantization_config"]["config_groups"]["group_0"]["input_activations"]["dynamic"] == "local"
-    transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "ct",
-                                                      quantization_config=CompressedTensorsConfig(dequantize=True))
+    transformers.AutoModelForCausalLM.from_pretrained(
+        tmp_path / "ct", quantization_config=CompressedTensorsConfig(dequantize=True)
+    )
 
 
 def test_tokenizer_is_exported_for_bpe_runs(tmp_path):
     corpus = tmp_path / "c.jsonl"
-    corpus.write_text("\n".join(json.dumps({"text": f"Doc {i}: in the beginning was the word. " * 8})
-                                for i in range(30)))  # fmt: skip
+    corpus.write_text(
+        "\n".join(json.dumps({"text": f"Doc {i}: in the beginning was the word. " * 8}) for i in range(30))
+    )
     data = prepare_dataset([str(corpus)], tmp_path / "data", tokenizer="bpe", vocab_size=300)
     run = tmp_path / "run"
     train(TrainConfig(**TINY, recipe="nvfp4", data=[str(data.path)], vocab_size=300, out=str(run)))
@@ -149,14 +166,18 @@ def test_export_errors_are_one_line(byte_data, run, tmp_path, capsys):
     assert (tmp_path / "full" / "x").read_text() == "mine"
     mx = tmp_path / "mx"
     train(TrainConfig(**TINY, recipe="mxfp4", data=[byte_data], out=str(mx)))
-    assert "not plain NVFP4" in error(["export", str(mx), "--format", "compressed-tensors", "--out",
-                                       str(tmp_path / "b"), "--no-tokenizer"])  # fmt: skip
+    assert "not plain NVFP4" in error(
+        ["export", str(mx), "--format", "compressed-tensors", "--out", str(tmp_path / "b"), "--no-tokenizer"]
+    )
     odd = tmp_path / "odd"
     train(TrainConfig(**{**TINY, "d_model": 40, "d_ff": 72}, recipe="nvfp4", data=[byte_data], out=str(odd)))
-    assert "multiples of 16" in error(["export", str(odd), "--format", "compressed-tensors", "--out",
-                                       str(tmp_path / "c"), "--no-tokenizer"])  # fmt: skip
-    assert main(["export", str(run), "--format", "compressed-tensors", "--out", str(tmp_path / "ok"),
-                 "--no-tokenizer"]) == 0  # fmt: skip
+    assert "multiples of 16" in error(
+        ["export", str(odd), "--format", "compressed-tensors", "--out", str(tmp_path / "c"), "--no-tokenizer"]
+    )
+    assert (
+        main(["export", str(run), "--format", "compressed-tensors", "--out", str(tmp_path / "ok"), "--no-tokenizer"])
+        == 0
+    )
     assert "NVFP4 linears" in capsys.readouterr().out
 
 
@@ -164,9 +185,23 @@ def test_the_hybrid_exports_as_nemotron_h(byte_data, tmp_path):
     if not hasattr(transformers, "NemotronHForCausalLM"):
         pytest.skip("transformers without NemotronH")
     run = tmp_path / "hybrid"
-    train(TrainConfig(model="hybrid-tiny", d_model=64, d_ff=128, n_head=2, n_kv_head=1, batch_size=2, seq_len=32,
-                      max_steps=2, eval_batches=1, recipe="nvfp4", data=[byte_data], out=str(run),
-                      quiet=True))  # fmt: skip
+    train(
+        TrainConfig(
+            model="hybrid-tiny",
+            d_model=64,
+            d_ff=128,
+            n_head=2,
+            n_kv_head=1,
+            batch_size=2,
+            seq_len=32,
+            max_steps=2,
+            eval_batches=1,
+            recipe="nvfp4",
+            data=[byte_data],
+            out=str(run),
+            quiet=True,
+        )
+    )
     export_hf(run, tmp_path / "hf", dtype="float32", tokenizer=False)
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
     assert type(hf).__name__ == "NemotronHForCausalLM"

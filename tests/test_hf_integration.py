@@ -14,8 +14,15 @@ from nvfp4.integrations import hf  # noqa: E402
 
 
 def tiny_llama() -> torch.nn.Module:
-    config = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    config = transformers.LlamaConfig(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     torch.manual_seed(0)
     return transformers.LlamaForCausalLM(config)
 
@@ -26,9 +33,15 @@ def test_trainer_switches_precision_and_the_model_round_trips(tmp_path):
     assert len(layers) == 14  # blocks 1 and 2 of 4
     torch.manual_seed(1)
     data = [{"input_ids": (ids := torch.randint(0, 128, (16,))), "labels": ids} for _ in range(10)]
-    args = transformers.TrainingArguments(output_dir=str(tmp_path / "trainer"), max_steps=5, report_to=[],
-                                          per_device_train_batch_size=2, use_cpu=True, save_strategy="no",
-                                          learning_rate=1e-3)  # fmt: skip
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "trainer"),
+        max_steps=5,
+        report_to=[],
+        per_device_train_batch_size=2,
+        use_cpu=True,
+        save_strategy="no",
+        learning_rate=1e-3,
+    )
     trainer = transformers.Trainer(model=model, args=args, train_dataset=data, callbacks=[hf.NVFP4Callback()])
     trainer.train()
     # the switch at 80%: the 5th step (global_step 4) ran its forward in BF16
@@ -41,7 +54,8 @@ def test_trainer_switches_precision_and_the_model_round_trips(tmp_path):
     restored = hf.restore(loaded)
     assert nvfp4.sr_state_dict(restored) == nvfp4.sr_state_dict(model)
     assert {n for n, m in restored.named_modules() if isinstance(m, nvfp4.Linear)} == {
-        n for n, m in model.named_modules() if isinstance(m, nvfp4.Linear)}
+        n for n, m in model.named_modules() if isinstance(m, nvfp4.Linear)
+    }
     x = torch.randint(0, 128, (2, 16))
     model.eval()
     for m in (model, restored):

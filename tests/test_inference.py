@@ -15,8 +15,18 @@ from nvfp4.data import default_dataset, prepare_dataset
 from nvfp4.inference import evaluate_data, evaluate_tokens, generate, generate_ids, load_trained
 from nvfp4.train import TrainConfig, train
 
-TINY = dict(model="tiny", n_layer=4, d_model=64, d_ff=128, n_head=2, n_kv_head=1, batch_size=2, seq_len=32,
-            eval_batches=1, quiet=True)  # fmt: skip
+TINY = dict(
+    model="tiny",
+    n_layer=4,
+    d_model=64,
+    d_ff=128,
+    n_head=2,
+    n_kv_head=1,
+    batch_size=2,
+    seq_len=32,
+    eval_batches=1,
+    quiet=True,
+)
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +48,11 @@ def test_load_trained_converts_as_trained(run):
     assert layers and all(m.precision["forward"] == "recipe" for m in layers)
     assert not trained.model.training
     bf16 = load_trained(run, device="cpu", precision="bf16")
-    assert all(m.precision == {"forward": "bf16", "backward": "bf16"} for m in bf16.model.modules()
-               if isinstance(m, nvfp4.Linear))  # fmt: skip
+    assert all(
+        m.precision == {"forward": "bf16", "backward": "bf16"}
+        for m in bf16.model.modules()
+        if isinstance(m, nvfp4.Linear)
+    )
     with pytest.raises(ValueError, match="precision"):
         load_trained(run, precision="fp8")
 
@@ -73,8 +86,8 @@ def test_eval_loss_and_bits_per_byte(run, tmp_path):
     windows = (len(ids) - 1) // 16
     result = evaluate_tokens(trained, ids, seq_len=16, batch_size=windows)  # one batch, as the check below
     stream = torch.tensor(ids)
-    x = torch.stack([stream[w * 16: w * 16 + 16] for w in range(windows)])
-    y = torch.stack([stream[w * 16 + 1: w * 16 + 17] for w in range(windows)])
+    x = torch.stack([stream[w * 16 : w * 16 + 16] for w in range(windows)])
+    y = torch.stack([stream[w * 16 + 1 : w * 16 + 17] for w in range(windows)])
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         logits, _ = trained.model(x)
     expected = float(F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1)))

@@ -163,8 +163,9 @@ def test_rht_operand_of_any_size_equals_transform_then_reference_quantizer(size,
     source = t.t().contiguous() if transpose else t
     for keep_packed in (False, True):
         for backend in ("auto", "reference"):
-            got = quantize_operand(source, cfg, seed=7, offset=99, backend=backend, transpose=transpose,
-                                   keep_packed=keep_packed)  # fmt: skip
+            got = quantize_operand(
+                source, cfg, seed=7, offset=99, backend=backend, transpose=transpose, keep_packed=keep_packed
+            )
             assert got.cols == t.shape[1] + pad
             assert torch.equal(got.values(), ref.scaled_values(torch.bfloat16, padded=True)[:, : got.cols])
             assert torch.equal(got.decode_scale, ref.decode_scale)
@@ -183,8 +184,12 @@ def test_rht_cancels_in_wgrad_in_exact_arithmetic():
     b = quantize_operand(x.t().contiguous(), rht)
     assert not torch.equal(a.values().float(), dy.t())  # the transform did change the operands
     with_rht = emulated_gemm(a, b, torch.float32, exact=True)
-    without = emulated_gemm(quantize_operand(dy.t().contiguous(), plain), quantize_operand(x.t().contiguous(), plain),
-                            torch.float32, exact=True)
+    without = emulated_gemm(
+        quantize_operand(dy.t().contiguous(), plain),
+        quantize_operand(x.t().contiguous(), plain),
+        torch.float32,
+        exact=True,
+    )
     assert torch.equal(with_rht, without)
     assert torch.equal(without, dy.t() @ x)
 
@@ -194,7 +199,7 @@ def test_stochastic_rounding_gradients_are_unbiased():
     x = torch.randn(64, 32)
     w = torch.randn(16, 32) * 0.1
     dy = torch.randn(64, 16)
-    exact_dw = (dy.double().t() @ x.double())
+    exact_dw = dy.double().t() @ x.double()
     exact_dx = dy.double() @ w.double()
     recipe = nvfp4.recipes.get("nvfp4").replace(exact_gemm=True)
     dws, dxs = [], []

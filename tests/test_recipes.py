@@ -10,9 +10,22 @@ import nvfp4
 from nvfp4.recipe import OPERANDS, LayerPolicy, OperandConfig, PrecisionSwitch, Recipe
 
 PAPER_NAMES = {
-    "bf16", "fp8", "mxfp4", "nvfp4", "nvfp4-no-rht", "nvfp4-no-sr", "nvfp4-no-2d", "nvfp4-all-fp4",
-    "nvfp4-sr-everywhere", "nvfp4-rht-everywhere", "nvfp4-rht4", "nvfp4-rht-no-signs", "nvfp4-base",
-    "nvfp4-switch-fwd", "nvfp4-switch-bwd", "nvfp4-switch-both",
+    "bf16",
+    "fp8",
+    "mxfp4",
+    "nvfp4",
+    "nvfp4-no-rht",
+    "nvfp4-no-sr",
+    "nvfp4-no-2d",
+    "nvfp4-all-fp4",
+    "nvfp4-sr-everywhere",
+    "nvfp4-rht-everywhere",
+    "nvfp4-rht4",
+    "nvfp4-rht-no-signs",
+    "nvfp4-base",
+    "nvfp4-switch-fwd",
+    "nvfp4-switch-bwd",
+    "nvfp4-switch-both",
 }
 SUCCESSOR_NAMES = {"mxfp8", "nvfp4-mxfp8-edges"}  # issue 17's recipes, as they land
 
@@ -78,8 +91,10 @@ def test_ablations_differ_from_nvfp4_in_exactly_their_component():
     assert rht_all.fprop_x.hadamard == rht_all.fprop_w.hadamard == 16
     rht4, no_signs = nvfp4.recipes.get("nvfp4-rht4"), nvfp4.recipes.get("nvfp4-rht-no-signs")
     for variant in (rht4, no_signs):  # they differ from nvfp4 in the Wgrad RHT only
-        assert variant.replace(wgrad_dy=base.wgrad_dy, wgrad_x=base.wgrad_x, name="nvfp4",
-                               description=base.description) == base  # fmt: skip
+        assert (
+            variant.replace(wgrad_dy=base.wgrad_dy, wgrad_x=base.wgrad_x, name="nvfp4", description=base.description)
+            == base
+        )
     assert rht4.wgrad_dy.hadamard == rht4.wgrad_x.hadamard == 4
     assert not no_signs.wgrad_dy.random_signs and not no_signs.wgrad_x.random_signs
     assert "no sign flips" in no_signs.summary() and "no sign flips" not in base.summary()
@@ -110,8 +125,9 @@ def test_recipe_round_trips_through_dict():
         (lambda: Recipe("x", wgrad_dy=OperandConfig("nvfp4", hadamard=16)), "same hadamard"),
         (
             lambda: Recipe(
-                "x", wgrad_dy=OperandConfig("nvfp4", hadamard=16), wgrad_x=OperandConfig("nvfp4", hadamard=16,
-                                                                                         random_signs=False)
+                "x",
+                wgrad_dy=OperandConfig("nvfp4", hadamard=16),
+                wgrad_x=OperandConfig("nvfp4", hadamard=16, random_signs=False),
             ),
             "same RHT signs",
         ),

@@ -16,8 +16,9 @@ pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no
 
 def test_gpu_checks_exits_2_without_cuda(tmp_path):
     env = {**os.environ, "OUT": str(tmp_path)}
-    proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_checks.sh")], env=env, capture_output=True, text=True,
-                          timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu_checks.sh")], env=env, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 2
     assert "no CUDA device" in (tmp_path / "summary.txt").read_text()
 

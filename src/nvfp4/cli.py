@@ -114,8 +114,17 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 # What compare sets per run; every other TrainConfig flag is shared by all runs.
 _PER_RUN_FIELDS = ("recipe", "seed", "out", "resume", "keep_steps", "branch_from")
 # --quick: the CI-sized end-to-end check (tiny model, two recipes, a few steps).
-QUICK_TRAIN = dict(model="tiny", n_layer=4, max_steps=20, batch_size=8, seq_len=64, eval_interval=10,
-                   eval_batches=2, log_interval=2, tokenizer="byte")
+QUICK_TRAIN = dict(
+    model="tiny",
+    n_layer=4,
+    max_steps=20,
+    batch_size=8,
+    seq_len=64,
+    eval_interval=10,
+    eval_batches=2,
+    log_interval=2,
+    tokenizer="byte",
+)
 
 
 def _comma_list(kind: type) -> Any:
@@ -126,6 +135,7 @@ def _comma_list(kind: type) -> Any:
             raise argparse.ArgumentTypeError(
                 f"expected a comma-separated list of {kind.__name__}, got {text!r}"
             ) from None
+
     return parse
 
 
@@ -143,17 +153,27 @@ def _compare(args: argparse.Namespace) -> int:
     train.update({f: getattr(args, f) for f in train_fields if hasattr(args, f)})
     suite = "quick" if args.quick and not args.recipes and not args.suite else args.suite
     config = CompareConfig(
-        recipes=args.recipes, suite=suite, out=args.out, seeds=args.seeds, ablation_seeds=args.ablation_seeds,
-        reference=args.reference, mxfp4_token_multiplier=args.mxfp4_token_multiplier, train=train,
-        branch=not args.no_branch, probe=args.probe, probe_draws=args.probe_draws,
+        recipes=args.recipes,
+        suite=suite,
+        out=args.out,
+        seeds=args.seeds,
+        ablation_seeds=args.ablation_seeds,
+        reference=args.reference,
+        mxfp4_token_multiplier=args.mxfp4_token_multiplier,
+        train=train,
+        branch=not args.no_branch,
+        probe=args.probe,
+        probe_draws=args.probe_draws,
         command=command_line([a for a in args.argv if a != "--report-only"]),  # the command that made the runs
-    )  # fmt: skip
+    )
     summary = write_outputs(config) if args.report_only else compare(config)
     for name, r in summary["recipes"].items():
         gap = r["val_gap_to_reference"]
         gap_text = "-" if gap is None else f"{100 * gap:+.2f}%"
-        print(f"{name:22s} val {r['final_val_loss_mean']:.4f} ± {r['final_val_loss_std']:.4f}  gap {gap_text}"
-              f"{'  DIVERGED' if r['diverged'] else ''}")
+        print(
+            f"{name:22s} val {r['final_val_loss_mean']:.4f} ± {r['final_val_loss_std']:.4f}  gap {gap_text}"
+            f"{'  DIVERGED' if r['diverged'] else ''}"
+        )
     print(f"report: {config.out}/report.md")
     return 0
 
@@ -169,25 +189,40 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
         "TrainConfig fields shared by every run.",
     )
     p.add_argument("--recipes", type=_comma_list(str), help="comma-separated recipe names")
-    p.add_argument("--suite", help="a named set of recipes: paper (the 12 of the paper's main figures), paper-full "
-                   "(paper + every other SPEC §6 ablation), main or quick")
+    p.add_argument(
+        "--suite",
+        help="a named set of recipes: paper (the 12 of the paper's main figures), paper-full "
+        "(paper + every other SPEC §6 ablation), main or quick",
+    )
     p.add_argument("--out", required=True, help="output directory (runs/<recipe>/seed<k>/ inside)")
     p.add_argument("--seeds", type=_comma_list(int), default=[0], help="comma-separated seeds (default 0)")
     p.add_argument("--ablation-seeds", type=_comma_list(int), help="seeds for non-main recipes (default: --seeds)")
     p.add_argument("--reference", default="bf16", help="recipe the relative gaps refer to (default bf16)")
-    p.add_argument("--mxfp4-token-multiplier", type=float,
-                   help="also train mxfp4 this many times longer (run 'mxfp4-long') to measure how many more tokens it "
-                        "needs (default 1.5 for --suite paper/paper-full, else 1 = no such run)")
-    p.add_argument("--no-branch", action="store_true",
-                   help="train late-switch recipes from scratch instead of branching them from their base recipe's "
-                        "checkpoint at the switch step (bit-identical, 80%% cheaper)")
-    p.add_argument("--probe", action="store_true",
-                   help="after the runs, `nvfp4 probe` every recipe on fresh weights and on nvfp4's final checkpoint, "
-                        "for the mechanism verdicts (and log --probe-interval records in every run)")
+    p.add_argument(
+        "--mxfp4-token-multiplier",
+        type=float,
+        help="also train mxfp4 this many times longer (run 'mxfp4-long') to measure how many more tokens it "
+        "needs (default 1.5 for --suite paper/paper-full, else 1 = no such run)",
+    )
+    p.add_argument(
+        "--no-branch",
+        action="store_true",
+        help="train late-switch recipes from scratch instead of branching them from their base recipe's "
+        "checkpoint at the switch step (bit-identical, 80%% cheaper)",
+    )
+    p.add_argument(
+        "--probe",
+        action="store_true",
+        help="after the runs, `nvfp4 probe` every recipe on fresh weights and on nvfp4's final checkpoint, "
+        "for the mechanism verdicts (and log --probe-interval records in every run)",
+    )
     p.add_argument("--probe-draws", type=int, default=32, help="stochastic-rounding draws of --probe (default 32)")
     p.add_argument("--quick", action="store_true", help="CI-sized run: tiny 4-layer model, bf16 vs nvfp4, 20 steps")
-    p.add_argument("--report-only", action="store_true",
-                   help="train nothing: rewrite summary, plots and report from the runs complete so far")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: rewrite summary, plots and report from the runs complete so far",
+    )
     p.add_argument("--config", metavar="FILE.toml", help="TOML file of shared TrainConfig fields (flags win)")
     _add_dataclass_flags(p, TrainConfig, skip=_PER_RUN_FIELDS)
     p.set_defaults(func=_compare)
@@ -218,8 +253,12 @@ def _add_probe(sub: argparse._SubParsersAction) -> None:
         "stochastic-rounding draws against the FP32 gradient, and the forward/backward weight difference. Writes "
         "OUT/probe.json, OUT/report.md and plots.",
     )
-    p.add_argument("--recipes", type=_comma_list(str), default=argparse.SUPPRESS,
-                   help="comma-separated recipes or suites (paper, paper-full, main, quick); default nvfp4")
+    p.add_argument(
+        "--recipes",
+        type=_comma_list(str),
+        default=argparse.SUPPRESS,
+        help="comma-separated recipes or suites (paper, paper-full, main, quick); default nvfp4",
+    )
     _add_dataclass_flags(p, ProbeConfig, skip=("recipes",))
     p.set_defaults(func=_probe)
 
@@ -238,8 +277,10 @@ class GenerateConfig:
     top_k: int | None = field(default=50, metadata={"help": "sample among the k most likely tokens"})
     seed: int = field(default=0, metadata={"help": "sampling seed (the same seed gives the same text)"})
     samples: int = field(default=1, metadata={"help": "how many samples (seeds seed, seed+1, ...)"})
-    precision: str = field(default="recipe", metadata={"help": "recipe: forward quantized as trained; bf16: not",
-                                                        "choices": ("recipe", "bf16")})  # fmt: skip
+    precision: str = field(
+        default="recipe",
+        metadata={"help": "recipe: forward quantized as trained; bf16: not", "choices": ("recipe", "bf16")},
+    )
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda", "choices": ("auto", "cpu", "cuda")})
 
 
@@ -251,8 +292,10 @@ class EvalConfig:
     data: list[str] = field(metadata={"help": ".txt/.jsonl files or directories, or prepared shards / datasets"})
     seq_len: int | None = field(default=None, metadata={"help": "tokens per window (default: the model's context)"})
     batch_size: int = field(default=8, metadata={"help": "windows per forward pass"})
-    precision: str = field(default="recipe", metadata={"help": "recipe: forward quantized as trained; bf16: not",
-                                                        "choices": ("recipe", "bf16")})  # fmt: skip
+    precision: str = field(
+        default="recipe",
+        metadata={"help": "recipe: forward quantized as trained; bf16: not", "choices": ("recipe", "bf16")},
+    )
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda", "choices": ("auto", "cpu", "cuda")})
     json: bool = field(default=False, metadata={"help": "print the figures as one JSON object"})
 
@@ -269,8 +312,14 @@ def _generate(args: argparse.Namespace) -> int:
         raise UsageError(f"--samples must be at least 1, got {cfg.samples}")
     trained = load_trained(cfg.checkpoint, device=cfg.device, precision=cfg.precision)
     for i in range(cfg.samples):
-        text = generate(trained, cfg.prompt, max_tokens=cfg.max_tokens, temperature=cfg.temperature,
-                        top_k=cfg.top_k, seed=cfg.seed + i)  # fmt: skip
+        text = generate(
+            trained,
+            cfg.prompt,
+            max_tokens=cfg.max_tokens,
+            temperature=cfg.temperature,
+            top_k=cfg.top_k,
+            seed=cfg.seed + i,
+        )
         if cfg.samples > 1:
             print(f"--- sample {i + 1} (seed {cfg.seed + i})")
         print(cfg.prompt + text)
@@ -288,8 +337,13 @@ def _eval(args: argparse.Namespace) -> int:
     trained = load_trained(cfg.checkpoint, device=cfg.device, precision=cfg.precision)
     result = evaluate_data(trained, cfg.data, seq_len=cfg.seq_len, batch_size=cfg.batch_size)
     if cfg.json:
-        record = {**dataclasses.asdict(result), "checkpoint": str(trained.checkpoint), "step": trained.step,
-                  "recipe": trained.recipe, "precision": cfg.precision}  # fmt: skip
+        record = {
+            **dataclasses.asdict(result),
+            "checkpoint": str(trained.checkpoint),
+            "step": trained.step,
+            "recipe": trained.recipe,
+            "precision": cfg.precision,
+        }
         print(json.dumps(record))
     else:
         print(f"{trained.checkpoint} (step {trained.step}, recipe {trained.recipe}, precision {cfg.precision})")
@@ -303,14 +357,27 @@ class ExportConfig:
 
     checkpoint: str = field(metadata={"help": "an `nvfp4 train` run directory or checkpoint file"})
     out: str = field(metadata={"help": "output directory (config.json, model.safetensors, tokenizer)"})
-    format: str = field(default="hf", metadata={"help": "hf: LlamaForCausalLM; compressed-tensors: NVFP4 for vLLM",
-                                                 "choices": ("hf", "compressed-tensors")})  # fmt: skip
-    dtype: str = field(default="bfloat16", metadata={"help": "dtype of the high-precision tensors",
-                                                      "choices": ("bfloat16", "float16", "float32")})  # fmt: skip
-    fuse_scales: bool = field(default=True, metadata={"help": "one tensor scale per q/k/v and gate/up group, as "
-                                                               "vLLM runs them (compressed-tensors)"})  # fmt: skip
-    calibrate: int = field(default=0, metadata={"help": "validation batches to calibrate activation scales (W4A4); "
-                                                         "0 = weight-only (compressed-tensors)"})  # fmt: skip
+    format: str = field(
+        default="hf",
+        metadata={
+            "help": "hf: LlamaForCausalLM; compressed-tensors: NVFP4 for vLLM",
+            "choices": ("hf", "compressed-tensors"),
+        },
+    )
+    dtype: str = field(
+        default="bfloat16",
+        metadata={"help": "dtype of the high-precision tensors", "choices": ("bfloat16", "float16", "float32")},
+    )
+    fuse_scales: bool = field(
+        default=True,
+        metadata={"help": "one tensor scale per q/k/v and gate/up group, as vLLM runs them (compressed-tensors)"},
+    )
+    calibrate: int = field(
+        default=0,
+        metadata={
+            "help": "validation batches to calibrate activation scales (W4A4); 0 = weight-only (compressed-tensors)"
+        },
+    )
     tokenizer: bool = field(default=True, metadata={"help": "write the run's tokenizer too"})
     overwrite: bool = field(default=False, metadata={"help": "write into a non-empty --out"})
 
@@ -321,29 +388,46 @@ def _export(args: argparse.Namespace) -> int:
     cfg = _dataclass_args(ExportConfig, args)
     if cfg.calibrate < 0:
         raise UsageError(f"--calibrate must be >= 0, got {cfg.calibrate}")
-    report = export(cfg.checkpoint, cfg.out, cfg.format, dtype=cfg.dtype, fuse_scales=cfg.fuse_scales,
-                    calibrate=cfg.calibrate, tokenizer=cfg.tokenizer, overwrite=cfg.overwrite)  # fmt: skip
+    report = export(
+        cfg.checkpoint,
+        cfg.out,
+        cfg.format,
+        dtype=cfg.dtype,
+        fuse_scales=cfg.fuse_scales,
+        calibrate=cfg.calibrate,
+        tokenizer=cfg.tokenizer,
+        overwrite=cfg.overwrite,
+    )
     print(report.summary())
     return 0
 
 
 def _add_inference(sub: argparse._SubParsersAction) -> None:
-    exp = sub.add_parser("export", help="a checkpoint as a transformers model (hf) or vLLM's NVFP4 checkpoint "
-                         "(compressed-tensors)", description="Export an `nvfp4 train` checkpoint: --format hf writes "
-                         "a LlamaForCausalLM directory, --format compressed-tensors the nvfp4-pack-quantized "
-                         "checkpoint vLLM serves, with the recipe's own weight bits.")  # fmt: skip
+    exp = sub.add_parser(
+        "export",
+        help="a checkpoint as a transformers model (hf) or vLLM's NVFP4 checkpoint (compressed-tensors)",
+        description="Export an `nvfp4 train` checkpoint: --format hf writes "
+        "a LlamaForCausalLM directory, --format compressed-tensors the nvfp4-pack-quantized "
+        "checkpoint vLLM serves, with the recipe's own weight bits.",
+    )
     exp.add_argument("checkpoint", help="run directory or checkpoint file")
     _add_dataclass_flags(exp, ExportConfig, skip=("checkpoint",))
     exp.set_defaults(func=_export)
-    gen = sub.add_parser("generate", help="sample text from a trained checkpoint",
-                         description="Sample text from an `nvfp4 train` checkpoint, its forward quantized as trained.")
+    gen = sub.add_parser(
+        "generate",
+        help="sample text from a trained checkpoint",
+        description="Sample text from an `nvfp4 train` checkpoint, its forward quantized as trained.",
+    )
     gen.add_argument("checkpoint", help="run directory or checkpoint file")
     _add_dataclass_flags(gen, GenerateConfig, skip=("checkpoint",))
     gen.set_defaults(func=_generate)
-    ev = sub.add_parser("eval", help="loss, perplexity and bits per byte of a checkpoint on text files or shards",
-                        description="Evaluate an `nvfp4 train` checkpoint on any text (.txt/.jsonl files or "
-                        "directories) or prepared shards, with the run's tokenizer. Bits per byte compare across "
-                        "tokenizers.")  # fmt: skip
+    ev = sub.add_parser(
+        "eval",
+        help="loss, perplexity and bits per byte of a checkpoint on text files or shards",
+        description="Evaluate an `nvfp4 train` checkpoint on any text (.txt/.jsonl files or "
+        "directories) or prepared shards, with the run's tokenizer. Bits per byte compare across "
+        "tokenizers.",
+    )
     ev.add_argument("checkpoint", help="run directory or checkpoint file")
     _add_dataclass_flags(ev, EvalConfig, skip=("checkpoint",))
     ev.set_defaults(func=_eval)
@@ -384,9 +468,14 @@ def _prepare(args: argparse.Namespace) -> int:
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(PrepareConfig) if hasattr(args, f.name)}
     cfg = PrepareConfig(**values)
     info = prepare_dataset(
-        cfg.data, cfg.out, tokenizer=cfg.tokenizer, vocab_size=cfg.vocab_size, val_fraction=cfg.val_fraction,
-        overwrite=cfg.overwrite, progress=True,
-    )  # fmt: skip
+        cfg.data,
+        cfg.out,
+        tokenizer=cfg.tokenizer,
+        vocab_size=cfg.vocab_size,
+        val_fraction=cfg.val_fraction,
+        overwrite=cfg.overwrite,
+        progress=True,
+    )
     print(
         f"wrote {info.path}: {info.train_tokens:,} train + {info.val_tokens:,} val tokens, "
         f"vocab {info.vocab_size} ({info.tokenizer_name})"
@@ -456,8 +545,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Warnings as one `warning: ...` line on stderr (not Python's two-line form with a source excerpt)."""
-    print(f"warning: {str(message).strip().splitlines()[0] if str(message).strip() else category.__name__}",
-          file=sys.stderr)  # fmt: skip
+    print(
+        f"warning: {str(message).strip().splitlines()[0] if str(message).strip() else category.__name__}",
+        file=sys.stderr,
+    )
 
 
 def _main(argv: list[str] | None) -> int:

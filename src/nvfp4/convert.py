@@ -21,8 +21,18 @@ from nvfp4.recipe import PASSES, LayerPolicy, Recipe
 # Name patterns that stay high precision unless ``default_exclusions=False``: output heads of the common model
 # families (GPT/Llama ``lm_head``, GPT-NeoX/Pythia ``embed_out``, Megatron ``output_layer``, sequence-classification
 # ``score`` and ``classifier``, ``output``) and embeddings. A pattern matches a full name or one dotted part.
-DEFAULT_EXCLUDE = ("lm_head", "output", "embed", "embed_out", "output_layer", "score", "classifier",
-                   "embed_tokens", "wte", "wpe")  # fmt: skip
+DEFAULT_EXCLUDE = (
+    "lm_head",
+    "output",
+    "embed",
+    "embed_out",
+    "output_layer",
+    "score",
+    "classifier",
+    "embed_tokens",
+    "wte",
+    "wpe",
+)
 FilterFn = Callable[[nn.Module, str], bool]
 
 
@@ -62,8 +72,10 @@ class ConversionReport(list):
             lines.append(f"{r.name:{width}s}  {block:>5s}{kind}  {shape:>11s}  {r.treatment}")
         quantized = sum(r.treatment.startswith("quantized") for r in self)
         share = f", {100 * self.quantized_parameters / self.model_parameters:.1f}%" if self.model_parameters else ""
-        lines.append(f"{quantized} of {len(self)} linear layers quantized: {self.quantized_parameters:,} of "
-                     f"{self.model_parameters:,} parameters{share}")  # fmt: skip
+        lines.append(
+            f"{quantized} of {len(self)} linear layers quantized: {self.quantized_parameters:,} of "
+            f"{self.model_parameters:,} parameters{share}"
+        )
         return "\n".join(lines)
 
 
@@ -170,9 +182,13 @@ def convert(
 def _warn_grouped_weights(model: nn.Module, total: int) -> None:
     """MoE experts stored as 3-D parameters (transformers 5.x Mixtral, Qwen2-MoE: one (experts, out, in) tensor run
     as a grouped GEMM) are not nn.Linear: say so, with their share of the model, instead of skipping them silently."""
-    grouped = [(f"{m}.{n}" if m else n, p.numel()) for m, module in model.named_modules()
-               if not isinstance(module, nn.modules.conv._ConvNd)  # a conv's 3-D kernel is no expert stack
-               for n, p in module.named_parameters(recurse=False) if p.dim() == 3]  # fmt: skip
+    grouped = [
+        (f"{m}.{n}" if m else n, p.numel())
+        for m, module in model.named_modules()
+        if not isinstance(module, nn.modules.conv._ConvNd)  # a conv's 3-D kernel is no expert stack
+        for n, p in module.named_parameters(recurse=False)
+        if p.dim() == 3
+    ]
     if not grouped:
         return
     count = sum(n for _, n in grouped)
@@ -180,8 +196,9 @@ def _warn_grouped_weights(model: nn.Module, total: int) -> None:
     warnings.warn(
         f"nvfp4.convert: {len(grouped)} 3-D (grouped expert) weight parameters, {100 * count / max(total, 1):.1f}% "
         f"of the model's parameters ({names}), are not nn.Linear and stay in high precision: grouped MoE GEMMs are "
-        "not quantized yet", stacklevel=3,
-    )  # fmt: skip
+        "not quantized yet",
+        stacklevel=3,
+    )
 
 
 def conversion_report(model: nn.Module) -> ConversionReport:

@@ -59,12 +59,25 @@ def llama_config(model: GPT, eot_id: int, dtype: str) -> Any:
     transformers = _require_transformers()
     c = model.config
     return transformers.LlamaConfig(
-        vocab_size=c.vocab_size, hidden_size=c.d_model, intermediate_size=c.d_ff, num_hidden_layers=c.n_layer,
-        num_attention_heads=c.n_head, num_key_value_heads=c.n_kv_head, head_dim=c.head_dim,
-        hidden_act="silu" if c.mlp == "swiglu" else "relu", max_position_embeddings=c.seq_len,
-        rms_norm_eps=c.norm_eps, rope_theta=c.rope_base, tie_word_embeddings=False, attention_bias=False,
-        mlp_bias=False, bos_token_id=eot_id, eos_token_id=eot_id, torch_dtype=dtype, architectures=["LlamaForCausalLM"],
-    )  # fmt: skip
+        vocab_size=c.vocab_size,
+        hidden_size=c.d_model,
+        intermediate_size=c.d_ff,
+        num_hidden_layers=c.n_layer,
+        num_attention_heads=c.n_head,
+        num_key_value_heads=c.n_kv_head,
+        head_dim=c.head_dim,
+        hidden_act="silu" if c.mlp == "swiglu" else "relu",
+        max_position_embeddings=c.seq_len,
+        rms_norm_eps=c.norm_eps,
+        rope_theta=c.rope_base,
+        tie_word_embeddings=False,
+        attention_bias=False,
+        mlp_bias=False,
+        bos_token_id=eot_id,
+        eos_token_id=eot_id,
+        torch_dtype=dtype,
+        architectures=["LlamaForCausalLM"],
+    )
 
 
 def hf_names(ours: str, mlp: str) -> list[str]:
@@ -116,11 +129,15 @@ class ExportReport:
     def summary(self) -> str:
         text = f"wrote {self.out} ({self.format})"
         if self.format == "compressed-tensors":
-            text += (f": {len(self.quantized)} NVFP4 linears, {len(self.ignore)} kept in high precision "
-                     f"({'W4A4, calibrated input scales' if self.calibrated else 'weight-only, W4A16'})")  # fmt: skip
+            text += (
+                f": {len(self.quantized)} NVFP4 linears, {len(self.ignore)} kept in high precision "
+                f"({'W4A4, calibrated input scales' if self.calibrated else 'weight-only, W4A16'})"
+            )
             if self.fused_scale_layers:
-                text += (f"; {len(self.fused_scale_layers)} layers share a fused group's tensor scale, so their bits "
-                         "differ from the training forward's (--no-fuse-scales keeps them)")  # fmt: skip
+                text += (
+                    f"; {len(self.fused_scale_layers)} layers share a fused group's tensor scale, so their bits "
+                    "differ from the training forward's (--no-fuse-scales keeps them)"
+                )
         return text
 
 
@@ -145,8 +162,10 @@ def _check_tokenizer(trained: TrainedModel) -> None:
     from nvfp4.data.tokenizer import BPETokenizer
 
     if not isinstance(trained.tokenizer, BPETokenizer):
-        raise ValueError(f"the run's {trained.tokenizer.name} tokenizer has no transformers equivalent: pass "
-                         "--no-tokenizer to export the model alone")  # fmt: skip
+        raise ValueError(
+            f"the run's {trained.tokenizer.name} tokenizer has no transformers equivalent: pass "
+            "--no-tokenizer to export the model alone"
+        )
 
 
 def _save_tokenizer(trained: TrainedModel, out: Path) -> None:
@@ -154,9 +173,14 @@ def _save_tokenizer(trained: TrainedModel, out: Path) -> None:
 
     tok = trained.tokenizer
     tok.save(out / "tokenizer.json")
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": EOT_TOKEN, "bos_token": EOT_TOKEN,
-              "unk_token": None, "model_max_length": trained.model.config.seq_len,
-              "clean_up_tokenization_spaces": False}  # fmt: skip
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "eos_token": EOT_TOKEN,
+        "bos_token": EOT_TOKEN,
+        "unk_token": None,
+        "model_max_length": trained.model.config.seq_len,
+        "clean_up_tokenization_spaces": False,
+    }
     atomic_write(out / "tokenizer_config.json", json.dumps(config, indent=2).encode())
 
 
@@ -168,12 +192,15 @@ def _write_config(config: Any, out: Path, extra: dict[str, Any] | None = None) -
 
 def _check_exportable(model: GPT) -> None:
     if not isinstance(model, GPT):
-        raise ValueError(f"nvfp4 export writes the GPT of `nvfp4 train` checkpoints; a {type(model).__name__} has no "
-                         "transformers mapping here yet")  # fmt: skip
+        raise ValueError(
+            f"nvfp4 export writes the GPT of `nvfp4 train` checkpoints; a {type(model).__name__} has no "
+            "transformers mapping here yet"
+        )
 
 
-def export_hf(where: str | Path, out: str | Path, *, dtype: str = "bfloat16", tokenizer: bool = True,
-              overwrite: bool = False) -> ExportReport:  # fmt: skip
+def export_hf(
+    where: str | Path, out: str | Path, *, dtype: str = "bfloat16", tokenizer: bool = True, overwrite: bool = False
+) -> ExportReport:
     """A transformers ``LlamaForCausalLM`` directory (config.json, model.safetensors, tokenizer) of a checkpoint's
     FP32 master weights cast to ``dtype``."""
     out = Path(out)
@@ -190,8 +217,15 @@ def export_hf(where: str | Path, out: str | Path, *, dtype: str = "bfloat16", to
     return ExportReport("hf", out)
 
 
-def _write_export(trained: TrainedModel, out: Path, state: dict[str, torch.Tensor], config: Any,
-                  extra: dict[str, Any], tokenizer: bool, overwrite: bool) -> None:  # fmt: skip
+def _write_export(
+    trained: TrainedModel,
+    out: Path,
+    state: dict[str, torch.Tensor],
+    config: Any,
+    extra: dict[str, Any],
+    tokenizer: bool,
+    overwrite: bool,
+) -> None:
     """Everything checked first, then the directory: tokenizer, model.safetensors, config.json (+ ``extra``)."""
     if tokenizer:
         _check_tokenizer(trained)
@@ -209,26 +243,52 @@ def nemotron_h_config(model: HybridLM, eot_id: int, dtype: str) -> Any:
     """The ``transformers.NemotronHConfig`` of our hybrid (same blocks, names and arithmetic; tested)."""
     transformers = _require_transformers()
     if not hasattr(transformers, "NemotronHConfig"):
-        raise ImportError("exporting the hybrid needs transformers with NemotronH (>= 5.3): "
-                          "pip install -U transformers")  # fmt: skip
+        raise ImportError(
+            "exporting the hybrid needs transformers with NemotronH (>= 5.3): pip install -U transformers"
+        )
     c = model.config
     return transformers.NemotronHConfig(
-        vocab_size=c.vocab_size, hidden_size=c.d_model, layers_block_type=[_NEMOTRON_KINDS[k] for k in c.kinds],
-        num_attention_heads=c.n_head, num_key_value_heads=c.n_kv_head, head_dim=c.attn_head_dim,
-        intermediate_size=c.d_ff, mlp_hidden_act="relu2", ssm_state_size=c.state_size, mamba_num_heads=c.mamba_heads,
-        mamba_head_dim=c.mamba_head_dim, n_groups=c.mamba_groups, conv_kernel=c.conv_kernel, chunk_size=c.chunk_size,
-        layer_norm_epsilon=c.norm_eps, max_position_embeddings=c.seq_len, tie_word_embeddings=False, use_bias=False,
-        use_conv_bias=True, mlp_bias=False, attention_bias=False, residual_in_fp32=False, bos_token_id=eot_id,
-        eos_token_id=eot_id, pad_token_id=eot_id, torch_dtype=dtype, architectures=["NemotronHForCausalLM"],
-    )  # fmt: skip
+        vocab_size=c.vocab_size,
+        hidden_size=c.d_model,
+        layers_block_type=[_NEMOTRON_KINDS[k] for k in c.kinds],
+        num_attention_heads=c.n_head,
+        num_key_value_heads=c.n_kv_head,
+        head_dim=c.attn_head_dim,
+        intermediate_size=c.d_ff,
+        mlp_hidden_act="relu2",
+        ssm_state_size=c.state_size,
+        mamba_num_heads=c.mamba_heads,
+        mamba_head_dim=c.mamba_head_dim,
+        n_groups=c.mamba_groups,
+        conv_kernel=c.conv_kernel,
+        chunk_size=c.chunk_size,
+        layer_norm_epsilon=c.norm_eps,
+        max_position_embeddings=c.seq_len,
+        tie_word_embeddings=False,
+        use_bias=False,
+        use_conv_bias=True,
+        mlp_bias=False,
+        attention_bias=False,
+        residual_in_fp32=False,
+        bos_token_id=eot_id,
+        eos_token_id=eot_id,
+        pad_token_id=eot_id,
+        torch_dtype=dtype,
+        architectures=["NemotronHForCausalLM"],
+    )
 
 
 def nemotron_h_state_dict(model: HybridLM, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """Our hybrid's parameters under NemotronH's names: blocks.i.* is model.layers.i.* (mixers named alike)."""
-    top = {"embed.weight": "model.embeddings.weight", "final_norm.weight": "model.norm_f.weight",
-           "lm_head.weight": "lm_head.weight"}  # fmt: skip
-    return {top.get(n, "model.layers." + n[len("blocks."):]): p.detach().to(dtype).clone().contiguous()
-            for n, p in model.state_dict().items()}  # fmt: skip
+    top = {
+        "embed.weight": "model.embeddings.weight",
+        "final_norm.weight": "model.norm_f.weight",
+        "lm_head.weight": "lm_head.weight",
+    }
+    return {
+        top.get(n, "model.layers." + n[len("blocks.") :]): p.detach().to(dtype).clone().contiguous()
+        for n, p in model.state_dict().items()
+    }
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -239,17 +299,29 @@ def _dtype(name: str) -> torch.dtype:
 
 
 def _provenance(trained: TrainedModel) -> dict[str, Any]:
-    return {"checkpoint": str(trained.checkpoint), "step": trained.step, "tokens": trained.tokens,
-            "recipe": trained.recipe, "nvfp4_version": nvfp4.__version__}  # fmt: skip
+    return {
+        "checkpoint": str(trained.checkpoint),
+        "step": trained.step,
+        "tokens": trained.tokens,
+        "recipe": trained.recipe,
+        "nvfp4_version": nvfp4.__version__,
+    }
 
 
 def _quantized_linears(model: nn.Module) -> dict[str, nvfp4.Linear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, nvfp4.Linear)}
 
 
-def export_compressed_tensors(where: str | Path, out: str | Path, *, fuse_scales: bool = True, calibrate: int = 0,
-                              dtype: str = "bfloat16", tokenizer: bool = True,
-                              overwrite: bool = False) -> ExportReport:  # fmt: skip
+def export_compressed_tensors(
+    where: str | Path,
+    out: str | Path,
+    *,
+    fuse_scales: bool = True,
+    calibrate: int = 0,
+    dtype: str = "bfloat16",
+    tokenizer: bool = True,
+    overwrite: bool = False,
+) -> ExportReport:
     """compressed-tensors ``nvfp4-pack-quantized`` (what vLLM serves as NVFP4) of a checkpoint (see the module doc)."""
     out = Path(out)
     trained = load_trained(where, device="cpu", precision="recipe")
@@ -262,12 +334,16 @@ def export_compressed_tensors(where: str | Path, out: str | Path, *, fuse_scales
     for name, layer in layers.items():
         cfg = layer.recipe.fprop_w
         if cfg.format != "nvfp4" or cfg.hadamard:
-            raise ValueError(f"recipe {trained.recipe}'s forward weights are {cfg.format}"
-                             f"{' with an RHT' if cfg.hadamard else ''}, not plain NVFP4: compressed-tensors "
-                             "nvfp4-pack-quantized cannot hold them (export --format hf)")  # fmt: skip
+            raise ValueError(
+                f"recipe {trained.recipe}'s forward weights are {cfg.format}"
+                f"{' with an RHT' if cfg.hadamard else ''}, not plain NVFP4: compressed-tensors "
+                "nvfp4-pack-quantized cannot hold them (export --format hf)"
+            )
         if layer.in_features % 16 or layer.out_features % 16:
-            raise ValueError(f"{name} is {layer.out_features}x{layer.in_features}; NVFP4 export needs both "
-                             "dimensions multiples of 16")  # fmt: skip
+            raise ValueError(
+                f"{name} is {layer.out_features}x{layer.in_features}; NVFP4 export needs both "
+                "dimensions multiples of 16"
+            )
     state = hf_state_dict(model, torch_dtype)
     amax = {n: tensor_amax(layer.weight.detach().float()) for n, layer in layers.items()}
     hf_of = {n: hf_names(n + ".weight", model.config.mlp) for n in layers}
@@ -285,13 +361,21 @@ def export_compressed_tensors(where: str | Path, out: str | Path, *, fuse_scales
             if n in input_scales:
                 state[base + ".input_global_scale"] = input_scales[n].reshape(1).float().clone()
     quantized_hf = sorted(h[: -len(".weight")] for n in layers for h in hf_of[n])
-    all_linears = sorted({h[: -len(".weight")] for h in state if h.endswith(".weight") and "norm" not in h
-                          and "embed_tokens" not in h} - set(quantized_hf))  # fmt: skip
+    all_linears = sorted(
+        {h[: -len(".weight")] for h in state if h.endswith(".weight") and "norm" not in h and "embed_tokens" not in h}
+        - set(quantized_hf)
+    )
     config = llama_config(model, trained.tokenizer.eot_id, dtype)
     qconfig = quantization_config(all_linears, calibrated=bool(calibrate))
     _write_export(trained, out, state, config, {"quantization_config": qconfig}, tokenizer, overwrite)
-    report = ExportReport("compressed-tensors", out, quantized_hf, all_linears,
-                          sorted(hf_of[n][0][: -len(".weight")] for n in fused), bool(calibrate))  # fmt: skip
+    report = ExportReport(
+        "compressed-tensors",
+        out,
+        quantized_hf,
+        all_linears,
+        sorted(hf_of[n][0][: -len(".weight")] for n in fused),
+        bool(calibrate),
+    )
     return report
 
 
@@ -317,8 +401,9 @@ def _fused_amax(amax: dict[str, torch.Tensor], fuse: bool) -> tuple[dict[str, to
 
 
 @torch.no_grad()
-def _calibrate(trained: TrainedModel, layers: dict[str, nvfp4.Linear], batches: int,
-               fuse: bool) -> dict[str, torch.Tensor]:  # fmt: skip
+def _calibrate(
+    trained: TrainedModel, layers: dict[str, nvfp4.Linear], batches: int, fuse: bool
+) -> dict[str, torch.Tensor]:
     """Each quantized layer's input encode scale 448·6/amax, the amax over ``batches`` validation batches."""
     from nvfp4.data.loader import val_batches
     from nvfp4.train import TrainConfig
@@ -328,10 +413,14 @@ def _calibrate(trained: TrainedModel, layers: dict[str, nvfp4.Linear], batches: 
     config = TrainConfig.from_dict({k: v for k, v in run.items() if k in TrainConfig.field_names()})
     data = load_data(config)
     seen: dict[str, torch.Tensor] = {}
-    handles = [layer.register_forward_pre_hook(
-        lambda module, args, name=name: seen.__setitem__(
-            name, torch.maximum(seen.get(name, torch.zeros(())), args[0].detach().abs().amax().float())))
-        for name, layer in layers.items()]  # fmt: skip
+    handles = [
+        layer.register_forward_pre_hook(
+            lambda module, args, name=name: seen.__setitem__(
+                name, torch.maximum(seen.get(name, torch.zeros(())), args[0].detach().abs().amax().float())
+            )
+        )
+        for name, layer in layers.items()
+    ]
     try:
         for x, _ in val_batches(data.val, config.batch_size, config.seq_len, batches):
             with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -345,15 +434,32 @@ def _calibrate(trained: TrainedModel, layers: dict[str, nvfp4.Linear], batches: 
 
 def quantization_config(ignore: list[str], calibrated: bool) -> dict[str, Any]:
     """compressed-tensors' ``quantization_config`` for NVFP4 weights (and, calibrated, NVFP4 activations)."""
-    fp4 = {"num_bits": 4, "type": "float", "symmetric": True, "group_size": 16, "strategy": "tensor_group",
-           "dynamic": False, "actorder": None, "observer": "minmax", "observer_kwargs": {}, "block_structure": None}
+    fp4 = {
+        "num_bits": 4,
+        "type": "float",
+        "symmetric": True,
+        "group_size": 16,
+        "strategy": "tensor_group",
+        "dynamic": False,
+        "actorder": None,
+        "observer": "minmax",
+        "observer_kwargs": {},
+        "block_structure": None,
+    }
     activations = {**fp4, "dynamic": "local"} if calibrated else None
     return {
         "quant_method": "compressed-tensors",
         "format": "nvfp4-pack-quantized",
         "quantization_status": "compressed",
-        "config_groups": {"group_0": {"targets": ["Linear"], "weights": fp4, "input_activations": activations,
-                                      "output_activations": None, "format": "nvfp4-pack-quantized"}},
+        "config_groups": {
+            "group_0": {
+                "targets": ["Linear"],
+                "weights": fp4,
+                "input_activations": activations,
+                "output_activations": None,
+                "format": "nvfp4-pack-quantized",
+            }
+        },
         "ignore": ignore,
         "kv_cache_scheme": None,
         "global_compression_ratio": None,

@@ -82,19 +82,34 @@ def _autocast(trained: TrainedModel, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=trained.run_config.get("autocast") != "none")
 
 
-def generate(trained: TrainedModel, prompt: str, *, max_tokens: int = 100, temperature: float = 1.0,
-             top_k: int | None = None, seed: int = 0) -> str:  # fmt: skip
+def generate(
+    trained: TrainedModel,
+    prompt: str,
+    *,
+    max_tokens: int = 100,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    seed: int = 0,
+) -> str:
     """Sample up to ``max_tokens`` tokens after ``prompt`` (stops at end-of-text); returns the generated text only.
     Temperature 0 is greedy; ``top_k`` keeps the k most likely tokens. The same seed gives the same text."""
     tok = trained.tokenizer
     ids = tok.encode(prompt) if prompt else [tok.eot_id]
-    return tok.decode(generate_ids(trained, ids, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
-                                   seed=seed))  # fmt: skip
+    return tok.decode(
+        generate_ids(trained, ids, max_tokens=max_tokens, temperature=temperature, top_k=top_k, seed=seed)
+    )
 
 
 @torch.no_grad()
-def generate_ids(trained: TrainedModel, ids: list[int], *, max_tokens: int = 100, temperature: float = 1.0,
-                 top_k: int | None = None, seed: int = 0) -> list[int]:  # fmt: skip
+def generate_ids(
+    trained: TrainedModel,
+    ids: list[int],
+    *,
+    max_tokens: int = 100,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    seed: int = 0,
+) -> list[int]:
     """``generate`` on token ids: the sampled ids (end-of-text not included)."""
     if max_tokens < 1:
         raise ValueError(f"--max-tokens must be at least 1, got {max_tokens}")
@@ -139,13 +154,16 @@ class EvalResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> str:
-        return (f"loss {self.loss:.4f} | perplexity {self.perplexity:.2f} | bits/byte {self.bits_per_byte:.4f} | "
-                f"{self.tokens:,} tokens, {self.bytes:,} bytes")  # fmt: skip
+        return (
+            f"loss {self.loss:.4f} | perplexity {self.perplexity:.2f} | bits/byte {self.bits_per_byte:.4f} | "
+            f"{self.tokens:,} tokens, {self.bytes:,} bytes"
+        )
 
 
 @torch.no_grad()
-def evaluate_tokens(trained: TrainedModel, ids: list[int] | torch.Tensor, *, seq_len: int | None = None,
-                    batch_size: int = 8) -> EvalResult:  # fmt: skip
+def evaluate_tokens(
+    trained: TrainedModel, ids: list[int] | torch.Tensor, *, seq_len: int | None = None, batch_size: int = 8
+) -> EvalResult:
     """Loss of a token stream in consecutive windows of ``seq_len`` (+1 for the targets): every token after the
     first is predicted once, except a tail shorter than a window. The quantized forward scales each activation
     tensor by its own amax (SPEC §2), so the figures depend slightly on ``batch_size`` (here ~1e-4 of the loss),
@@ -158,25 +176,28 @@ def evaluate_tokens(trained: TrainedModel, ids: list[int] | torch.Tensor, *, seq
     stream = torch.as_tensor(ids, dtype=torch.long)
     windows = (len(stream) - 1) // seq_len
     if windows < 1:
-        raise ValueError(f"the text has {len(stream)} tokens, fewer than one window of {seq_len + 1}; "
-                         "use a smaller --seq-len or more text")  # fmt: skip
+        raise ValueError(
+            f"the text has {len(stream)} tokens, fewer than one window of {seq_len + 1}; "
+            "use a smaller --seq-len or more text"
+        )
     total, count = 0.0, 0
     for start in range(0, windows, batch_size):
         rows = range(start, min(start + batch_size, windows))
-        x = torch.stack([stream[w * seq_len: w * seq_len + seq_len] for w in rows]).to(device)
-        y = torch.stack([stream[w * seq_len + 1: w * seq_len + seq_len + 1] for w in rows]).to(device)
+        x = torch.stack([stream[w * seq_len : w * seq_len + seq_len] for w in rows]).to(device)
+        y = torch.stack([stream[w * seq_len + 1 : w * seq_len + seq_len + 1] for w in rows]).to(device)
         with _autocast(trained, device):
             logits, _ = model(x)
         total += float(F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum"))
         count += y.numel()
-    predicted = stream[1: windows * seq_len + 1].tolist()
+    predicted = stream[1 : windows * seq_len + 1].tolist()
     n_bytes = len(tok.decode(predicted).encode("utf-8"))
     loss = total / count
     return EvalResult(loss, math.exp(loss), total / math.log(2) / max(n_bytes, 1), count, n_bytes)
 
 
-def evaluate_data(trained: TrainedModel, data: list[str], *, seq_len: int | None = None,
-                  batch_size: int = 8) -> EvalResult:  # fmt: skip
+def evaluate_data(
+    trained: TrainedModel, data: list[str], *, seq_len: int | None = None, batch_size: int = 8
+) -> EvalResult:
     """``evaluate_tokens`` of text files (.txt/.jsonl, or directories of them), each document closed by
     end-of-text as ``nvfp4 prepare`` does, or of prepared shards / dataset directories (their validation split
     when they have one, else all their tokens)."""
@@ -188,13 +209,16 @@ def evaluate_data(trained: TrainedModel, data: list[str], *, seq_len: int | None
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise ValueError(f"--data {missing[0]} does not exist")
-    shards = all(p.suffix == ".bin" or (p.is_dir() and (any(p.glob("*.bin")) or (p / "dataset.json").exists()))
-                 for p in paths)  # fmt: skip
+    shards = all(
+        p.suffix == ".bin" or (p.is_dir() and (any(p.glob("*.bin")) or (p / "dataset.json").exists())) for p in paths
+    )
     if shards:
         info = load_dataset([str(p) for p in paths])
         if info.vocab_size > trained.model.config.vocab_size:
-            raise ValueError(f"--data has token ids up to {info.vocab_size - 1}, beyond the model's vocabulary "
-                             f"({trained.model.config.vocab_size}): shards of another tokenizer?")  # fmt: skip
+            raise ValueError(
+                f"--data has token ids up to {info.vocab_size - 1}, beyond the model's vocabulary "
+                f"({trained.model.config.vocab_size}): shards of another tokenizer?"
+            )
         spans = info.val if info.val_split != "tail" or not info.train else info.train + info.val
         stream = TokenStream(spans)
         ids = torch.from_numpy(stream.read(0, len(stream)).astype("int64"))

@@ -539,11 +539,16 @@ class Linear(nn.Linear):
             w_fprop = self._weight_operand("fprop_w") if quantize_fwd else None
             w_dgrad = self._weight_operand("dgrad_w") if quantize_bwd else None
             return _QuantizedLinearFn.apply(
-                x, self.weight, self.bias,
-                None if w_fprop is None else w_fprop.values(), None if w_fprop is None else w_fprop.decode_scale,
-                None if w_dgrad is None else w_dgrad.values(), None if w_dgrad is None else w_dgrad.decode_scale,
-                call, plan,
-            )  # fmt: skip
+                x,
+                self.weight,
+                self.bias,
+                None if w_fprop is None else w_fprop.values(),
+                None if w_fprop is None else w_fprop.decode_scale,
+                None if w_dgrad is None else w_dgrad.values(),
+                None if w_dgrad is None else w_dgrad.decode_scale,
+                call,
+                plan,
+            )
 
     def _forward_only(self, x: torch.Tensor, call: torch.Tensor, plan: _Plan) -> torch.Tensor:
         wq = self._weight_operand("fprop_w") if plan.quantize_fwd else None

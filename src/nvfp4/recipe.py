@@ -187,6 +187,7 @@ class Recipe:
     def same_until_switch(self, other: Recipe) -> bool:
         """True if the two recipes train identically until a precision switch begins (they may differ only in the
         switch and their names): a run of one can branch from the other's checkpoint taken before the switch."""
+
         def strip(r: Recipe) -> Recipe:
             return r.replace(name="", description="", source="", switch=None)
 

@@ -1,8 +1,8 @@
 """Named recipes: the paper's recipe, its baselines and every ablation, one name away.
 
-    >>> import nvfp4
-    >>> nvfp4.recipes.names()
-    >>> recipe = nvfp4.recipes.get("nvfp4")
+>>> import nvfp4
+>>> nvfp4.recipes.names()
+>>> recipe = nvfp4.recipes.get("nvfp4")
 """
 
 from __future__ import annotations

@@ -12,8 +12,16 @@ def _summary(losses: dict[str, dict[int, float]], diverged: dict[str, int] | Non
     for recipe, by_seed in losses.items():
         for seed, loss in by_seed.items():
             step = (diverged or {}).get(recipe)
-            runs.append({"recipe": recipe, "seed": seed, "final_val_loss": loss, "diverged": step is not None,
-                         "diverged_step": step, "tokens": (tokens or {}).get(recipe, 1000)})  # fmt: skip
+            runs.append(
+                {
+                    "recipe": recipe,
+                    "seed": seed,
+                    "final_val_loss": loss,
+                    "diverged": step is not None,
+                    "diverged_step": step,
+                    "tokens": (tokens or {}).get(recipe, 1000),
+                }
+            )
     summary = {"runs": runs}
     if eff is not None:
         summary["token_efficiency_mxfp4_vs_nvfp4"] = eff
@@ -63,8 +71,10 @@ def test_ablation_verdicts_follow_the_intervals():
 def test_no_verdict_from_differences_without_a_seed_spread():
     """One seed each (compare --quick): a 10% gap is still no evidence, so every difference-based claim is 'not
     measured' (the gap shown); a divergence still counts."""
-    s = _summary({"nvfp4": {1: 4.0}, "nvfp4-no-sr": {1: 4.4}, "bf16": {1: 4.0}, "nvfp4-all-fp4": {1: float("nan")}},
-                 diverged={"nvfp4-all-fp4": 7})  # fmt: skip
+    s = _summary(
+        {"nvfp4": {1: 4.0}, "nvfp4-no-sr": {1: 4.4}, "bf16": {1: 4.0}, "nvfp4-all-fp4": {1: float("nan")}},
+        diverged={"nvfp4-all-fp4": 7},
+    )
     claim = _find(s, "stochastic")
     assert claim["verdict"] == "not measured"
     assert "+10.00%" in claim["evidence"] and "no seed spread" in claim["evidence"]
@@ -74,8 +84,12 @@ def test_no_verdict_from_differences_without_a_seed_spread():
 
 def test_divergence_claims():
     s = _summary(
-        {"nvfp4": {1: 4.0}, "nvfp4-all-fp4": {1: float("nan")}, "nvfp4-sr-everywhere": {1: 4.2},
-         "bf16": {1: 4.0, 2: 4.0}},  # a (zero) seed spread, so differences are judged
+        {
+            "nvfp4": {1: 4.0},
+            "nvfp4-all-fp4": {1: float("nan")},
+            "nvfp4-sr-everywhere": {1: 4.2},
+            "bf16": {1: 4.0, 2: 4.0},
+        },  # a (zero) seed spread, so differences are judged
         diverged={"nvfp4-all-fp4": 120},
     )
     assert _find(s, "all-FP4")["verdict"] == "reproduces" and "step 120" in _find(s, "all-FP4")["evidence"]
@@ -127,12 +141,24 @@ def test_switch_claim_recovered_fractions():
     assert claim["verdict"] == "reproduces" and "recovered: fwd 80%" in claim["evidence"]
     neither = _summary({**base, "nvfp4-switch-fwd": {1: 4.09, 2: 4.09}, "nvfp4-switch-bwd": {1: 4.02, 2: 4.02}})
     assert _find(neither, "late switch")["verdict"] == "contradicted"
-    no_gap = _summary({"bf16": {1: 4.0, 2: 4.0}, "nvfp4": {1: 4.0, 2: 4.0}, "nvfp4-switch-fwd": {1: 4.0, 2: 4.0},
-                       "nvfp4-switch-bwd": {1: 4.0, 2: 4.0}})  # fmt: skip
+    no_gap = _summary(
+        {
+            "bf16": {1: 4.0, 2: 4.0},
+            "nvfp4": {1: 4.0, 2: 4.0},
+            "nvfp4-switch-fwd": {1: 4.0, 2: 4.0},
+            "nvfp4-switch-bwd": {1: 4.0, 2: 4.0},
+        }
+    )
     assert _find(no_gap, "late switch")["verdict"] == "not visible"
     # switch runs on seed 1 only: nvfp4's gap is taken on seed 1 too (+5%, not the 2-seed mean +2.5%)
-    one_seed = _summary({"bf16": {1: 4.0, 2: 4.0}, "nvfp4": {1: 4.2, 2: 4.0}, "nvfp4-switch-fwd": {1: 4.0},
-                         "nvfp4-switch-bwd": {1: 4.2}})  # fmt: skip
+    one_seed = _summary(
+        {
+            "bf16": {1: 4.0, 2: 4.0},
+            "nvfp4": {1: 4.2, 2: 4.0},
+            "nvfp4-switch-fwd": {1: 4.0},
+            "nvfp4-switch-bwd": {1: 4.2},
+        }
+    )
     claim = _find(one_seed, "late switch")
     assert "nvfp4 +5.00%" in claim["evidence"] and "(seed 1;" in claim["evidence"]
 

@@ -8,21 +8,31 @@ import pytest
 
 from nvfp4.analysis.compare import SUITES, CompareConfig, _train_config, compare, run_dir
 
-TINY = dict(model="tiny", n_layer=4, max_steps=6, batch_size=4, seq_len=32, eval_interval=3, eval_batches=1,
-            log_interval=1, tokenizer="byte", quiet=True)
+TINY = dict(
+    model="tiny",
+    n_layer=4,
+    max_steps=6,
+    batch_size=4,
+    seq_len=32,
+    eval_interval=3,
+    eval_batches=1,
+    log_interval=1,
+    tokenizer="byte",
+    quiet=True,
+)
 
 
 def test_quick_compare_writes_everything_and_resumes(tmp_path, capsys):
-    cfg = CompareConfig(recipes=["bf16", "nvfp4"], out=str(tmp_path), seeds=[0], train=dict(TINY),
-                        command="nvfp4 compare --quick")
+    cfg = CompareConfig(
+        recipes=["bf16", "nvfp4"], out=str(tmp_path), seeds=[0], train=dict(TINY), command="nvfp4 compare --quick"
+    )
     summary = compare(cfg)
     assert set(summary["recipes"]) == {"bf16", "nvfp4"}
     assert summary["recipes"]["bf16"]["val_gap_to_reference"] == 0.0
     nv = summary["recipes"]["nvfp4"]
     # 4 blocks: nvfp4 keeps blocks 0 and 3 in BF16 and quantizes 1 and 2, so the runs must differ.
     assert nv["val_gap_to_reference"] is not None and 0 < abs(nv["val_gap_to_reference"]) < 0.5
-    for name in ("summary.json", "report.md", "loss_curves.png", "relative_loss_difference.png",
-                 "final_val_loss.png"):
+    for name in ("summary.json", "report.md", "loss_curves.png", "relative_loss_difference.png", "final_val_loss.png"):
         assert (tmp_path / name).stat().st_size > 0
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert on_disk["hardware"] and "git_commit" in on_disk and on_disk["complete_runs"] == 2
@@ -62,8 +72,15 @@ def test_paper_suite_plan_runs_mxfp4_longer():
     assert ("nvfp4", 2) in plan and ("nvfp4-no-sr", 2) not in plan and ("nvfp4-no-sr", 1) in plan
     assert len(plan) == 5 * 2 + 8
     # main recipes first, then the seed spread of bf16 and nvfp4, then the ablations, then the other seeds
-    assert plan[:7] == [("bf16", 1), ("fp8", 1), ("nvfp4", 1), ("mxfp4", 1), ("mxfp4-long", 1), ("bf16", 2),
-                        ("nvfp4", 2)]  # fmt: skip
+    assert plan[:7] == [
+        ("bf16", 1),
+        ("fp8", 1),
+        ("nvfp4", 1),
+        ("mxfp4", 1),
+        ("mxfp4-long", 1),
+        ("bf16", 2),
+        ("nvfp4", 2),
+    ]
     assert plan[7:15] == [(name, 1) for name in SUITES["paper"][4:]]
     assert plan[15:] == [("fp8", 2), ("mxfp4", 2), ("mxfp4-long", 2)]
     # mxfp4 trains the same tokens as the others; mxfp4-long is the mxfp4 recipe, 1.5x longer
@@ -91,8 +108,9 @@ def test_switch_run_branches_bit_identically(tmp_path, capsys):
     runs = {}
     for branch in (True, False):
         out = tmp_path / ("branched" if branch else "scratch")
-        cfg = CompareConfig(recipes=["bf16", "nvfp4", "nvfp4-switch-fwd"], out=str(out), seeds=[0], train=train,
-                            branch=branch)  # fmt: skip
+        cfg = CompareConfig(
+            recipes=["bf16", "nvfp4", "nvfp4-switch-fwd"], out=str(out), seeds=[0], train=train, branch=branch
+        )
         compare(cfg)
         printed = capsys.readouterr().out
         assert ("(branching from nvfp4 at step 5)" in printed) == branch  # 6 steps: 5/6 >= 0.8 > 4/6
@@ -122,9 +140,15 @@ def test_cli_quick_compare_and_errors(tmp_path, capsys):
 
 
 def test_compare_probe_gives_mechanism_verdicts_and_paired_statistics(tmp_path):
-    cfg = CompareConfig(recipes=["bf16", "nvfp4", "nvfp4-no-2d"], out=str(tmp_path), seeds=[0, 1],
-                        ablation_seeds=[0], train=dict(TINY, sequence_eval_batches=2), probe=True,
-                        probe_draws=2)  # fmt: skip
+    cfg = CompareConfig(
+        recipes=["bf16", "nvfp4", "nvfp4-no-2d"],
+        out=str(tmp_path),
+        seeds=[0, 1],
+        ablation_seeds=[0],
+        train=dict(TINY, sequence_eval_batches=2),
+        probe=True,
+        probe_draws=2,
+    )
     assert cfg.train["probe_interval"] == TINY["eval_interval"]  # the runs log probe records too
     summary = compare(cfg)
     for kind in ("fresh", "trained"):

@@ -236,8 +236,21 @@ def byte_data(tmp_path_factory) -> str:
 
 def test_probe_cli_on_a_checkpoint_and_bad_input(byte_data, tmp_path, capsys):
     run = tmp_path / "run"
-    train(TrainConfig(model="tiny", n_layer=4, d_model=64, d_ff=128, batch_size=2, seq_len=32, max_steps=2,
-                      eval_batches=1, data=[byte_data], out=str(run), quiet=True))  # fmt: skip
+    train(
+        TrainConfig(
+            model="tiny",
+            n_layer=4,
+            d_model=64,
+            d_ff=128,
+            batch_size=2,
+            seq_len=32,
+            max_steps=2,
+            eval_batches=1,
+            data=[byte_data],
+            out=str(run),
+            quiet=True,
+        )
+    )
     out = tmp_path / "probe"
     argv = ["probe", "--checkpoint", str(run), "--recipes", "nvfp4,nvfp4-no-2d,bf16", "--draws", "2", "--out", str(out)]
     assert main(argv) == 0
@@ -260,6 +273,7 @@ def test_probe_cli_on_a_checkpoint_and_bad_input(byte_data, tmp_path, capsys):
     assert "exists" in error(argv)  # nothing is overwritten without --overwrite
     assert "unknown recipe" in error([*argv[:-1], str(tmp_path / "p2"), "--recipes", "nvfp5"])
     assert "at least 2" in error(["probe", "--checkpoint", str(run), "--draws", "1", "--out", str(tmp_path / "p3")])
-    assert "not --model small" in error(["probe", "--checkpoint", str(run), "--model", "small", "--out",
-                                         str(tmp_path / "p4")])  # fmt: skip
+    assert "not --model small" in error(
+        ["probe", "--checkpoint", str(run), "--model", "small", "--out", str(tmp_path / "p4")]
+    )
     assert "no readable checkpoint" in error(["probe", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "p5")])

@@ -20,8 +20,13 @@ def _write_run(path, offset: float, steps: int = 100, tokens_per_step: int = 100
             if s % 10 == 0:
                 row["val_loss"] = loss
             f.write(json.dumps(row) + "\n")
-    result = {"final_val_loss": 5.0 / math.log(steps + 2) + offset, "tokens": steps * tokens_per_step,
-              "tokens_per_s": 123.0, "diverged": diverge_at is not None, "diverged_step": diverge_at}
+    result = {
+        "final_val_loss": 5.0 / math.log(steps + 2) + offset,
+        "tokens": steps * tokens_per_step,
+        "tokens_per_s": 123.0,
+        "diverged": diverge_at is not None,
+        "diverged_step": diverge_at,
+    }
     (path / "result.json").write_text(json.dumps(result))
     return path
 
@@ -29,8 +34,12 @@ def _write_run(path, offset: float, steps: int = 100, tokens_per_step: int = 100
 @pytest.fixture
 def runs(tmp_path):
     out = []
-    for recipe, offset, steps in (("bf16", 0.0, 100), ("nvfp4", 0.02, 100), ("mxfp4", 0.06, 100),
-                                  ("mxfp4-long", 0.06, 150)):  # fmt: skip
+    for recipe, offset, steps in (
+        ("bf16", 0.0, 100),
+        ("nvfp4", 0.02, 100),
+        ("mxfp4", 0.06, 100),
+        ("mxfp4-long", 0.06, 150),
+    ):
         for seed in (1, 2):
             d = _write_run(tmp_path / recipe / f"seed{seed}", offset + 0.001 * seed, steps)
             out.append(load_run(d, recipe, seed))

@@ -175,8 +175,9 @@ def test_prepare_handles_a_long_line_without_whitespace_and_says_what_it_does(tm
     (src / "blob.txt").write_text(long_line + "\n")
     for i in range(4):
         (src / f"doc{i}.txt").write_text(f"An ordinary document number {i}, with words and spaces.\n" * 50)
-    info = prepare_dataset([str(src)], tmp_path / "out", vocab_size=512, val_fraction=0.2, cache_dir=tmp_path,
-                           progress=True)  # fmt: skip
+    info = prepare_dataset(
+        [str(src)], tmp_path / "out", vocab_size=512, val_fraction=0.2, cache_dir=tmp_path, progress=True
+    )
     err = capsys.readouterr().err
     assert "training the BPE tokenizer (vocab 512)" in err and "tokenizing train" in err
     tok = info.load_tokenizer()

@@ -25,7 +25,7 @@ def test_write_read_round_trip(tmp_path):
     assert path.read_bytes()[:8] == MAGIC
     header = read_shard_header(path)
     assert (header.num_tokens, header.vocab_size, header.version) == (5, 65536, 2)
-    assert header.body_crc == zlib.crc32(np.asarray(tokens, dtype='<u2').tobytes())
+    assert header.body_crc == zlib.crc32(np.asarray(tokens, dtype="<u2").tobytes())
     loaded = read_shard(path)
     assert isinstance(loaded, np.memmap) and loaded.dtype == np.uint16
     np.testing.assert_array_equal(loaded, tokens)

@@ -41,8 +41,17 @@ def assert_matches_oracle(x: torch.Tensor, tile: tuple[int, int]) -> None:
 @pytest.mark.parametrize("tile", TILES, ids=["1x128", "128x128"])
 @pytest.mark.parametrize(
     "kind",
-    ["normal", "student_t", "lognormal", "tiny", "huge", "fp32_subnormal", "mixed_elements", "sparse_zero_blocks",
-     "all_zero"],
+    [
+        "normal",
+        "student_t",
+        "lognormal",
+        "tiny",
+        "huge",
+        "fp32_subnormal",
+        "mixed_elements",
+        "sparse_zero_blocks",
+        "all_zero",
+    ],
 )
 def test_matches_oracle(kind: str, tile: tuple[int, int]) -> None:
     x = torch.from_numpy(make_data(kind, (130, 300), seed=41))
@@ -112,6 +121,7 @@ def test_zero_block_scale_one_and_nonfinite_block_nan() -> None:
 def test_e4m3_table_and_oracle_cross_check_ml_dtypes() -> None:
     """The oracle's own E4M3 rounding agrees with ml_dtypes' cast (RNE) on midpoints and random values."""
     import ml_dtypes  # a dev dependency: a missing one must fail, not skip
+
     table = O.E4M3_TABLE
     assert table[-1] == 448.0 and table[1] == 2.0**-9 and len(table) == 127
     mids = (table[:-1] + table[1:]) / 2

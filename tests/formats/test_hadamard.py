@@ -152,6 +152,7 @@ def test_inverse_undoes_the_transform(x: np.ndarray, size: int) -> None:
 def test_bf16_oracle_cross_check() -> None:
     """The oracle's bit-level BF16 RNE agrees with ml_dtypes and torch (incl. exact ties)."""
     import ml_dtypes  # a dev dependency: a missing one must fail, not skip
+
     r = np.random.default_rng(9)
     x = (r.standard_normal(4000) * 10.0 ** r.uniform(-30, 30, 4000)).astype(np.float32)
     ties = (np.arange(1, 200, dtype=np.uint32) << 16 | 0x8000).view(np.float32)  # exactly half a BF16 ulp

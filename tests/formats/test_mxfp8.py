@@ -19,8 +19,19 @@ from nvfp4.formats.mxfp8 import reference_quantize_mxfp8_2d
 from tests.formats import oracle as O
 from tests.formats.test_nvfp4 import float_matrices, make_data
 
-KINDS = ["normal", "student_t", "lognormal", "tiny", "huge", "fp32_subnormal", "mixed_rows", "mixed_elements",
-         "sparse_zero_blocks", "all_zero", "grid_values"]  # fmt: skip
+KINDS = [
+    "normal",
+    "student_t",
+    "lognormal",
+    "tiny",
+    "huge",
+    "fp32_subnormal",
+    "mixed_rows",
+    "mixed_elements",
+    "sparse_zero_blocks",
+    "all_zero",
+    "grid_values",
+]
 
 
 def assert_matches_oracle(x: torch.Tensor, backend: str = "auto") -> MXFP8Tensor:
@@ -64,8 +75,11 @@ def test_scale_boundaries_round_up() -> None:
     """amax = 448·2^k, just above and just below: the FP32 product amax·(1/448) decides which side of 2^k."""
     rows = []
     for k in (-20, -3, 0, 1, 7, 40):
-        for amax in (448.0 * 2.0**k, float(np.nextafter(np.float32(448.0 * 2.0**k), np.float32(np.inf))),
-                     float(np.nextafter(np.float32(448.0 * 2.0**k), np.float32(0)))):  # fmt: skip
+        for amax in (
+            448.0 * 2.0**k,
+            float(np.nextafter(np.float32(448.0 * 2.0**k), np.float32(np.inf))),
+            float(np.nextafter(np.float32(448.0 * 2.0**k), np.float32(0))),
+        ):
             row = np.full(32, amax / 3, dtype=np.float32)
             row[5] = -amax
             rows.append(row)
@@ -122,8 +136,12 @@ def test_reference_scale_function_matches_the_bit_rule_everywhere() -> None:
     """e8m0_round_up on every FP32 exponent with zero, tiny and full mantissas, against the oracle's frexp rule."""
     from nvfp4.formats.mxfp8 import e8m0_round_up
 
-    values = [0.0] + [math.ldexp(m, e) for e in range(-149, 128) for m in (1.0, 1.5, 1.0 + 2**-23)
-                      if math.ldexp(m, e) < float(np.finfo(np.float32).max)]  # fmt: skip
+    values = [0.0] + [
+        math.ldexp(m, e)
+        for e in range(-149, 128)
+        for m in (1.0, 1.5, 1.0 + 2**-23)
+        if math.ldexp(m, e) < float(np.finfo(np.float32).max)
+    ]
     s = torch.tensor(values, dtype=torch.float32)
     want = []
     for v in s.tolist():

@@ -247,9 +247,7 @@ def test_scale_ties_and_saturation(backend: str) -> None:
         [1.0625, 1.1875, 3.0 * 2.0**-10, 2.0**-10, 2.0**-11, 9.0 * 2.0**-10, 440.0, 470.0, 448.0, 0.0],
         dtype=np.float32,
     )
-    expected = np.array(
-        [1.0, 1.25, 2.0**-8, 0.0, 0.0, 2.0**-7, 448.0, 448.0, 448.0, 0.0], dtype=np.float32
-    )
+    expected = np.array([1.0, 1.25, 2.0**-8, 0.0, 0.0, 2.0**-7, 448.0, 448.0, 448.0, 0.0], dtype=np.float32)
     # 9·2^-10 = 4.5·2^-9: tie between subnormals 4·2^-9 (even) and 5·2^-9 -> 4·2^-9 = 2^-7
     x = np.zeros((len(block_amax), 16), dtype=np.float32)
     x[:, 3] = block_amax
@@ -350,6 +348,7 @@ def test_tensor_scale_uses_true_division() -> None:
 def test_oracle_e2m1_rounding_cross_checks_ml_dtypes() -> None:
     """The oracle's SPEC threshold table agrees with ml_dtypes' float4_e2m1fn cast (RNE) on ties and random values."""
     import ml_dtypes  # a dev dependency: a missing one must fail, not skip
+
     mids = np.array([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0], dtype=np.float32)
     near = [np.nextafter(mids, F32(0)), np.nextafter(mids, F32(7))]  # one FP32 ulp either side of each tie
     v = np.concatenate([mids, O.E2M1_MAGNITUDES, *near, _rng(10).uniform(0, 6, 3000).astype(np.float32)])

@@ -8,8 +8,20 @@ from __future__ import annotations
 
 import torch
 
-KINDS = ("random", "heavy", "tiny", "huge", "subnormal", "mixed", "zeros", "signed_zeros", "ties", "nan", "inf",
-         "nonfinite")  # fmt: skip
+KINDS = (
+    "random",
+    "heavy",
+    "tiny",
+    "huge",
+    "subnormal",
+    "mixed",
+    "zeros",
+    "signed_zeros",
+    "ties",
+    "nan",
+    "inf",
+    "nonfinite",
+)
 
 
 def make_input(kind: str, shape: tuple[int, int], dtype: torch.dtype = torch.float32, *, seed: int = 0) -> torch.Tensor:

@@ -303,8 +303,9 @@ def test_rht_stays_finite_and_equal_at_the_top_of_the_range(backend):
         got = impl.fast.rht_quantize_nvfp4(x.to(device), signs.to(device), None, False, 5, 9)
         assert _same(got, want), f"{impl.name} rht_quantize_nvfp4 on {kind}"
         want_t = REF.rht_quantize_nvfp4(x.t().contiguous(), signs, None, True, 5, 9, transpose=True)
-        got_t = impl.fast.rht_quantize_nvfp4(x.t().contiguous().to(device), signs.to(device), None, True, 5, 9,
-                                            transpose=True)  # fmt: skip
+        got_t = impl.fast.rht_quantize_nvfp4(
+            x.t().contiguous().to(device), signs.to(device), None, True, 5, 9, transpose=True
+        )
         assert _same(got_t, want_t), f"{impl.name} transposed rht_quantize_nvfp4 on {kind}"
         want_mx = REF.fake_quantize_mxfp4(x, True, 5, 9, rht_signs=default_signs(32))
         got_mx = impl.fast.fake_quantize_mxfp4(x.to(device), True, 5, 9, rht_signs=default_signs(32).to(device))

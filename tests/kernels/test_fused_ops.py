@@ -82,9 +82,14 @@ def test_fake_quantize_every_option(cpu, shape):
     x = make_input("heavy", shape, seed=5)
     x[5, 7] = float("nan")  # one NaN block (one NaN 16x16 tile) in each layout
     for dtype, transpose, rht, tile_rows, stochastic, amax, out_dtype in itertools.product(
-        (torch.float32, torch.bfloat16), (False, True), (False, True), (1, 16), (False, True), (0, 1),
+        (torch.float32, torch.bfloat16),
+        (False, True),
+        (False, True),
+        (1, 16),
+        (False, True),
+        (0, 1),
         (torch.bfloat16, torch.float32),
-    ):  # fmt: skip
+    ):
         xd = x.to(dtype)
         if rht and logical_cols(xd, transpose) % 16:
             continue
@@ -204,7 +209,7 @@ def test_large_inputs_use_the_threaded_paths(cpu, shape):
             (transpose, rht, tile_rows, stochastic)
             for transpose, rht, tile_rows, stochastic in itertools.product(
                 (False, True), (False, True), (1, 16), (False, True)
-            )  # fmt: skip
+            )
             if not (rht and logical_cols(xd, transpose) % 16)
         ]
         with torch_threads(2):
@@ -214,8 +219,9 @@ def test_large_inputs_use_the_threaded_paths(cpu, shape):
             ]
             got_packed = cpu.quantize_nvfp4(xd, REF.amax(xd), 16, True, 6, 1, transpose=True)
         for g, (tr, r, t, s) in zip(got, cases, strict=True):
-            assert_fake_equal(g, REF.fake_quantize_nvfp4(xd, None, t, s, 6, 1, transpose=tr,
-                                                         rht_signs=SIGNS if r else None))  # fmt: skip
+            assert_fake_equal(
+                g, REF.fake_quantize_nvfp4(xd, None, t, s, 6, 1, transpose=tr, rht_signs=SIGNS if r else None)
+            )
         assert_quant_equal(got_packed, REF.quantize_nvfp4(xd, REF.amax(xd), 16, True, 6, 1, transpose=True))
 
 

@@ -64,7 +64,7 @@ def logical_cols(x: torch.Tensor, transpose: bool) -> int:
 def test_quantize_mxfp4_matches_reference(cpu, shape, kind):
     for dtype, transpose, stochastic, rule in itertools.product(
         FLOATS, (False, True), (False, True), ("ceil", "floor")
-    ):  # fmt: skip
+    ):
         x = mx_input(kind, shape).to(dtype)
         kw = dict(scale_rule=rule, transpose=transpose)
         got = cpu.quantize_mxfp4(x, stochastic, 99, 3, **kw)
@@ -78,7 +78,7 @@ def test_fake_quantize_mxfp4_matches_reference(cpu, shape, kind):
     out_dtypes = itertools.cycle((torch.bfloat16, torch.float32, torch.float16))
     for dtype, transpose, stochastic, rule, rht in itertools.product(
         FLOATS, (False, True), (False, True), ("ceil", "floor"), (False, True)
-    ):  # fmt: skip
+    ):
         x = mx_input(kind, shape).to(dtype)
         if rht and logical_cols(x, transpose) % 32:
             continue

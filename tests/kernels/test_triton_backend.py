@@ -42,8 +42,10 @@ tl = triton.language
 def _random_bytes_probe(out_ptr, base, key1, key2, N: tl.constexpr):
     """Runs the backend's in-kernel RNG on arbitrary int64 indices (decorated while interpreting)."""
     index = base.to(tl.int64) + tl.arange(0, N).to(tl.int64)
-    tl.store(out_ptr + tl.arange(0, N), triton_numerics.random_bytes(
-        index, key1.to(tl.uint32, bitcast=True), key2.to(tl.uint32, bitcast=True)))
+    tl.store(
+        out_ptr + tl.arange(0, N),
+        triton_numerics.random_bytes(index, key1.to(tl.uint32, bitcast=True), key2.to(tl.uint32, bitcast=True)),
+    )
 
 
 if _SET_INTERPRET:
@@ -139,8 +141,23 @@ def test_e2m1_rounding_ties(tb):
 
 def test_e4m3_scale_ties(tb):
     """Global amax 448 makes the FP32 scale equal the block amax: put block amaxes on E4M3 midpoints."""
-    midpoints = [1.0625, 1.1875, 432.0, 3 * 2.0**-10, 2.0**-10, 5 * 2.0**-10, 15 * 2.0**-11, 0.0146484375,
-                 448.0, 500.0, 464.0, 2.0**-12, 240.0, 0.3125, 17 * 2.0**-10]
+    midpoints = [
+        1.0625,
+        1.1875,
+        432.0,
+        3 * 2.0**-10,
+        2.0**-10,
+        5 * 2.0**-10,
+        15 * 2.0**-11,
+        0.0146484375,
+        448.0,
+        500.0,
+        464.0,
+        2.0**-12,
+        240.0,
+        0.3125,
+        17 * 2.0**-10,
+    ]
     x = torch.rand(len(midpoints), 16, generator=torch.Generator().manual_seed(1)) * 2.0**-12
     x[:, 7] = torch.tensor(midpoints)
     x = torch.cat([x, -x], dim=1)
@@ -344,8 +361,9 @@ def test_kernels_compile_for_sm90_with_exact_arithmetic():
         pytest.skip("Triton's NVIDIA backend is not installed")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(Path(nvfp4.__file__).parents[1])
-    proc = subprocess.run([sys.executable, "-c", _COMPILE_FOR_SM90], capture_output=True, text=True, env=env,
-                          timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", _COMPILE_FOR_SM90], capture_output=True, text=True, env=env, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name, ptx in json.loads(proc.stdout).items():
         assert "fma." not in ptx, f"{name}: FMA contraction"

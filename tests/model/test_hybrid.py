@@ -73,8 +73,20 @@ def test_presets_and_the_papers_policy_on_the_8b_and_12b_patterns():
         model_config("hybrid-tiny", n_layer=3)
 
 
-TINY = dict(pattern="M-*-M", vocab_size=97, d_model=64, d_ff=128, n_head=4, n_kv_head=2, mamba_heads=8,
-            mamba_head_dim=16, mamba_groups=2, state_size=16, chunk_size=8, seq_len=64)  # fmt: skip
+TINY = dict(
+    pattern="M-*-M",
+    vocab_size=97,
+    d_model=64,
+    d_ff=128,
+    n_head=4,
+    n_kv_head=2,
+    mamba_heads=8,
+    mamba_head_dim=16,
+    mamba_groups=2,
+    state_size=16,
+    chunk_size=8,
+    seq_len=64,
+)
 
 
 @pytest.mark.parametrize("recipe", nvfp4.recipes.names())
@@ -106,18 +118,38 @@ def test_matches_transformers_nemotron_h():
     ours = HybridLM(HybridConfig(**TINY)).float()
     c = ours.config
     hf_config = transformers.NemotronHConfig(
-        vocab_size=c.vocab_size, hidden_size=c.d_model, layers_block_type=[
-            {"mamba": "linear_attention", "attention": "full_attention", "mlp": "mlp"}[k] for k in c.kinds],
-        num_attention_heads=c.n_head, num_key_value_heads=c.n_kv_head, head_dim=c.attn_head_dim,
-        intermediate_size=c.d_ff, mlp_hidden_act="relu2", ssm_state_size=c.state_size, mamba_num_heads=c.mamba_heads,
-        mamba_head_dim=c.mamba_head_dim, n_groups=c.mamba_groups, conv_kernel=c.conv_kernel, chunk_size=c.chunk_size,
-        layer_norm_epsilon=c.norm_eps, max_position_embeddings=c.seq_len, tie_word_embeddings=False, use_bias=False,
-        use_conv_bias=True, mlp_bias=False, attention_bias=False, residual_in_fp32=False,
-    )  # fmt: skip
+        vocab_size=c.vocab_size,
+        hidden_size=c.d_model,
+        layers_block_type=[
+            {"mamba": "linear_attention", "attention": "full_attention", "mlp": "mlp"}[k] for k in c.kinds
+        ],
+        num_attention_heads=c.n_head,
+        num_key_value_heads=c.n_kv_head,
+        head_dim=c.attn_head_dim,
+        intermediate_size=c.d_ff,
+        mlp_hidden_act="relu2",
+        ssm_state_size=c.state_size,
+        mamba_num_heads=c.mamba_heads,
+        mamba_head_dim=c.mamba_head_dim,
+        n_groups=c.mamba_groups,
+        conv_kernel=c.conv_kernel,
+        chunk_size=c.chunk_size,
+        layer_norm_epsilon=c.norm_eps,
+        max_position_embeddings=c.seq_len,
+        tie_word_embeddings=False,
+        use_bias=False,
+        use_conv_bias=True,
+        mlp_bias=False,
+        attention_bias=False,
+        residual_in_fp32=False,
+    )
     hf = transformers.NemotronHForCausalLM(hf_config).float()
-    names = {"embed.weight": "model.embeddings.weight", "final_norm.weight": "model.norm_f.weight",
-             "lm_head.weight": "lm_head.weight"}  # fmt: skip
-    state = {names.get(k, "model.layers." + k[len("blocks."):]): v for k, v in ours.state_dict().items()}
+    names = {
+        "embed.weight": "model.embeddings.weight",
+        "final_norm.weight": "model.norm_f.weight",
+        "lm_head.weight": "lm_head.weight",
+    }
+    state = {names.get(k, "model.layers." + k[len("blocks.") :]): v for k, v in ours.state_dict().items()}
     missing, unexpected = hf.load_state_dict(state, strict=False)
     assert not unexpected and not [m for m in missing if "inv_freq" not in m], (missing, unexpected)
     x = torch.randint(0, c.vocab_size, (2, 40))  # 40: not a multiple of the chunk
@@ -129,5 +161,5 @@ def test_matches_transformers_nemotron_h():
     hf_loss.backward()
     hf_params = dict(hf.named_parameters())
     for name, p in ours.named_parameters():
-        theirs = hf_params[names.get(name, "model.layers." + name[len("blocks."):])]
+        theirs = hf_params[names.get(name, "model.layers." + name[len("blocks.") :])]
         torch.testing.assert_close(theirs.grad, p.grad, rtol=1e-3, atol=1e-5, msg=name)

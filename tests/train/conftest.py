@@ -25,9 +25,18 @@ def make_config(byte_data: str, tmp_path) -> Callable[..., TrainConfig]:
 
     def make(**overrides) -> TrainConfig:
         values = dict(
-            TINY, recipe="bf16", data=[byte_data], max_steps=8, eval_interval=4, eval_batches=2, log_interval=1,
-            checkpoint_interval=4, lr=3e-3, out=str(tmp_path / "run"), quiet=True,
-        )  # fmt: skip
+            TINY,
+            recipe="bf16",
+            data=[byte_data],
+            max_steps=8,
+            eval_interval=4,
+            eval_batches=2,
+            log_interval=1,
+            checkpoint_interval=4,
+            lr=3e-3,
+            out=str(tmp_path / "run"),
+            quiet=True,
+        )
         values.update(overrides)
         return TrainConfig(**values)
 

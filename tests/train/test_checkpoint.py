@@ -14,10 +14,16 @@ from nvfp4.train import checkpoint as ckpt
 
 def make_state(step: int, value: float = 1.0) -> dict:
     return {
-        "version": ckpt.CHECKPOINT_VERSION, "step": step, "tokens": 10 * step, "model": {"w": torch.full((4,), value)},
-        "optimizer": {"state": {}, "param_groups": []}, "rng": ckpt.rng_state(), "sr": {}, "loader": {},
+        "version": ckpt.CHECKPOINT_VERSION,
+        "step": step,
+        "tokens": 10 * step,
+        "model": {"w": torch.full((4,), value)},
+        "optimizer": {"state": {}, "param_groups": []},
+        "rng": ckpt.rng_state(),
+        "sr": {},
+        "loader": {},
         "config": {},
-    }  # fmt: skip
+    }
 
 
 def test_save_keeps_last_k_and_points_latest(tmp_path):

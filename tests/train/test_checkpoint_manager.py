@@ -28,9 +28,25 @@ MODEL = {"d_model": 64, "n_layer": 4, "vocab_size": 257}  # what the manager com
 TOKENS_PER_STEP = 4 * 64  # batch_size x seq_len below
 # The on-disk format, written out: checkpoints of earlier versions hold exactly these keys, in this order.
 FORMAT = [
-    "version", "step", "tokens", "bad_steps", "model", "optimizer", "optimizer_format", "rng", "sr", "loader",
-    "config", "model_config", "recipe", "metrics_offset", "last_train_loss", "last_val_loss", "world_size", "elapsed",
-]  # fmt: skip
+    "version",
+    "step",
+    "tokens",
+    "bad_steps",
+    "model",
+    "optimizer",
+    "optimizer_format",
+    "rng",
+    "sr",
+    "loader",
+    "config",
+    "model_config",
+    "recipe",
+    "metrics_offset",
+    "last_train_loss",
+    "last_val_loss",
+    "world_size",
+    "elapsed",
+]
 
 
 class FakeRun:
@@ -43,12 +59,19 @@ class FakeRun:
     def set(self, step: int, weight: float) -> None:
         """The state after ``step`` steps: the weight stands for the parameters, the offset for metrics.jsonl."""
         self.state = {
-            "step": step, "tokens": step * TOKENS_PER_STEP, "bad_steps": 0, "model": {"w": torch.full((3,), weight)},
-            "optimizer": {"state": {}, "param_groups": []}, "rng": {"python": step}, "sr": {"layer": step},
-            "loader": {"step": step}, "metrics_offset": 100 * step, "last_train_loss": 5.0 - step / 10,
-            "last_val_loss": None, "elapsed": {"wall_time_s": 1.5 * step, "train_time_s": float(step),
-                                               "train_tokens": step * TOKENS_PER_STEP},
-        }  # fmt: skip
+            "step": step,
+            "tokens": step * TOKENS_PER_STEP,
+            "bad_steps": 0,
+            "model": {"w": torch.full((3,), weight)},
+            "optimizer": {"state": {}, "param_groups": []},
+            "rng": {"python": step},
+            "sr": {"layer": step},
+            "loader": {"step": step},
+            "metrics_offset": 100 * step,
+            "last_train_loss": 5.0 - step / 10,
+            "last_val_loss": None,
+            "elapsed": {"wall_time_s": 1.5 * step, "train_time_s": float(step), "train_tokens": step * TOKENS_PER_STEP},
+        }
 
     def state_dict(self) -> dict[str, Any]:
         return dict(self.state)
@@ -60,9 +83,19 @@ class FakeRun:
 
 def make_config(tmp_path: Path, name: str = "run", **overrides: Any) -> TrainConfig:
     values: dict[str, Any] = dict(
-        recipe="nvfp4", model="tiny", n_layer=4, d_model=64, batch_size=4, seq_len=64, max_steps=8,
-        checkpoint_interval=2, keep_checkpoints=5, lr=3e-3, out=str(tmp_path / name), quiet=True,
-    )  # fmt: skip
+        recipe="nvfp4",
+        model="tiny",
+        n_layer=4,
+        d_model=64,
+        batch_size=4,
+        seq_len=64,
+        max_steps=8,
+        checkpoint_interval=2,
+        keep_checkpoints=5,
+        lr=3e-3,
+        out=str(tmp_path / name),
+        quiet=True,
+    )
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -224,8 +257,9 @@ def test_branch_starts_from_the_checkpoint_and_copies_the_metrics_before_it(tmp_
     assert run.state["step"] == 7 and torch.equal(run.state["model"]["w"], torch.full((3,), 7.0))
     assert said == [f"branched from {source} (nvfp4, step 7, 1,792 tokens)"]
     # a resume of a branched run that has not checkpointed yet branches again, the same way
-    again = manager(make_config(tmp_path, "branched", recipe="nvfp4-switch-fwd", branch_from=str(source),
-                                resume=True), FakeRun()).start()  # fmt: skip
+    again = manager(
+        make_config(tmp_path, "branched", recipe="nvfp4-switch-fwd", branch_from=str(source), resume=True), FakeRun()
+    ).start()
     assert again == start
 
 
@@ -242,8 +276,13 @@ def test_branch_on_another_rank_loads_but_leaves_the_metrics_to_rank_0(tmp_path)
     ("recipe", "step", "change", "message"),
     [
         ("nvfp4-no-sr", 7, {}, "differs from 'nvfp4-no-sr' in more than the late precision switch"),
-        ("nvfp4-switch-bwd", 8, {}, r"\(step 8\): recipe 'nvfp4-switch-bwd' switches precision at step 7.*"
-                                    r"--keep-steps 7"),
+        (
+            "nvfp4-switch-bwd",
+            8,
+            {},
+            r"\(step 8\): recipe 'nvfp4-switch-bwd' switches precision at step 7.*"
+            r"--keep-steps 7",
+        ),
         ("nvfp4-switch-bwd", 7, {"seed": 3}, "it was trained with seed=0 but this run has seed=3"),
         ("nvfp4-switch-bwd", 7, {"max_steps": 6}, "switches precision at step 5"),  # the switch moves with the length
     ],
@@ -275,7 +314,8 @@ def test_branch_never_overwrites_a_run(tmp_path):
         manager(mine, FakeRun()).start()
     assert snapshot(tmp_path / "branched") == before
     run = FakeRun()
-    start = manager(make_config(tmp_path, "branched", recipe="nvfp4-switch-fwd", branch_from=str(source),
-                                resume=True), run).start()  # fmt: skip
+    start = manager(
+        make_config(tmp_path, "branched", recipe="nvfp4-switch-fwd", branch_from=str(source), resume=True), run
+    ).start()
     assert start.how == "resume" and start.path == checkpoint_path(tmp_path / "branched" / "checkpoints", 8)
     assert run.state["step"] == 8 and snapshot(tmp_path / "branched") == before

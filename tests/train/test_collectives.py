@@ -72,7 +72,8 @@ def test_gloo_group_reduces_on_cpu_and_nccl_on_the_gpu(monkeypatch):
     monkeypatch.setattr(dist, "get_world_size", lambda: 2)
     for backend, device in (("gloo", "cpu"), ("nccl", "cuda")):
         monkeypatch.setattr(dist, "get_backend", lambda b=backend: b)
-        monkeypatch.setattr(D, "resolve_device", lambda d, r=0, dev=device: torch.device(dev, 0) if dev == "cuda"
-                            else torch.device(dev))  # fmt: skip
+        monkeypatch.setattr(
+            D, "resolve_device", lambda d, r=0, dev=device: torch.device(dev, 0) if dev == "cuda" else torch.device(dev)
+        )
         ctx, _ = D.setup("ddp", device)
         assert ctx.collective_device.type == device

@@ -57,8 +57,12 @@ def test_toml_round_trip_and_overrides(tmp_path):
     path.write_text('recipe = "bf16"\nlr = 0.001\nbetas = [0.8, 0.9]\ndata = ["a", "b"]\nmax_steps = 12\n')
     config = TrainConfig.from_toml(path, lr=0.002)
     assert (config.recipe, config.lr, config.betas, config.data, config.max_steps) == (
-        "bf16", 0.002, (0.8, 0.9), ["a", "b"], 12,
-    )  # fmt: skip
+        "bf16",
+        0.002,
+        (0.8, 0.9),
+        ["a", "b"],
+        12,
+    )
     assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
 
 

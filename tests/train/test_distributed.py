@@ -40,10 +40,18 @@ def torchrun(config, nproc: int, entry: list[str] | None = None) -> subprocess.C
     if sys.platform.startswith("linux"):
         env["GLOO_SOCKET_IFNAME"] = "lo"  # keep gloo's sockets on the loopback interface
     launcher = ["-m", "torch.distributed.run", f"--nproc-per-node={nproc}", "--master-addr=127.0.0.1"]
-    command = [sys.executable, *launcher, f"--master-port={free_port()}", *(entry or ["-m", "nvfp4.cli"]), "train", *args]
+    command = [
+        sys.executable,
+        *launcher,
+        f"--master-port={free_port()}",
+        *(entry or ["-m", "nvfp4.cli"]),
+        "train",
+        *args,
+    ]
     # Own session: on a timeout the launcher *and* its workers are killed, never left behind.
-    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          start_new_session=True) as proc:  # fmt: skip
+    with subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    ) as proc:
         try:
             stdout, stderr = proc.communicate(timeout=TIMEOUT_S)
         except subprocess.TimeoutExpired:
@@ -61,8 +69,9 @@ def single_process(byte_data, tmp_path_factory):
     from .conftest import TINY
 
     out = tmp_path_factory.mktemp("single")
-    config = TrainConfig(**{**TINY, "batch_size": 4}, **RUN, recipe="bf16", data=[byte_data], log_interval=1,
-                         out=str(out), quiet=True)  # fmt: skip
+    config = TrainConfig(
+        **{**TINY, "batch_size": 4}, **RUN, recipe="bf16", data=[byte_data], log_interval=1, out=str(out), quiet=True
+    )
     train(config)
     return read_metrics(out)
 
@@ -83,8 +92,9 @@ def test_two_gloo_processes_match_one_process(make_config, single_process, mode)
                 assert a[key] == pytest.approx(b[key], rel=1e-3), (a["step"], key)
         assert a.get("tokens") == b.get("tokens")
     assert sorted(p.name for p in (Path(config.out) / "checkpoints").glob("step_*.pt")) == [
-        "step_00000002.pt", "step_00000004.pt",
-    ]  # fmt: skip
+        "step_00000002.pt",
+        "step_00000004.pt",
+    ]
 
 
 # `nvfp4 train` in which every quantized-weight cache hit is checked against a fresh quantization of the weight
@@ -147,9 +157,15 @@ def test_fsdp_quantized_training_matches_ddp(make_config, tmp_path):
     losses = {}
     for mode in ("ddp", "fsdp"):
         config = make_config(
-            recipe="nvfp4", batch_size=2, distributed=mode, max_steps=4, eval_interval=0, eval_batches=3,
-            checkpoint_interval=0, out=str(tmp_path / mode),
-        )  # fmt: skip
+            recipe="nvfp4",
+            batch_size=2,
+            distributed=mode,
+            max_steps=4,
+            eval_interval=0,
+            eval_batches=3,
+            checkpoint_interval=0,
+            out=str(tmp_path / mode),
+        )
         done = torchrun(config, nproc=2, entry=[str(entry)])
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
         hits = [int(n) for n in re.findall(r"checked cache hits: (\d+)", done.stdout)]
@@ -174,6 +190,11 @@ def test_amax_reducer_propagates_non_finite():
     """all_reduce_max is NaN-aware: a MAX all-reduce alone could drop a NaN. (A child process: a process
     group never lives in the test runner.)"""
     env = {**os.environ, "PYTHONPATH": SRC}
-    done = subprocess.run([sys.executable, "-c", AMAX_CHECK.format(port=free_port())], env=env,
-                          capture_output=True, text=True, timeout=TIMEOUT_S)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", AMAX_CHECK.format(port=free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

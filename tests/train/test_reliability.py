@@ -50,8 +50,29 @@ def test_resume_refusal_is_one_error_line_with_status_2(make_config, capsys):
     train(config)
     for _, p in list_checkpoints(Path(config.out) / "checkpoints"):
         p.write_bytes(b"")
-    args = ["train", "--data", config.data[0], "--model", "tiny", "--n-layer", "4", "--d-model", "64", "--d-ff", "256",
-            "--batch-size", "4", "--seq-len", "64", "--max-steps", "4", "--out", config.out, "--resume", "--quiet"]
+    args = [
+        "train",
+        "--data",
+        config.data[0],
+        "--model",
+        "tiny",
+        "--n-layer",
+        "4",
+        "--d-model",
+        "64",
+        "--d-ff",
+        "256",
+        "--batch-size",
+        "4",
+        "--seq-len",
+        "64",
+        "--max-steps",
+        "4",
+        "--out",
+        config.out,
+        "--resume",
+        "--quiet",
+    ]
     status = cli.main(args)
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 2, err
@@ -77,8 +98,10 @@ def test_a_second_trainer_on_the_same_out_is_refused(make_config):
 def test_the_lock_dies_with_its_process(make_config):
     """A trainer killed with -9 leaves no stale lock: the kernel drops flock locks with the process."""
     config = make_config(max_steps=2)
-    code = f"import sys, time; sys.path.insert(0, {SRC!r}); from nvfp4.train.checkpoint import RunLock; " \
-           f"lock = RunLock({config.out!r}); assert lock.acquire() is None; print('locked', flush=True); time.sleep(60)"
+    code = (
+        f"import sys, time; sys.path.insert(0, {SRC!r}); from nvfp4.train.checkpoint import RunLock; "
+        f"lock = RunLock({config.out!r}); assert lock.acquire() is None; print('locked', flush=True); time.sleep(60)"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "locked"
@@ -122,8 +145,7 @@ def test_exit_status_names_the_signal(monkeypatch):
     import nvfp4.train
 
     for stop, status in ((None, 0), ("SIGINT", 130), ("SIGTERM", 143), ("SIGUSR1", 138)):
-        result = TrainResult(1.0, 1.0, 2, 10, 1.0, 1.0, "out", interrupted=stop is not None, stop_signal=stop,
-                             rank=1)  # fmt: skip
+        result = TrainResult(1.0, 1.0, 2, 10, 1.0, 1.0, "out", interrupted=stop is not None, stop_signal=stop, rank=1)
         monkeypatch.setattr(nvfp4.train, "train", lambda config, result=result: result)
         assert cli.main(["train", "--max-steps", "2", "--quiet"]) == status
 
@@ -131,11 +153,38 @@ def test_exit_status_names_the_signal(monkeypatch):
 def test_sigterm_from_outside_stops_the_cli_with_a_checkpoint(make_config):
     """A real SIGTERM to a running `nvfp4 train`: it finishes the step, saves a checkpoint and exits 143."""
     config = make_config(max_steps=500, eval_interval=0, checkpoint_interval=0, log_interval=1)
-    args = [sys.executable, "-m", "nvfp4.cli", "train", "--data", config.data[0], "--model", "tiny", "--n-layer", "4",
-            "--d-model", "64", "--d-ff", "256", "--batch-size", "4", "--seq-len", "64", "--max-steps", "500",
-            "--eval-interval", "0", "--checkpoint-interval", "0", "--out", config.out, "--quiet"]  # fmt: skip
-    proc = subprocess.Popen(args, env={**os.environ, "PYTHONPATH": SRC}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "nvfp4.cli",
+        "train",
+        "--data",
+        config.data[0],
+        "--model",
+        "tiny",
+        "--n-layer",
+        "4",
+        "--d-model",
+        "64",
+        "--d-ff",
+        "256",
+        "--batch-size",
+        "4",
+        "--seq-len",
+        "64",
+        "--max-steps",
+        "500",
+        "--eval-interval",
+        "0",
+        "--checkpoint-interval",
+        "0",
+        "--out",
+        config.out,
+        "--quiet",
+    ]
+    proc = subprocess.Popen(
+        args, env={**os.environ, "PYTHONPATH": SRC}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     metrics = Path(config.out) / "metrics.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
@@ -198,9 +247,30 @@ def test_a_full_disk_is_one_error_line_with_status_3(make_config, monkeypatch, c
 
     monkeypatch.setattr(checkpoint_module.torch, "save", full_disk)
     config = make_config(max_steps=2, checkpoint_interval=2)
-    args = ["train", "--data", config.data[0], "--model", "tiny", "--n-layer", "4", "--d-model", "64", "--d-ff", "256",
-            "--batch-size", "4", "--seq-len", "64", "--max-steps", "2", "--checkpoint-interval", "2",
-            "--out", config.out, "--quiet"]  # fmt: skip
+    args = [
+        "train",
+        "--data",
+        config.data[0],
+        "--model",
+        "tiny",
+        "--n-layer",
+        "4",
+        "--d-model",
+        "64",
+        "--d-ff",
+        "256",
+        "--batch-size",
+        "4",
+        "--seq-len",
+        "64",
+        "--max-steps",
+        "2",
+        "--checkpoint-interval",
+        "2",
+        "--out",
+        config.out,
+        "--quiet",
+    ]
     assert cli.main(args) == 3
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot write checkpoint" in err[0] and "No space left on device" in err[0]

@@ -57,10 +57,11 @@ def test_resume_after_interrupt_is_bitwise_identical(make_config, tmp_path, reci
 
     # Ctrl-C after step 2 (between checkpoints and evals): a checkpoint is saved, the run returns.
     cut = make_config(**settings, out=str(tmp_path / "cut"))
+    handler_before = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN in a background job
     result = train(cut, on_step=interrupt_at(2))
     assert result.interrupted and result.steps == 2 and not result.diverged
     assert [s for s, _ in list_checkpoints(Path(cut.out) / "checkpoints")] == [2]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signal.SIGINT) is handler_before  # the caller's handler restored
 
     resumed = train(make_config(**settings, out=cut.out, resume=True))
     assert resumed.resumed_from == 2 and resumed.steps == 6
@@ -330,8 +331,14 @@ def test_deferred_read_back_logs_the_same_steps_and_reads_nothing_in_between(mak
         monkeypatch.setattr(torch.Tensor, name, no_read(name))
     runs = {}
     for mode in ("step", "log"):
-        config = make_config(max_steps=7, log_interval=3, eval_interval=0, checkpoint_interval=0, host_sync=mode,
-                             out=str(Path(make_config().out).parent / mode))  # fmt: skip
+        config = make_config(
+            max_steps=7,
+            log_interval=3,
+            eval_interval=0,
+            checkpoint_interval=0,
+            host_sync=mode,
+            out=str(Path(make_config().out).parent / mode),
+        )
         if mode == "step":
             monkeypatch.setattr(trainer_module.Trainer, "train_step", original_step)
         else:
@@ -345,8 +352,9 @@ def test_deferred_read_back_logs_the_same_steps_and_reads_nothing_in_between(mak
 
 def test_deferred_nonfinite_steps_are_skipped_on_device_and_counted_late(make_config, monkeypatch):
     poison_forward(monkeypatch, bad_steps=None, start=3)
-    config = make_config(max_steps=20, max_bad_steps=3, log_interval=4, checkpoint_interval=4, eval_interval=0,
-                         host_sync="log")  # fmt: skip
+    config = make_config(
+        max_steps=20, max_bad_steps=3, log_interval=4, checkpoint_interval=4, eval_interval=0, host_sync="log"
+    )
     result = train(config)
     # Read back at steps 1, 4 (bad: 3, 4) and 8 (bad: 5-8): the third bad step in a row is seen at step 8.
     assert result.diverged and result.diverged_step == 8
@@ -359,8 +367,9 @@ def test_deferred_nonfinite_steps_are_skipped_on_device_and_counted_late(make_co
 
 
 def test_deferred_resume_is_bitwise_identical(make_config, tmp_path):
-    settings = dict(recipe="nvfp4", max_steps=6, eval_interval=3, checkpoint_interval=3, log_interval=2,
-                    host_sync="log")  # fmt: skip
+    settings = dict(
+        recipe="nvfp4", max_steps=6, eval_interval=3, checkpoint_interval=3, log_interval=2, host_sync="log"
+    )
     straight = make_config(**settings, out=str(tmp_path / "straight"))
     train(straight)
     cut = make_config(**settings, out=str(tmp_path / "cut"))
@@ -426,8 +435,18 @@ def test_sequence_eval_writes_per_sequence_losses_of_the_final_model(make_config
 
 
 def test_the_hybrid_trains_and_resumes_bit_for_bit(make_config, tmp_path):
-    hybrid = dict(model="hybrid-tiny", n_layer=None, d_model=64, d_ff=128, n_head=2, n_kv_head=1, recipe="nvfp4",
-                  max_steps=4, eval_interval=2, checkpoint_interval=2)  # fmt: skip
+    hybrid = dict(
+        model="hybrid-tiny",
+        n_layer=None,
+        d_model=64,
+        d_ff=128,
+        n_head=2,
+        n_kv_head=1,
+        recipe="nvfp4",
+        max_steps=4,
+        eval_interval=2,
+        checkpoint_interval=2,
+    )
     straight = make_config(**hybrid, out=str(tmp_path / "straight"))
     train(straight)
     cut = make_config(**hybrid, out=str(tmp_path / "cut"))

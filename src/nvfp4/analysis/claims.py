@@ -182,8 +182,9 @@ def _mxfp4_claim(j: _Judge) -> Claim:
     extra = eff.get("extra_tokens_fraction")
     if extra is not None:
         how = "extrapolated" if eff.get("extrapolated") else "interpolated"
-        text += (f"; tokens MXFP4 needs to reach NVFP4's final val loss: {_pct(extra)} ({how} from its runs of two "
-                 "lengths)")  # fmt: skip
+        text += (
+            f"; tokens MXFP4 needs to reach NVFP4's final val loss: {_pct(extra)} ({how} from its runs of two lengths)"
+        )
     elif eff.get("note"):
         text += f"; token efficiency: {eff['note']}"
     catches_up = extra is not None and extra <= TOKEN_EFFICIENCY_MARGIN and _diverged(j.summary, "mxfp4") is None
@@ -204,9 +205,11 @@ def _switch_claim(j: _Judge) -> Claim:
         return Claim(claim, "not measured", "no finite final losses on a shared seed")
     gap = base[0]
     base_c = paired_comparison(j.summary, "nvfp4", "bf16")
-    text = (f"gap to bf16: nvfp4 {_pct(gap)}, switch-fwd {_pct(fwd[0])}, switch-bwd {_pct(bwd[0])}"
-            f" (seed{'s' * (len(shared) > 1)} {', '.join(map(str, sorted(shared)))}; nvfp4 vs bf16 "
-            f"{describe(base_c)})")  # fmt: skip
+    text = (
+        f"gap to bf16: nvfp4 {_pct(gap)}, switch-fwd {_pct(fwd[0])}, switch-bwd {_pct(bwd[0])}"
+        f" (seed{'s' * (len(shared) > 1)} {', '.join(map(str, sorted(shared)))}; nvfp4 vs bf16 "
+        f"{describe(base_c)})"
+    )
     way = direction(base_c)
     if way is None:
         return Claim(claim, "not measured", text)
@@ -235,7 +238,8 @@ def assess_claims(summary: dict) -> list[dict]:
         _ablation_claim(j, "all-FP4 (no BF16 layers) diverges", "nvfp4-all-fp4", diverges=True),
         _switch_claim(j),
         _no_difference_claim(
-            j, "at small scale the Hadamard size and the sign randomisation make no measurable difference",
+            j,
+            "at small scale the Hadamard size and the sign randomisation make no measurable difference",
             ("nvfp4-rht4", "nvfp4-rht-no-signs"),
         ),
     ]
@@ -273,11 +277,13 @@ def _mech_sr(mech: dict) -> tuple[str, str]:
     sr, rn = _m(mech, "nvfp4", "wgrad_estimate"), _m(mech, "nvfp4-no-sr", "wgrad_estimate")
     if not sr or sr.get("relative_bias") is None or rn.get("relative_bias") is None:
         return "not measured", "no quantized layer probed"
-    text = (f"Wgrad GEMM as an estimator of dyᵀx (mean over quantized layers): relative bias {sr['relative_bias']:.4f} "
-            f"with SR vs {rn['relative_bias']:.4f} RN, concentration slope {_f(sr['concentration_slope'])} vs "
-            f"{_f(rn['concentration_slope'])} (−1 unbiased, 0 plateau); whole-model weight-gradient alignment "
-            f"{_f(_m(mech, 'nvfp4', 'weight_grad', 'alignment'))} vs "
-            f"{_f(_m(mech, 'nvfp4-no-sr', 'weight_grad', 'alignment'))}")  # fmt: skip
+    text = (
+        f"Wgrad GEMM as an estimator of dyᵀx (mean over quantized layers): relative bias {sr['relative_bias']:.4f} "
+        f"with SR vs {rn['relative_bias']:.4f} RN, concentration slope {_f(sr['concentration_slope'])} vs "
+        f"{_f(rn['concentration_slope'])} (−1 unbiased, 0 plateau); whole-model weight-gradient alignment "
+        f"{_f(_m(mech, 'nvfp4', 'weight_grad', 'alignment'))} vs "
+        f"{_f(_m(mech, 'nvfp4-no-sr', 'weight_grad', 'alignment'))}"
+    )
     if sr["relative_bias"] < CLEAR_RATIO * rn["relative_bias"] and (sr["concentration_slope"] or 0) < -0.1:
         return ("reproduces" if (sr["concentration_slope"] or 0) < -0.7 else "partly"), text
     if sr["relative_bias"] >= rn["relative_bias"]:
@@ -291,11 +297,13 @@ def _mech_rht(mech: dict) -> tuple[str, str]:
     with_, without = _m(mech, "nvfp4", "wgrad_gemm_error"), _m(mech, "nvfp4-no-rht", "wgrad_gemm_error")
     if with_ is None or without is None:
         return "not measured", "no quantized layer probed"
-    text = (f"Wgrad GEMM output error (mean over quantized layers) {with_:.4f} with the RHT vs {without:.4f} without; "
-            f"Wgrad operand SQNR x {_f(_m(mech, 'nvfp4', 'sqnr_db', 'wgrad_x'), '.2f')} vs "
-            f"{_f(_m(mech, 'nvfp4-no-rht', 'sqnr_db', 'wgrad_x'), '.2f')} dB, dy "
-            f"{_f(_m(mech, 'nvfp4', 'sqnr_db', 'wgrad_dy'), '.2f')} vs "
-            f"{_f(_m(mech, 'nvfp4-no-rht', 'sqnr_db', 'wgrad_dy'), '.2f')} dB")  # fmt: skip
+    text = (
+        f"Wgrad GEMM output error (mean over quantized layers) {with_:.4f} with the RHT vs {without:.4f} without; "
+        f"Wgrad operand SQNR x {_f(_m(mech, 'nvfp4', 'sqnr_db', 'wgrad_x'), '.2f')} vs "
+        f"{_f(_m(mech, 'nvfp4-no-rht', 'sqnr_db', 'wgrad_x'), '.2f')} dB, dy "
+        f"{_f(_m(mech, 'nvfp4', 'sqnr_db', 'wgrad_dy'), '.2f')} vs "
+        f"{_f(_m(mech, 'nvfp4-no-rht', 'sqnr_db', 'wgrad_dy'), '.2f')} dB"
+    )
     if with_ < 0.98 * without:
         return "reproduces", text
     if with_ > 1.02 * without:
@@ -319,8 +327,10 @@ def _mech_mxfp4(mech: dict) -> tuple[str, str]:
     nv, mx = _m(mech, "nvfp4", "sqnr_db_mean"), _m(mech, "mxfp4", "sqnr_db_mean")
     if nv is None or mx is None:
         return "not measured", "no quantized layer probed"
-    text = (f"mean operand SQNR {nv:.2f} dB NVFP4 vs {mx:.2f} dB MXFP4 ({mx - nv:+.2f} dB); weight-gradient cosine "
-            f"{_f(_m(mech, 'nvfp4', 'weight_grad', 'cosine'))} vs {_f(_m(mech, 'mxfp4', 'weight_grad', 'cosine'))}")
+    text = (
+        f"mean operand SQNR {nv:.2f} dB NVFP4 vs {mx:.2f} dB MXFP4 ({mx - nv:+.2f} dB); weight-gradient cosine "
+        f"{_f(_m(mech, 'nvfp4', 'weight_grad', 'cosine'))} vs {_f(_m(mech, 'mxfp4', 'weight_grad', 'cosine'))}"
+    )
     return ("reproduces" if mx < nv - 1 else "contradicted" if mx > nv else "not visible"), text
 
 
@@ -345,12 +355,16 @@ def _mech_all_fp4(mech: dict) -> tuple[str, str]:
         return "not measured", "no quantized layer probed"
     blocks = sorted(by_block, key=int)
     worst = max(blocks, key=lambda k: by_block[k])
-    text = (f"weight-gradient error {grad:.3f} with every block in FP4 vs {base:.3f} with the BF16 edge blocks; "
-            f"operand relative MSE by block " + ", ".join(f"{k}: {by_block[k]:.4f}" for k in blocks)
-            + f" (largest: block {worst})")  # fmt: skip
+    text = (
+        f"weight-gradient error {grad:.3f} with every block in FP4 vs {base:.3f} with the BF16 edge blocks; "
+        f"operand relative MSE by block "
+        + ", ".join(f"{k}: {by_block[k]:.4f}" for k in blocks)
+        + f" (largest: block {worst})"
+    )
     last_quarter = int(worst) >= len(blocks) - max(1, len(blocks) // 4)
-    return ("reproduces" if grad > base / CLEAR_RATIO and last_quarter else "partly" if grad > base else
-            "not visible"), text  # fmt: skip
+    return (
+        "reproduces" if grad > base / CLEAR_RATIO and last_quarter else "partly" if grad > base else "not visible"
+    ), text
 
 
 def _mech_switch(mech: dict, summary: dict) -> tuple[str, str]:
@@ -361,8 +375,10 @@ def _mech_switch(mech: dict, summary: dict) -> tuple[str, str]:
     bwd = _m(mech, "nvfp4-switch-bwd", "weight_grad", "relative_bias")
     if None in (full, fwd, bwd):
         return "not measured", "no quantized layer probed"
-    text = (f"weight-gradient bias vs FP32: nvfp4 {full:.3f}, forward in BF16 {fwd:.3f}, backward in BF16 {bwd:.3f} "
-            "(the forward's rounding is the bias SR cannot remove)")
+    text = (
+        f"weight-gradient bias vs FP32: nvfp4 {full:.3f}, forward in BF16 {fwd:.3f}, backward in BF16 {bwd:.3f} "
+        "(the forward's rounding is the bias SR cannot remove)"
+    )
     snr = _snr_trend(summary)
     if snr:
         text += f"; {snr[1]}"
@@ -371,8 +387,9 @@ def _mech_switch(mech: dict, summary: dict) -> tuple[str, str]:
 
 def _snr_trend(summary: dict) -> tuple[str, str] | None:
     """The nvfp4 runs' ||g|| / ||g_q − g|| over training (``--probe-interval``), against sqrt(3)."""
-    series = [row.get("probe_snr") for row in summary.get("runs", []) if row["recipe"] == "nvfp4" and
-              row.get("probe_snr")]  # fmt: skip
+    series = [
+        row.get("probe_snr") for row in summary.get("runs", []) if row["recipe"] == "nvfp4" and row.get("probe_snr")
+    ]
     if not series:
         return None
     s = series[0]
@@ -380,8 +397,10 @@ def _snr_trend(summary: dict) -> tuple[str, str] | None:
     early = max(values[: max(1, len(values) // 2)])
     final = values[-1]
     crossed = next((t for t, v in s if v < SQRT3), None)
-    text = (f"gradient signal/noise ‖g‖/‖g_q − g‖ over training {early:.2f} (peak, first half) → {final:.2f} (end), "
-            f"√3 = {SQRT3:.2f}" + (f", crossed at {crossed:,.0f} tokens" if crossed is not None else ""))  # fmt: skip
+    text = (
+        f"gradient signal/noise ‖g‖/‖g_q − g‖ over training {early:.2f} (peak, first half) → {final:.2f} (end), "
+        f"√3 = {SQRT3:.2f}" + (f", crossed at {crossed:,.0f} tokens" if crossed is not None else "")
+    )
     verdict = "reproduces" if final < CLEAR_RATIO * early else "contradicted" if final > early else "not visible"
     return verdict, text
 
@@ -413,21 +432,40 @@ def assess_mechanisms(summary: dict) -> list[dict]:
     mech = summary.get("mechanisms") or {}
     nv_vs_fp8 = ("not measured", _need(mech, "nvfp4", "fp8") or "")
     if not _need(mech, "nvfp4", "fp8"):
-        nv_vs_fp8 = ("—", f"weight-gradient cosine {_f(_m(mech, 'nvfp4', 'weight_grad', 'cosine'))} NVFP4 vs "
-                     f"{_f(_m(mech, 'fp8', 'weight_grad', 'cosine'))} FP8; mean operand SQNR "
-                     f"{_f(_m(mech, 'nvfp4', 'sqnr_db_mean'), '.2f')} vs "
-                     f"{_f(_m(mech, 'fp8', 'sqnr_db_mean'), '.2f')} dB")
+        nv_vs_fp8 = (
+            "—",
+            f"weight-gradient cosine {_f(_m(mech, 'nvfp4', 'weight_grad', 'cosine'))} NVFP4 vs "
+            f"{_f(_m(mech, 'fp8', 'weight_grad', 'cosine'))} FP8; mean operand SQNR "
+            f"{_f(_m(mech, 'nvfp4', 'sqnr_db_mean'), '.2f')} vs "
+            f"{_f(_m(mech, 'fp8', 'sqnr_db_mean'), '.2f')} dB",
+        )
     rht_ff = ("not measured", _need(mech, "nvfp4", "nvfp4-rht-everywhere") or "")
     if not _need(mech, "nvfp4", "nvfp4-rht-everywhere"):
         a, b = _m(mech, "nvfp4", "fprop_gemm_error"), _m(mech, "nvfp4-rht-everywhere", "fprop_gemm_error")
         if a is not None and b is not None:
-            rht_ff = ("reproduces" if b > 1.02 * a else "contradicted" if b < 0.98 * a else "not visible",
-                      f"Fprop GEMM error {b:.4f} with the RHT vs {a:.4f} without")  # fmt: skip
-    rows = [nv_vs_fp8, _mech_mxfp4(mech), _mech_sr(mech), _mech_rht(mech), _mech_2d(mech), _mech_sr_everywhere(mech),
-            rht_ff, _mech_all_fp4(mech), _mech_switch(mech, summary), _mech_hadamard_size(mech)]  # fmt: skip
+            rht_ff = (
+                "reproduces" if b > 1.02 * a else "contradicted" if b < 0.98 * a else "not visible",
+                f"Fprop GEMM error {b:.4f} with the RHT vs {a:.4f} without",
+            )
+    rows = [
+        nv_vs_fp8,
+        _mech_mxfp4(mech),
+        _mech_sr(mech),
+        _mech_rht(mech),
+        _mech_2d(mech),
+        _mech_sr_everywhere(mech),
+        rht_ff,
+        _mech_all_fp4(mech),
+        _mech_switch(mech, summary),
+        _mech_hadamard_size(mech),
+    ]
     if not mech:
         rows = [("not measured", "no probe: nvfp4 compare --probe") for _ in rows]
     out = [{"mechanism_verdict": v, "mechanism_evidence": e} for v, e in rows]
-    out.append({"claim": "the gradient noise approaches the √3 threshold late in training (why a late switch helps)",
-                **dict(zip(("mechanism_verdict", "mechanism_evidence"), _mech_snr(summary), strict=True))})
+    out.append(
+        {
+            "claim": "the gradient noise approaches the √3 threshold late in training (why a late switch helps)",
+            **dict(zip(("mechanism_verdict", "mechanism_evidence"), _mech_snr(summary), strict=True)),
+        }
+    )
     return out

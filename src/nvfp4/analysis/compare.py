@@ -32,9 +32,19 @@ MODEL_OVERRIDES = ("n_layer", "n_head", "n_kv_head", "d_model", "d_ff", "mlp")
 MAIN_RECIPES = ("bf16", "fp8", "nvfp4", "mxfp4")
 MAIN_RUNS = (*MAIN_RECIPES, LONG_MXFP4)  # run with the main seeds and first in the plan
 PAPER_SUITE = (
-    "bf16", "fp8", "nvfp4", "mxfp4", "nvfp4-no-rht", "nvfp4-no-sr", "nvfp4-no-2d", "nvfp4-all-fp4",
-    "nvfp4-sr-everywhere", "nvfp4-switch-fwd", "nvfp4-switch-bwd", "nvfp4-switch-both",
-)  # fmt: skip
+    "bf16",
+    "fp8",
+    "nvfp4",
+    "mxfp4",
+    "nvfp4-no-rht",
+    "nvfp4-no-sr",
+    "nvfp4-no-2d",
+    "nvfp4-all-fp4",
+    "nvfp4-sr-everywhere",
+    "nvfp4-switch-fwd",
+    "nvfp4-switch-bwd",
+    "nvfp4-switch-both",
+)
 SUITES: dict[str, tuple[str, ...]] = {
     "paper": PAPER_SUITE,
     # every SPEC §6 claim: the paper suite plus the RHT on Fprop/Dgrad, the Hadamard size and the sign flips
@@ -125,7 +135,6 @@ class CompareConfig:
 
         return sorted(all_runs, key=priority)  # stable: seed-major within each group
 
-
     def branch_points(self) -> dict[tuple[str, int], tuple[str, int]]:
         """(switch recipe, seed) -> (base recipe, step): the planned base run that trains identically until
         ``step``, where the switch run's precision switch begins (see the module doc)."""
@@ -137,8 +146,16 @@ class CompareConfig:
             recipe = recipes.get(recipe_of(name))
             if recipe.switch is None:
                 continue
-            base = next((b for b in self.recipe_names if (b, seed) in planned and recipes.get(b).switch is None
-                         and recipes.get(b).same_until_switch(recipe)), None)  # fmt: skip
+            base = next(
+                (
+                    b
+                    for b in self.recipe_names
+                    if (b, seed) in planned
+                    and recipes.get(b).switch is None
+                    and recipes.get(b).same_until_switch(recipe)
+                ),
+                None,
+            )
             if base is None:
                 continue
             cfg, base_cfg = _train_config(self, name, seed), _train_config(self, base, seed)
@@ -241,10 +258,18 @@ def run_probes(config: CompareConfig) -> None:
                 continue
             cfg = ProbeConfig(out=str(out), checkpoint=str(trained_run), recipes=names, draws=config.probe_draws)
         else:
-            cfg = ProbeConfig(out=str(out), model=train.get("model", "tiny"), recipes=names, draws=config.probe_draws,
-                              seed=config.seeds[0], data=train.get("data"), tokenizer=train.get("tokenizer", "bpe"),
-                              batch_size=train.get("batch_size", 8), seq_len=train.get("seq_len", 128),
-                              **{k: train[k] for k in MODEL_OVERRIDES if train.get(k) is not None})
+            cfg = ProbeConfig(
+                out=str(out),
+                model=train.get("model", "tiny"),
+                recipes=names,
+                draws=config.probe_draws,
+                seed=config.seeds[0],
+                data=train.get("data"),
+                tokenizer=train.get("tokenizer", "bpe"),
+                batch_size=train.get("batch_size", 8),
+                seq_len=train.get("seq_len", 128),
+                **{k: train[k] for k in MODEL_OVERRIDES if train.get(k) is not None},
+            )
         run_probe(cfg, command=(config.command or "nvfp4 compare") + f" (probe: {kind})")
 
 

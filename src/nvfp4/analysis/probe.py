@@ -151,8 +151,15 @@ def operand_error(t2d: torch.Tensor, cfg: OperandConfig, *, seed: int = 0, offse
     return result
 
 
-def gemm_error(a: torch.Tensor, b: torch.Tensor, cfg_a: OperandConfig, cfg_b: OperandConfig, *, seed: int = 0,
-               offsets: tuple[int, int] = (0, 1)) -> float | None:  # fmt: skip
+def gemm_error(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    cfg_a: OperandConfig,
+    cfg_b: OperandConfig,
+    *,
+    seed: int = 0,
+    offsets: tuple[int, int] = (0, 1),
+) -> float | None:
     """‖Q(a)·Q(b)ᵀ − a·bᵀ‖ / ‖a·bᵀ‖, the FP32 GEMM of the quantized operands against that of the originals."""
     exact = a.float() @ b.float().t()
     qa = dequantized(quantize_operand(a.contiguous(), cfg_a, seed=seed, offset=offsets[0], keep_packed=True))
@@ -230,8 +237,15 @@ class GradientEstimate:
             raise ValueError(f"GradientEstimate has {self.count} of its {self.draws} draws")
         curve = {1: sum(self.errors2) / self.draws, **self.curve2}
         mean_dot = float((self.total / self.draws * self.reference.double()).sum())
-        return {"draws": self.draws, "ref_norm2": self.ref_norm2, "dots": self.dots, "norms2": self.norms2,
-                "curve2": [curve[k] for k in self.ks], "ks": self.ks, "mean_dot": mean_dot}  # fmt: skip
+        return {
+            "draws": self.draws,
+            "ref_norm2": self.ref_norm2,
+            "dots": self.dots,
+            "norms2": self.norms2,
+            "curve2": [curve[k] for k in self.ks],
+            "ks": self.ks,
+            "mean_dot": mean_dot,
+        }
 
     def result(self) -> dict[str, Any]:
         return gradient_figures([self.raw()])
@@ -354,8 +368,11 @@ def _block_linears(model: nn.Module) -> dict[str, nn.Module]:
     if found is None:
         raise ValueError("the probe needs a model with a ModuleList of blocks (as nvfp4.convert finds them)")
     prefix = found[0]
-    return {n: m for n, m in model.named_modules()
-            if n.startswith(prefix + ".") and (type(m) is nn.Linear or isinstance(m, Linear))}  # fmt: skip
+    return {
+        n: m
+        for n, m in model.named_modules()
+        if n.startswith(prefix + ".") and (type(m) is nn.Linear or isinstance(m, Linear))
+    }
 
 
 def _block_of(name: str, prefix: str = "blocks") -> int | None:
@@ -363,8 +380,14 @@ def _block_of(name: str, prefix: str = "blocks") -> int | None:
     return int(parts[1]) if len(parts) > 1 and parts[0] == prefix and parts[1].isdigit() else None
 
 
-def _pass(model: nn.Module, names: Iterable[str], x: torch.Tensor, y: torch.Tensor, autocast: bool,
-          keep_operands: bool = False) -> tuple[dict[str, torch.Tensor], _Capture]:  # fmt: skip
+def _pass(
+    model: nn.Module,
+    names: Iterable[str],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    autocast: bool,
+    keep_operands: bool = False,
+) -> tuple[dict[str, torch.Tensor], _Capture]:
     """One forward + backward; returns the weight gradients of ``names`` and the captured tensors."""
     linears = {n: model.get_submodule(n) for n in names}
     capture = _Capture(linears, keep_operands)
@@ -380,8 +403,9 @@ def _pass(model: nn.Module, names: Iterable[str], x: torch.Tensor, y: torch.Tens
     return grads, capture
 
 
-def reference_pass(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor],
-                   names: list[str] | None = None) -> tuple[dict[str, torch.Tensor], _Capture]:  # fmt: skip
+def reference_pass(
+    model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], names: list[str] | None = None
+) -> tuple[dict[str, torch.Tensor], _Capture]:
     """The FP32 forward + backward of the unconverted model (no autocast): the gradients every recipe is held
     against, and the operands (inputs, output gradients) its quantizers are measured on."""
     names = list(_block_linears(model)) if names is None else names
@@ -430,12 +454,12 @@ def probe_recipe(
     treatments = {r.name: r.treatment for r in conversion_report(quantized)}
     layers = {n: quantized.get_submodule(n) for n in names}
     qlayers = {n: m for n, m in layers.items() if isinstance(m, Linear)}
-    stochastic = any(
-        _effective_config(layer, op).stochastic for layer in qlayers.values() for op in OPERANDS
-    )
+    stochastic = any(_effective_config(layer, op).stochastic for layer in qlayers.values() for op in OPERANDS)
     passes = draws if stochastic else 1
-    est = {kind: {n: GradientEstimate(ref_grads[n] if kind == "weight" else ref.input_grads[n], draws)
-                  for n in names} for kind in ("weight", "input")}  # fmt: skip
+    est = {
+        kind: {n: GradientEstimate(ref_grads[n] if kind == "weight" else ref.input_grads[n], draws) for n in names}
+        for kind in ("weight", "input")
+    }
     if backward_only and qlayers:
         # the gradients of the same quantized forward with an exact backward (deterministic: one pass)
         exact_bwd = copy.deepcopy(quantized)
@@ -458,8 +482,11 @@ def probe_recipe(
             progress(d + 1, passes)
     result_layers: dict[str, Any] = {}
     for n in names:
-        entry: dict[str, Any] = {"block": _block_of(n), "treatment": treatments.get(n, "bf16"),
-                                 "quantized": n in qlayers}  # fmt: skip
+        entry: dict[str, Any] = {
+            "block": _block_of(n),
+            "treatment": treatments.get(n, "bf16"),
+            "quantized": n in qlayers,
+        }
         for kind in ("weight", "input"):
             figures = est[kind][n].result()
             if f"{kind}_backward_only" in est:
@@ -500,21 +527,26 @@ def _operand_figures(layer: Linear, ref: _Capture, name: str, seed: int, draws: 
     result: dict[str, Any] = {
         "operands": {op: operand_error(sources[op], configs[op], seed=seed, offset=offsets[op]) for op in OPERANDS},
         "gemms": {
-            gemm: {"relative_error": gemm_error(sources[a], sources[b], configs[a], configs[b], seed=seed,
-                                                offsets=(offsets[a], offsets[b]))}  # fmt: skip
+            gemm: {
+                "relative_error": gemm_error(
+                    sources[a], sources[b], configs[a], configs[b], seed=seed, offsets=(offsets[a], offsets[b])
+                )
+            }
             for gemm, (a, b) in GEMMS.items()
         },
         "fwd_bwd_weight_difference": fwd_bwd_weight_difference(layer),
         "gemm_estimates": {
             gemm: gemm_estimate(sources[a], sources[b], configs[a], configs[b], draws, seed=seed)
-            for gemm, (a, b) in GEMMS.items() if gemm != "fprop"
+            for gemm, (a, b) in GEMMS.items()
+            if gemm != "fprop"
         },
     }
     return result
 
 
-def gemm_estimate(a: torch.Tensor, b: torch.Tensor, cfg_a: OperandConfig, cfg_b: OperandConfig, draws: int, *,
-                  seed: int = 0) -> dict[str, Any]:  # fmt: skip
+def gemm_estimate(
+    a: torch.Tensor, b: torch.Tensor, cfg_a: OperandConfig, cfg_b: OperandConfig, draws: int, *, seed: int = 0
+) -> dict[str, Any]:
     """Q(a)·Q(b)ᵀ as an estimator of a·bᵀ over ``draws`` independent SR draws (one, repeated, without SR)."""
     exact = a.float() @ b.float().t()
     estimate = GradientEstimate(exact, draws)
@@ -563,8 +595,12 @@ class ProbeConfig:
 
     out: str = field(metadata={"help": "output directory: probe.json, report.md and the plots"})
     checkpoint: str | None = field(
-        default=None, metadata={"help": "an `nvfp4 train` run directory (its latest checkpoint) or checkpoint file; "
-                                        "default: fresh weights of --model"})  # fmt: skip
+        default=None,
+        metadata={
+            "help": "an `nvfp4 train` run directory (its latest checkpoint) or checkpoint file; "
+            "default: fresh weights of --model"
+        },
+    )
     model: str | None = field(
         default=None, metadata={"help": "model preset for fresh weights (default tiny; with --checkpoint, must match)"}
     )
@@ -582,11 +618,14 @@ class ProbeConfig:
     seed: int = field(default=0, metadata={"help": "seeds fresh weights and the stochastic-rounding streams"})
     tokenizer: str = field(default="bpe", metadata={"help": "built-in corpus tokenizer for fresh weights"})
     data: list[str] | None = field(default=None, metadata={"help": "dataset for fresh weights (default: built-in)"})
-    autocast: str = field(default="bf16", metadata={"help": "autocast of the non-quantized ops, as in training",
-                                                     "choices": ("bf16", "none")})  # fmt: skip
+    autocast: str = field(
+        default="bf16",
+        metadata={"help": "autocast of the non-quantized ops, as in training", "choices": ("bf16", "none")},
+    )
     backend: str = field(default="auto", metadata={"help": "kernel backend (every backend gives the same bits)"})
-    device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu or cuda",
-                                                   "choices": ("auto", "cpu", "cuda")})  # fmt: skip
+    device: str = field(
+        default="auto", metadata={"help": "auto (cuda if available), cpu or cuda", "choices": ("auto", "cpu", "cuda")}
+    )
     operands: bool = field(default=True, metadata={"help": "measure operand and GEMM errors too"})
     overwrite: bool = field(default=False, metadata={"help": "replace the results already in --out"})
 
@@ -641,25 +680,38 @@ def load_subject(config: ProbeConfig) -> ProbeSubject:
                 f"{path} holds a {run.get('model')!r} model ({config_of_model.n_layer} blocks, d_model "
                 f"{config_of_model.d_model}), not --model {config.model}: drop --model to probe the checkpoint's model"
             )
-        info.update(source="checkpoint", checkpoint=str(path), step=state["step"], tokens=state["tokens"],
-                    trained_recipe=state["recipe"]["name"], model=run.get("model"))  # fmt: skip
+        info.update(
+            source="checkpoint",
+            checkpoint=str(path),
+            step=state["step"],
+            tokens=state["tokens"],
+            trained_recipe=state["recipe"]["name"],
+            model=run.get("model"),
+        )
         train_config = TrainConfig.from_dict({k: v for k, v in run.items() if k in TrainConfig.field_names()})
     else:
-        overrides = {k: getattr(config, k) for k in ("n_layer", "n_head", "n_kv_head", "d_model", "d_ff", "mlp")
-                     if getattr(config, k) is not None}  # fmt: skip
-        train_config = TrainConfig(model=config.model or "tiny", data=config.data, tokenizer=config.tokenizer,
-                                   seed=config.seed, seq_len=config.seq_len or 256, **overrides)  # fmt: skip
+        overrides = {
+            k: getattr(config, k)
+            for k in ("n_layer", "n_head", "n_kv_head", "d_model", "d_ff", "mlp")
+            if getattr(config, k) is not None
+        }
+        train_config = TrainConfig(
+            model=config.model or "tiny",
+            data=config.data,
+            tokenizer=config.tokenizer,
+            seed=config.seed,
+            seq_len=config.seq_len or 256,
+            **overrides,
+        )
         info.update(source="fresh", model=train_config.model, step=0, tokens=0)
     batch_size = config.batch_size or (train_config.batch_size if state is not None else 8)
     seq_len = config.seq_len or train_config.seq_len
     data = load_data(train_config)
     if state is None:
         torch.manual_seed(config.seed)
-        config_of_model = model_config(train_config.model, vocab_size=data.vocab_size,
-                                       **train_config.model_overrides())  # fmt: skip
+        config_of_model = model_config(train_config.model, vocab_size=data.vocab_size, **train_config.model_overrides())
     if config_of_model.vocab_size != data.vocab_size:
-        raise ValueError(f"the model's vocabulary ({config_of_model.vocab_size}) is not its data's "
-                         f"({data.vocab_size})")  # fmt: skip
+        raise ValueError(f"the model's vocabulary ({config_of_model.vocab_size}) is not its data's ({data.vocab_size})")
     if seq_len > config_of_model.seq_len:
         raise ValueError(f"--seq-len {seq_len} exceeds the model's seq_len {config_of_model.seq_len}")
     model = from_config(config_of_model)
@@ -672,8 +724,12 @@ def load_subject(config: ProbeConfig) -> ProbeSubject:
     model.float()
     xs, ys = zip(*val_batches(data.val, batch_size, seq_len, config.batches), strict=True)
     batch = (torch.cat(xs), torch.cat(ys))
-    info.update(batch_sequences=int(batch[0].shape[0]), seq_len=seq_len, batch_tokens=int(batch[1].numel()),
-                model_config=dataclasses.asdict(config_of_model))  # fmt: skip
+    info.update(
+        batch_sequences=int(batch[0].shape[0]),
+        seq_len=seq_len,
+        batch_tokens=int(batch[1].numel()),
+        model_config=dataclasses.asdict(config_of_model),
+    )
     return ProbeSubject(model, batch, info)
 
 
@@ -692,8 +748,9 @@ def run_probe(config: ProbeConfig, command: str | None = None) -> dict[str, Any]
     started = time.perf_counter()
     if config.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda, but torch sees no CUDA device: use --device cpu")
-    device = torch.device("cuda" if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
-                          else "cpu")  # fmt: skip
+    device = torch.device(
+        "cuda" if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()) else "cpu"
+    )
     subject = load_subject(config)
     subject.model.to(device)
     subject.batch = (subject.batch[0].to(device), subject.batch[1].to(device))
@@ -703,21 +760,37 @@ def run_probe(config: ProbeConfig, command: str | None = None) -> dict[str, Any]
         t0 = time.perf_counter()
         show = _progress_line(f"[{i}/{len(config.recipes)}] {name}")
         results[name] = probe_recipe(
-            subject.model, name, subject.batch, draws=config.draws, seed=config.seed,
-            autocast=config.autocast == "bf16", backend=config.backend, operands=config.operands, progress=show,
+            subject.model,
+            name,
+            subject.batch,
+            draws=config.draws,
+            seed=config.seed,
+            autocast=config.autocast == "bf16",
+            backend=config.backend,
+            operands=config.operands,
+            progress=show,
             reference=ref,
-        )  # fmt: skip
+        )
         results[name]["wall_time_s"] = time.perf_counter() - t0
         figures = results[name]["model"]["weight_grad"]["all_layers"]
-        _end_progress(f"[{i}/{len(config.recipes)}] {name}: {results[name]['passes']} passes, "
-                      f"{results[name]['wall_time_s']:.1f} s; weight gradient cosine {figures.get('cosine', 1):.3f}, "
-                      f"alignment {figures.get('alignment', 1):.3f}")  # fmt: skip
+        _end_progress(
+            f"[{i}/{len(config.recipes)}] {name}: {results[name]['passes']} passes, "
+            f"{results[name]['wall_time_s']:.1f} s; weight gradient cosine {figures.get('cosine', 1):.3f}, "
+            f"alignment {figures.get('alignment', 1):.3f}"
+        )
     meta = {
-        **subject.info, "draws": config.draws, "seed": config.seed, "autocast": config.autocast,
-        "recipes": config.recipes, "git_commit": git_commit(), "hardware": hardware(device),
-        "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "wall_time_s": time.perf_counter() - started, "command": command,
-    }  # fmt: skip
+        **subject.info,
+        "draws": config.draws,
+        "seed": config.seed,
+        "autocast": config.autocast,
+        "recipes": config.recipes,
+        "git_commit": git_commit(),
+        "hardware": hardware(device),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "wall_time_s": time.perf_counter() - started,
+        "command": command,
+    }
     probe = {"meta": meta, "recipes": results}
     atomic_write(out / "probe.json", json.dumps(_finite(probe), indent=1).encode())
     write_probe_plots(probe, out)
@@ -755,8 +828,14 @@ def _end_progress(text: str) -> None:
 # -- during training: nvfp4 train --probe-interval ---------------------------------------------------------------
 
 
-def training_probe(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], *, autocast: bool = True,
-                   seed: int = 0, backend: str = "auto") -> dict[str, Any]:  # fmt: skip
+def training_probe(
+    model: nn.Module,
+    batch: tuple[torch.Tensor, torch.Tensor],
+    *,
+    autocast: bool = True,
+    seed: int = 0,
+    backend: str = "auto",
+) -> dict[str, Any]:
     """Cheap per-layer statistics of a converted model as it trains, for ``metrics.jsonl``: each quantized operand's
     SQNR and underflow fraction, and the one-draw gradient noise ‖g_q − g‖/‖g‖ against the FP32 gradient on
     ``batch``. Works on copies: the model, its SR counters and every RNG are left exactly as they were, so a run
@@ -795,5 +874,8 @@ def training_probe(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], *
                     entry["sqnr_db"][op], entry["underflow_fraction"][op] = e["sqnr_db"], e["underflow_fraction"]
         out_layers[n] = entry
     total = gradient_figures(raws)
-    return {"grad_signal_to_noise": total.get("signal_to_noise"), "grad_noise": total.get("relative_error"),
-            "layers": _finite(out_layers)}  # fmt: skip
+    return {
+        "grad_signal_to_noise": total.get("signal_to_noise"),
+        "grad_noise": total.get("relative_error"),
+        "layers": _finite(out_layers),
+    }

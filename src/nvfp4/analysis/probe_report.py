@@ -10,8 +10,14 @@ from nvfp4._io import atomic_write
 from nvfp4.recipe import OPERANDS
 
 GEMM_NAMES = ("fprop", "dgrad", "wgrad")
-_SHORT = {"fprop_x": "F·x", "fprop_w": "F·W", "dgrad_dy": "D·dy", "dgrad_w": "D·W", "wgrad_dy": "W·dy",
-          "wgrad_x": "W·x"}  # fmt: skip
+_SHORT = {
+    "fprop_x": "F·x",
+    "fprop_w": "F·W",
+    "dgrad_dy": "D·dy",
+    "dgrad_w": "D·W",
+    "wgrad_dy": "W·dy",
+    "wgrad_x": "W·x",
+}
 
 
 def mean_operand_sqnr(recipe: dict[str, Any]) -> dict[str, float | None]:
@@ -25,8 +31,11 @@ def mean_operand_sqnr(recipe: dict[str, Any]) -> dict[str, float | None]:
 
 
 def max_fwd_bwd_difference(recipe: dict[str, Any]) -> float | None:
-    values = [layer["fwd_bwd_weight_difference"] for layer in recipe["layers"].values()
-              if "fwd_bwd_weight_difference" in layer]  # fmt: skip
+    values = [
+        layer["fwd_bwd_weight_difference"]
+        for layer in recipe["layers"].values()
+        if "fwd_bwd_weight_difference" in layer
+    ]
     return max(values) if values else None
 
 
@@ -47,8 +56,10 @@ def _f(value: Any, fmt: str = ".3f") -> str:
 def write_probe_report(probe: dict[str, Any], out_dir: str | Path) -> Path:
     meta, results = probe["meta"], probe["recipes"]
     if meta.get("source") == "checkpoint":
-        src = (f"checkpoint `{meta.get('checkpoint')}` (step {meta.get('step')}, {meta.get('tokens'):,} tokens, "
-               f"trained with {meta.get('trained_recipe')})")  # fmt: skip
+        src = (
+            f"checkpoint `{meta.get('checkpoint')}` (step {meta.get('step')}, {meta.get('tokens'):,} tokens, "
+            f"trained with {meta.get('trained_recipe')})"
+        )
     else:
         src = f"fresh weights (seed {meta.get('seed')})"
     lines = [
@@ -72,7 +83,8 @@ def write_probe_report(probe: dict[str, Any], out_dir: str | Path) -> Path:
         "",
         "## Recipes",
         "",
-        "| recipe | quantized layers | " + " | ".join(f"SQNR {_SHORT[o]} (dB)" for o in OPERANDS)
+        "| recipe | quantized layers | "
+        + " | ".join(f"SQNR {_SHORT[o]} (dB)" for o in OPERANDS)
         + " | W-grad cosine | alignment | rel. bias | slope | bwd-only alignment | bwd-only bias | bwd-only slope "
         "| fwd/bwd W |",
         "|---|---|" + "---|" * len(OPERANDS) + "---|---|---|---|---|---|---|---|",
@@ -82,7 +94,8 @@ def write_probe_report(probe: dict[str, Any], out_dir: str | Path) -> Path:
         g = r["model"]["weight_grad"]["all_layers"]
         b = (r["model"].get("weight_backward_only_grad") or {}).get("all_layers") or {}
         lines.append(
-            f"| {name} | {r['quantized_layers']} | " + " | ".join(_f(sqnr[o], ".2f") for o in OPERANDS)
+            f"| {name} | {r['quantized_layers']} | "
+            + " | ".join(_f(sqnr[o], ".2f") for o in OPERANDS)
             + f" | {_f(g.get('cosine'))} | {_f(g.get('alignment'))} | {_f(g.get('relative_bias'))} "
             f"| {_f(g.get('concentration_slope'), '.2f')} | {_f(b.get('alignment'))} | {_f(b.get('relative_bias'))} "
             f"| {_f(b.get('concentration_slope'), '.2f')} | {_f(max_fwd_bwd_difference(r), '.4f')} |"
@@ -101,11 +114,15 @@ def write_probe_report(probe: dict[str, Any], out_dir: str | Path) -> Path:
     lines += ["", "## Per layer", ""]
     for name, r in results.items():
         lines += [
-            f"### {name}", "", f"{r['description']}", "",
-            "| layer | treatment | " + " | ".join(f"SQNR {_SHORT[o]}" for o in OPERANDS)
+            f"### {name}",
+            "",
+            f"{r['description']}",
+            "",
+            "| layer | treatment | "
+            + " | ".join(f"SQNR {_SHORT[o]}" for o in OPERANDS)
             + " | Fprop err | Dgrad err | Wgrad err | W-grad cos | align | bias | slope | dx cos | fwd/bwd W |",
             "|---|---|" + "---|" * len(OPERANDS) + "---|---|---|---|---|---|---|---|---|",
-        ]  # fmt: skip
+        ]
         for lname, layer in r["layers"].items():
             ops = layer.get("operands", {})
             gemms = layer.get("gemms", {})
@@ -113,11 +130,12 @@ def write_probe_report(probe: dict[str, Any], out_dir: str | Path) -> Path:
             lines.append(
                 f"| {lname} | {layer['treatment']} | "
                 + " | ".join(_f(ops.get(o, {}).get("sqnr_db"), ".2f") for o in OPERANDS)
-                + " | " + " | ".join(_f(gemms.get(k, {}).get("relative_error"), ".4f") for k in GEMM_NAMES)
+                + " | "
+                + " | ".join(_f(gemms.get(k, {}).get("relative_error"), ".4f") for k in GEMM_NAMES)
                 + f" | {_f(g.get('cosine'))} | {_f(g.get('alignment'))} | {_f(g.get('relative_bias'))} "
                 f"| {_f(g.get('concentration_slope'), '.2f')} | {_f(dx.get('cosine'))} "
                 f"| {_f(layer.get('fwd_bwd_weight_difference'), '.4f')} |"
-            )  # fmt: skip
+            )
         lines.append("")
     lines += [
         "Plots: [concentration](probe_concentration.png), [operand SQNR](probe_sqnr.png), "
@@ -143,8 +161,10 @@ def write_probe_plots(probe: dict[str, Any], out_dir: str | Path) -> list[Path]:
 
     # 1. concentration curves, log-log, both references
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True)
-    for ax, key, title in ((axes[0], "weight_grad", "vs the FP32 gradient"),
-                           (axes[1], "weight_backward_only_grad", "vs an exact backward of the same forward")):
+    for ax, key, title in (
+        (axes[0], "weight_grad", "vs the FP32 gradient"),
+        (axes[1], "weight_backward_only_grad", "vs an exact backward of the same forward"),
+    ):
         for n in names:
             figures = (results[n]["model"].get(key) or {}).get("all_layers") or {}
             curve = figures.get("concentration")
@@ -183,8 +203,7 @@ def write_probe_plots(probe: dict[str, Any], out_dir: str | Path) -> list[Path]:
         xs = [j + (i - (len(names) - 1) / 2) * width for j in range(len(blocks))]
         ax.bar(xs, [d.get(b, 0.0) for b in blocks], width=width, color=colors[n], label=n)
     ax.set_xticks(range(len(blocks)), [f"block {b}" for b in blocks])
-    ax.set(ylabel="‖g_q − g‖ / ‖g‖ (one draw, weight gradient)", ylim=(0, None),
-           title="Weight-gradient error by depth")  # fmt: skip
+    ax.set(ylabel="‖g_q − g‖ / ‖g‖ (one draw, weight gradient)", ylim=(0, None), title="Weight-gradient error by depth")
     ax.legend(fontsize=7, ncol=4)
     ax.grid(True, axis="y", alpha=0.3)
     paths.append(_save(fig, out_dir / "probe_depth.png"))
@@ -219,18 +238,23 @@ def mechanism_figures(probe: dict[str, Any]) -> dict[str, Any]:
         b = (r["model"].get("weight_backward_only_grad") or {}).get("all_layers") or {}
         per_block: dict[int, list[float]] = defaultdict(list)
         for layer in q:
-            per_block[layer["block"]] += [o["relative_mse"] for o in layer["operands"].values()
-                                          if o.get("relative_mse") is not None and o["format"] != "bf16"]  # fmt: skip
+            per_block[layer["block"]] += [
+                o["relative_mse"]
+                for o in layer["operands"].values()
+                if o.get("relative_mse") is not None and o["format"] != "bf16"
+            ]
         entry = {
             "quantized_layers": r["quantized_layers"],
             "sqnr_db": sqnr,
             "sqnr_db_mean": _mean([v for o, v in sqnr.items() if v is not None and _quantized_operand(q, o)]),
             "wgrad_underflow": _mean([layer["operands"]["wgrad_dy"]["underflow_fraction"] for layer in q]),
             "fwd_bwd_weight_difference": max_fwd_bwd_difference(r),
-            "weight_grad": {k: g.get(k) for k in ("cosine", "alignment", "relative_bias", "relative_error",
-                                                  "concentration_slope")},  # fmt: skip
-            "weight_grad_backward_only": {k: b.get(k) for k in ("cosine", "alignment", "relative_bias",
-                                                                "concentration_slope")},  # fmt: skip
+            "weight_grad": {
+                k: g.get(k) for k in ("cosine", "alignment", "relative_bias", "relative_error", "concentration_slope")
+            },
+            "weight_grad_backward_only": {
+                k: b.get(k) for k in ("cosine", "alignment", "relative_bias", "concentration_slope")
+            },
             "operand_relative_mse_by_block": {blk: _mean(v) for blk, v in sorted(per_block.items())},
             "weight_grad_error_by_block": depth_figure(r),
         }
@@ -238,8 +262,10 @@ def mechanism_figures(probe: dict[str, Any]) -> dict[str, Any]:
             entry[f"{gemm}_gemm_error"] = _mean([layer["gemms"][gemm]["relative_error"] for layer in q])
         for gemm in ("dgrad", "wgrad"):
             est = [layer["gemm_estimates"][gemm] for layer in q if "gemm_estimates" in layer]
-            entry[f"{gemm}_estimate"] = {k: _mean([e.get(k) for e in est]) for k in
-                                         ("relative_bias", "relative_variance", "alignment", "concentration_slope")}
+            entry[f"{gemm}_estimate"] = {
+                k: _mean([e.get(k) for e in est])
+                for k in ("relative_bias", "relative_variance", "alignment", "concentration_slope")
+            }
         out[name] = entry
     return out
 

@@ -80,8 +80,19 @@ def load_run(run_dir: str | Path, recipe: str, seed: int) -> RunRecord:
     run_info = json.loads(info_path.read_text()) if info_path.exists() else {}
     sequences_path = run_dir / "val_sequences.json"
     sequences = json.loads(sequences_path.read_text()).get("losses") if sequences_path.exists() else None
-    return RunRecord(recipe, seed, np.array(tokens, float), np.array(train, float), np.array(vtok, float),
-                     np.array(val, float), result, run_info, np.array(ptok, float), np.array(psnr, float), sequences)
+    return RunRecord(
+        recipe,
+        seed,
+        np.array(tokens, float),
+        np.array(train, float),
+        np.array(vtok, float),
+        np.array(val, float),
+        result,
+        run_info,
+        np.array(ptok, float),
+        np.array(psnr, float),
+        sequences,
+    )
 
 
 def ema(values: np.ndarray, alpha: float | None = None) -> np.ndarray:
@@ -110,8 +121,9 @@ def _on_grid(runs: list[RunRecord], grid: np.ndarray, which: str) -> np.ndarray:
     return np.nanmean(np.stack(curves), axis=0) if curves else np.full_like(grid, np.nan)
 
 
-def relative_gap_curve(runs: list[RunRecord], reference: list[RunRecord], which: str = "train",
-                       points: int = 200) -> tuple[np.ndarray, np.ndarray]:
+def relative_gap_curve(
+    runs: list[RunRecord], reference: list[RunRecord], which: str = "train", points: int = 200
+) -> tuple[np.ndarray, np.ndarray]:
     """(tokens, (L − L_ref)/L_ref) on the overlap of both recipes' token ranges.
 
     Paired by seed where the seeds overlap (a seed fixes the data order, and single-batch losses differ far more
@@ -148,13 +160,21 @@ def token_efficiency(equal: list[RunRecord], longer: list[RunRecord], target: li
     above the loss a run of that length ends at, so the crossing would measure the schedule, not the format."""
     goal = mean(r.final_val_loss for r in target)
     budget = mean(_run_tokens(r) for r in target)
-    out: dict = {"target_val_loss": goal, "reference_tokens": budget, "tokens_needed": None,
-                 "extra_tokens_fraction": None, "extrapolated": None, "points": [], "note": ""}
+    out: dict = {
+        "target_val_loss": goal,
+        "reference_tokens": budget,
+        "tokens_needed": None,
+        "extra_tokens_fraction": None,
+        "extrapolated": None,
+        "points": [],
+        "note": "",
+    }
     if not equal or not longer:
         out["note"] = f"needs complete runs of mxfp4 and {LONG_MXFP4} (--mxfp4-token-multiplier > 1)"
         return out
-    (t1, l1), (t2, l2) = [(mean(_run_tokens(r) for r in rs), mean(r.final_val_loss for r in rs))
-                          for rs in (equal, longer)]  # fmt: skip
+    (t1, l1), (t2, l2) = [
+        (mean(_run_tokens(r) for r in rs), mean(r.final_val_loss for r in rs)) for rs in (equal, longer)
+    ]
     out["points"] = [[t1, l1], [t2, l2]]
     if not all(math.isfinite(v) for v in (goal, budget, t1, l1, t2, l2)) or t2 <= t1:
         out["note"] = "no finite losses on two different token budgets"
@@ -164,13 +184,13 @@ def token_efficiency(equal: list[RunRecord], longer: list[RunRecord], target: li
         out["note"] = f"the longer MXFP4 run ended no lower ({l2:.4f} vs {l1:.4f}): no estimate"
         return out
     needed = math.exp(math.log(t1) + (goal - l1) / slope)
-    out.update(tokens_needed=needed, extra_tokens_fraction=needed / budget - 1,
-               extrapolated=not t1 <= needed <= t2)
+    out.update(tokens_needed=needed, extra_tokens_fraction=needed / budget - 1, extrapolated=not t1 <= needed <= t2)
     return out
 
 
-def summarize(runs: list[RunRecord], reference: str = "bf16", meta: dict | None = None,
-              mechanisms: dict | None = None) -> dict:  # fmt: skip
+def summarize(
+    runs: list[RunRecord], reference: str = "bf16", meta: dict | None = None, mechanisms: dict | None = None
+) -> dict:
     """The content of ``summary.json``: per run and per recipe, with relative gaps to ``reference``."""
     by_recipe: dict[str, list[RunRecord]] = {}
     for r in runs:
@@ -186,25 +206,34 @@ def summarize(runs: list[RunRecord], reference: str = "bf16", meta: dict | None 
     run_rows = []
     for r in runs:
         same_seed = ref_by_seed.get(r.seed)
-        run_rows.append({
-            "recipe": r.recipe, "seed": r.seed,
-            "final_train_loss": r.final_train_loss, "final_val_loss": r.final_val_loss,
-            "val_gap_to_reference": gap(r.final_val_loss, same_seed.final_val_loss if same_seed else ref_val),
-            "train_gap_to_reference": gap(r.final_train_loss,
-                                          same_seed.final_train_loss if same_seed else ref_train),
-            "tokens": r.result.get("tokens"), "tokens_per_s": r.result.get("tokens_per_s"),
-            "wall_time_s": r.result.get("wall_time_s"), "diverged": r.diverged,
-            "diverged_step": r.result.get("diverged_step"), "git_commit": r.run_info.get("git_commit"),
-            "val_curve": [[float(t), float(v)] for t, v in zip(r.val_tokens, r.val_loss, strict=True)],
-            "val_sequence_losses": r.val_sequences,
-            "probe_snr": [[float(t), float(v)] for t, v in zip(r.probe_tokens, r.probe_snr, strict=True)],
-        })
+        run_rows.append(
+            {
+                "recipe": r.recipe,
+                "seed": r.seed,
+                "final_train_loss": r.final_train_loss,
+                "final_val_loss": r.final_val_loss,
+                "val_gap_to_reference": gap(r.final_val_loss, same_seed.final_val_loss if same_seed else ref_val),
+                "train_gap_to_reference": gap(
+                    r.final_train_loss, same_seed.final_train_loss if same_seed else ref_train
+                ),
+                "tokens": r.result.get("tokens"),
+                "tokens_per_s": r.result.get("tokens_per_s"),
+                "wall_time_s": r.result.get("wall_time_s"),
+                "diverged": r.diverged,
+                "diverged_step": r.result.get("diverged_step"),
+                "git_commit": r.run_info.get("git_commit"),
+                "val_curve": [[float(t), float(v)] for t, v in zip(r.val_tokens, r.val_loss, strict=True)],
+                "val_sequence_losses": r.val_sequences,
+                "probe_snr": [[float(t), float(v)] for t, v in zip(r.probe_tokens, r.probe_snr, strict=True)],
+            }
+        )
     recipes = {}
     for name, rs in by_recipe.items():
         vals = [r.final_val_loss for r in rs]
         recipes[name] = {
             "seeds": [r.seed for r in rs],
-            "final_val_loss_mean": mean(vals), "final_val_loss_std": pstdev(vals) if len(vals) > 1 else 0.0,
+            "final_val_loss_mean": mean(vals),
+            "final_val_loss_std": pstdev(vals) if len(vals) > 1 else 0.0,
             "final_train_loss_mean": mean(r.final_train_loss for r in rs),
             "val_gap_to_reference": gap(mean(vals), ref_val),
             "train_gap_to_reference": gap(mean(r.final_train_loss for r in rs), ref_train),
@@ -218,7 +247,8 @@ def summarize(runs: list[RunRecord], reference: str = "bf16", meta: dict | None 
         # the same solve on each seed's own three runs: how much the seed-mean estimate rests on one seed
         eff["extra_tokens_fraction_per_seed"] = {
             seed: token_efficiency(*([r for r in rs if r.seed == seed] for rs in (mx, longer, nv)))[
-                "extra_tokens_fraction"]
+                "extra_tokens_fraction"
+            ]
             for seed in sorted({r.seed for r in mx} & {r.seed for r in longer} & {r.seed for r in nv})
         }
         summary["token_efficiency_mxfp4_vs_nvfp4"] = eff
@@ -226,12 +256,11 @@ def summarize(runs: list[RunRecord], reference: str = "bf16", meta: dict | None 
     summary["paired"] = {
         name: {
             "vs_reference": paired_comparison(summary, name, reference) if name != reference else None,
-            "vs_nvfp4": paired_comparison(summary, name, "nvfp4") if name != "nvfp4" and "nvfp4" in by_recipe
-            else None,
+            "vs_nvfp4": paired_comparison(summary, name, "nvfp4") if name != "nvfp4" and "nvfp4" in by_recipe else None,
             "token_equivalence": token_equivalence(summary, name, reference) if name != reference else None,
         }
         for name in by_recipe
-    }  # fmt: skip
+    }
     if mechanisms:
         summary["mechanisms"] = mechanisms
     summary["claims"] = assess_claims(summary)
@@ -261,8 +290,7 @@ def write_plots(runs: list[RunRecord], out_dir: str | Path, reference: str = "bf
     fig, ax = plt.subplots(figsize=(9, 5.5))
     for name, rs in by_recipe.items():
         for k, r in enumerate(rs):
-            ax.plot(r.tokens, ema(r.train_loss), color=colors[name], lw=1.2, alpha=0.9,
-                    label=name if k == 0 else None)
+            ax.plot(r.tokens, ema(r.train_loss), color=colors[name], lw=1.2, alpha=0.9, label=name if k == 0 else None)
             ax.plot(r.val_tokens, r.val_loss, "o", color=colors[name], ms=3)
     ax.set(xlabel="tokens", ylabel="loss (lines: train EMA, dots: validation)", title="Loss curves")
     _tight_ylim(ax, runs)
@@ -273,8 +301,11 @@ def write_plots(runs: list[RunRecord], out_dir: str | Path, reference: str = "bf
     if reference in by_recipe:
         ref_tokens = mean(_run_tokens(r) for r in by_recipe[reference])
         # a run of another length has another LR schedule: its gap over tokens means little
-        same_length = [name for name, rs in by_recipe.items() if name != reference
-                       and math.isclose(mean(_run_tokens(r) for r in rs), ref_tokens, rel_tol=0.01)]  # fmt: skip
+        same_length = [
+            name
+            for name, rs in by_recipe.items()
+            if name != reference and math.isclose(mean(_run_tokens(r) for r in rs), ref_tokens, rel_tol=0.01)
+        ]
         panels = _gap_panels(same_length)
         fig, axes = plt.subplots(len(panels), 1, figsize=(9, 1.5 + 3.2 * len(panels)), sharex=True, squeeze=False)
         for ax, (title, names, base_on_their_seeds) in zip(axes[:, 0], panels, strict=True):
@@ -312,8 +343,10 @@ def write_plots(runs: list[RunRecord], out_dir: str | Path, reference: str = "bf
         lo, hi = min(finite_all), max(finite_all)
         pad = max(0.02, (hi - lo) * 0.3)
         ax.set_ylim(lo - pad, hi + pad)
-    ax.set(ylabel="final validation loss (line: mean, dots: seeds)",
-           title="Final validation loss per recipe (axis zoomed to the data)")
+    ax.set(
+        ylabel="final validation loss (line: mean, dots: seeds)",
+        title="Final validation loss per recipe (axis zoomed to the data)",
+    )
     ax.grid(alpha=0.3, axis="y")
     paths.append(_save(fig, out_dir / "final_val_loss.png"))
     probed = [r for r in runs if len(r.probe_snr)]
@@ -333,8 +366,12 @@ def plot_gradient_signal_to_noise(runs: list[RunRecord], path: Path, colors: dic
         color = (colors or {}).get(r.recipe, plt.cm.tab10(k % 10))
         ax.plot(r.probe_tokens, r.probe_snr, marker="o", ms=3, color=color, label=f"{r.recipe} seed {r.seed}")
     ax.axhline(math.sqrt(3), color="k", ls="--", lw=1, label="√3 (FP4-all-the-way)")
-    ax.set(xlabel="tokens", ylabel="‖g‖ / ‖g_q − g‖  (log scale)", yscale="log",
-           title="Gradient signal to quantization noise over training (fixed validation batch)")  # fmt: skip
+    ax.set(
+        xlabel="tokens",
+        ylabel="‖g‖ / ‖g_q − g‖  (log scale)",
+        yscale="log",
+        title="Gradient signal to quantization noise over training (fixed validation batch)",
+    )
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     return _save(fig, path)
@@ -374,26 +411,35 @@ def _save(fig, path: Path) -> Path:
 
 def _mechanism_table(mech: dict) -> list[str]:
     """The probe's per-recipe numbers (``summary["mechanisms"]``) as a table."""
+
     def f(v, fmt=".3f"):
         return "–" if v is None else format(v, fmt)
 
     m = mech.get("meta", {})
-    where = (f"the final checkpoint (step {m.get('step')})" if m.get("source") == "checkpoint" else "fresh weights")
-    lines = ["", "## Mechanisms (`nvfp4 probe`)", "",
-             f"Probed on {where} of model `{m.get('model')}`, {m.get('draws')} stochastic-rounding draws (full "
-             "tables: `probe/trained/report.md`, `probe/fresh/report.md`). Wgrad estimator: the Wgrad GEMM of each "
-             "quantized layer as an estimator of dyᵀx (bias with the draws' noise taken out; slope −1 = unbiased). "
-             "Weight gradient: the whole model's, against the FP32 gradient.", "",
-             "| recipe | quantized layers | mean SQNR (dB) | Wgrad GEMM error | Wgrad estimator bias | slope "
-             "| fwd/bwd W | W-grad cosine | alignment | bias |", "|---|---|---|---|---|---|---|---|---|---|"]
+    where = f"the final checkpoint (step {m.get('step')})" if m.get("source") == "checkpoint" else "fresh weights"
+    lines = [
+        "",
+        "## Mechanisms (`nvfp4 probe`)",
+        "",
+        f"Probed on {where} of model `{m.get('model')}`, {m.get('draws')} stochastic-rounding draws (full "
+        "tables: `probe/trained/report.md`, `probe/fresh/report.md`). Wgrad estimator: the Wgrad GEMM of each "
+        "quantized layer as an estimator of dyᵀx (bias with the draws' noise taken out; slope −1 = unbiased). "
+        "Weight gradient: the whole model's, against the FP32 gradient.",
+        "",
+        "| recipe | quantized layers | mean SQNR (dB) | Wgrad GEMM error | Wgrad estimator bias | slope "
+        "| fwd/bwd W | W-grad cosine | alignment | bias |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, e in mech.items():
         if name == "meta":
             continue
         est, g = e.get("wgrad_estimate") or {}, e.get("weight_grad") or {}
-        lines.append(f"| {name} | {e.get('quantized_layers')} | {f(e.get('sqnr_db_mean'), '.2f')} "
-                     f"| {f(e.get('wgrad_gemm_error'), '.4f')} | {f(est.get('relative_bias'), '.4f')} "
-                     f"| {f(est.get('concentration_slope'), '.2f')} | {f(e.get('fwd_bwd_weight_difference'), '.4f')} "
-                     f"| {f(g.get('cosine'))} | {f(g.get('alignment'))} | {f(g.get('relative_bias'))} |")
+        lines.append(
+            f"| {name} | {e.get('quantized_layers')} | {f(e.get('sqnr_db_mean'), '.2f')} "
+            f"| {f(e.get('wgrad_gemm_error'), '.4f')} | {f(est.get('relative_bias'), '.4f')} "
+            f"| {f(est.get('concentration_slope'), '.2f')} | {f(e.get('fwd_bwd_weight_difference'), '.4f')} "
+            f"| {f(g.get('cosine'))} | {f(g.get('alignment'))} | {f(g.get('relative_bias'))} |"
+        )
     return lines
 
 
@@ -406,76 +452,119 @@ def write_report(summary: dict, out_dir: str | Path, command: str | None = None)
         lines += ["Command:", "", "```bash", command, "```", ""]
     meta = {k: summary.get(k) for k in ("model", "max_tokens", "git_commit", "hardware", "date") if summary.get(k)}
     lines += [f"- {k}: {v}" for k, v in meta.items()] + [""]
-    lines += [f"Relative gap = (L − L_{ref}) / L_{ref} on the final loss (mean over seeds). The final train loss is "
-              f"the mean of the logged train losses over the last {100 * FINAL_TRAIN_WINDOW:.0f}% of each run's tokens "
-              "(one batch's loss is too noisy); the verdicts use the validation loss.", ""]
-    lines += ["| recipe | seeds | final val loss (mean ± std) | val gap | final train loss | train gap | tokens/s "
-              "| diverged |", "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        f"Relative gap = (L − L_{ref}) / L_{ref} on the final loss (mean over seeds). The final train loss is "
+        f"the mean of the logged train losses over the last {100 * FINAL_TRAIN_WINDOW:.0f}% of each run's tokens "
+        "(one batch's loss is too noisy); the verdicts use the validation loss.",
+        "",
+    ]
+    lines += [
+        "| recipe | seeds | final val loss (mean ± std) | val gap | final train loss | train gap | tokens/s "
+        "| diverged |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in summary["recipes"].items():
+
         def pct(v):
             return "—" if v is None else f"{100 * v:+.2f}%"
+
         tps = "—" if r["tokens_per_s_mean"] is None else f"{r['tokens_per_s_mean']:.0f}"
-        lines.append(f"| {name} | {len(r['seeds'])} | {r['final_val_loss_mean']:.4f} ± {r['final_val_loss_std']:.4f} "
-                     f"| {pct(r['val_gap_to_reference'])} | {r['final_train_loss_mean']:.4f} "
-                     f"| {pct(r['train_gap_to_reference'])} | {tps} | {'yes' if r['diverged'] else 'no'} |")
+        lines.append(
+            f"| {name} | {len(r['seeds'])} | {r['final_val_loss_mean']:.4f} ± {r['final_val_loss_std']:.4f} "
+            f"| {pct(r['val_gap_to_reference'])} | {r['final_train_loss_mean']:.4f} "
+            f"| {pct(r['train_gap_to_reference'])} | {tps} | {'yes' if r['diverged'] else 'no'} |"
+        )
     multiplier = summary.get("mxfp4_token_multiplier") or 1.0
     if LONG_MXFP4 in summary["recipes"]:
-        lines += ["", f"{LONG_MXFP4} is the mxfp4 recipe trained {multiplier:g}× the tokens, with its own full "
-                      "schedule: its gap above is not at equal tokens; it serves the token efficiency below."]
+        lines += [
+            "",
+            f"{LONG_MXFP4} is the mxfp4 recipe trained {multiplier:g}× the tokens, with its own full "
+            "schedule: its gap above is not at equal tokens; it serves the token efficiency below.",
+        ]
     eff = summary.get("token_efficiency_mxfp4_vs_nvfp4")
     if eff:
         lines += ["", "## Token efficiency: MXFP4 vs NVFP4", ""]
         if eff["extra_tokens_fraction"] is not None:
             (t1, l1), (t2, l2) = eff["points"]
             how = "extrapolated beyond" if eff["extrapolated"] else "interpolated between"
-            lines.append(f"MXFP4 would reach NVFP4's final validation loss ({eff['target_val_loss']:.4f}) with "
-                         f"{eff['tokens_needed']:,.0f} tokens, {100 * eff['extra_tokens_fraction']:+.1f}% vs NVFP4's "
-                         f"{eff['reference_tokens']:,.0f} ({how} its complete runs of {t1:,.0f} tokens, final "
-                         f"{l1:.4f}, and {t2:,.0f} tokens, final {l2:.4f}; loss linear in log tokens). The paper: "
-                         "+36% at 8B/1T.")
+            lines.append(
+                f"MXFP4 would reach NVFP4's final validation loss ({eff['target_val_loss']:.4f}) with "
+                f"{eff['tokens_needed']:,.0f} tokens, {100 * eff['extra_tokens_fraction']:+.1f}% vs NVFP4's "
+                f"{eff['reference_tokens']:,.0f} ({how} its complete runs of {t1:,.0f} tokens, final "
+                f"{l1:.4f}, and {t2:,.0f} tokens, final {l2:.4f}; loss linear in log tokens). The paper: "
+                "+36% at 8B/1T."
+            )
             per_seed = {k: v for k, v in (eff.get("extra_tokens_fraction_per_seed") or {}).items() if v is not None}
             if len(per_seed) > 1:
-                lines.append("Per seed (the same solve on each seed's own runs): " + ", ".join(
-                    f"seed {k} {100 * v:+.1f}%" for k, v in per_seed.items()) + ".")
+                lines.append(
+                    "Per seed (the same solve on each seed's own runs): "
+                    + ", ".join(f"seed {k} {100 * v:+.1f}%" for k, v in per_seed.items())
+                    + "."
+                )
         else:
-            lines.append(f"No estimate of how many more tokens MXFP4 needs to reach NVFP4's final validation loss "
-                         f"({eff['target_val_loss']:.4f}): {eff['note']}.")
+            lines.append(
+                f"No estimate of how many more tokens MXFP4 needs to reach NVFP4's final validation loss "
+                f"({eff['target_val_loss']:.4f}): {eff['note']}."
+            )
     paired = summary.get("paired") or {}
     if any(p.get("vs_reference") for p in paired.values()):
-        lines += ["", "## Paired statistics", "",
-                  f"Per-seed paired relative gaps of the final validation loss with 95% intervals (Student t over "
-                  f"the seeds; with fewer than 3 seeds the spread is borrowed from the recipes run with 2+ seeds), "
-                  f"and where the runs wrote per-sequence losses (`--sequence-eval-batches`), a paired bootstrap over "
-                  f"the validation sequences. Token equivalence: the {ref} tokens needed to reach the arm's final "
-                  f"loss, read off {ref}'s validation curve, as a fraction of the arm's tokens.", "",
-                  f"| recipe | vs {ref} | vs nvfp4 | token equivalence (× own tokens) |", "|---|---|---|---|"]
+        lines += [
+            "",
+            "## Paired statistics",
+            "",
+            f"Per-seed paired relative gaps of the final validation loss with 95% intervals (Student t over "
+            f"the seeds; with fewer than 3 seeds the spread is borrowed from the recipes run with 2+ seeds), "
+            f"and where the runs wrote per-sequence losses (`--sequence-eval-batches`), a paired bootstrap over "
+            f"the validation sequences. Token equivalence: the {ref} tokens needed to reach the arm's final "
+            f"loss, read off {ref}'s validation curve, as a fraction of the arm's tokens.",
+            "",
+            f"| recipe | vs {ref} | vs nvfp4 | token equivalence (× own tokens) |",
+            "|---|---|---|---|",
+        ]
         for name, p in paired.items():
             if name == ref:
                 continue
             te = p.get("token_equivalence") or {}
-            te_text = "—" if not te else ", ".join(
-                f"seed {k}: {'beyond ' + ref if v is None else f'{v:.2f}'}" for k, v in te["per_seed"].items())
-            lines.append(f"| {name} | {describe(p['vs_reference']) if p.get('vs_reference') else '—'} "
-                         f"| {describe(p['vs_nvfp4']) if p.get('vs_nvfp4') else '—'} | {te_text} |")
+            te_text = (
+                "—"
+                if not te
+                else ", ".join(
+                    f"seed {k}: {'beyond ' + ref if v is None else f'{v:.2f}'}" for k, v in te["per_seed"].items()
+                )
+            )
+            lines.append(
+                f"| {name} | {describe(p['vs_reference']) if p.get('vs_reference') else '—'} "
+                f"| {describe(p['vs_nvfp4']) if p.get('vs_nvfp4') else '—'} | {te_text} |"
+            )
     mech = summary.get("mechanisms")
     if mech:
         lines += _mechanism_table(mech)
     claims = summary.get("claims")
     if claims:
-        lines += ["", "## The paper's claims (SPEC §6) at this scale", "",
-                  "Verdicts are computed from the numbers (nvfp4/analysis/claims.py); differences are paired by seed "
-                  "and count when their 95% intervals exclude zero.",
-                  "The mechanism verdict comes from `nvfp4 probe` figures (compare --probe): what the component does "
-                  "to operands and gradients, measured on fixed batches.",
-                  "", "| claim | end-loss verdict | evidence | mechanism verdict | mechanism evidence |",
-                  "|---|---|---|---|---|"]
-        lines += [f"| {c['claim']} | **{c['verdict']}** | {c['evidence']} | **{c.get('mechanism_verdict', '—')}** "
-                  f"| {c.get('mechanism_evidence', '')} |" for c in claims]
+        lines += [
+            "",
+            "## The paper's claims (SPEC §6) at this scale",
+            "",
+            "Verdicts are computed from the numbers (nvfp4/analysis/claims.py); differences are paired by seed "
+            "and count when their 95% intervals exclude zero.",
+            "The mechanism verdict comes from `nvfp4 probe` figures (compare --probe): what the component does "
+            "to operands and gradients, measured on fixed batches.",
+            "",
+            "| claim | end-loss verdict | evidence | mechanism verdict | mechanism evidence |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {c['claim']} | **{c['verdict']}** | {c['evidence']} | **{c.get('mechanism_verdict', '—')}** "
+            f"| {c.get('mechanism_evidence', '')} |"
+            for c in claims
+        ]
     lines += ["", "## Plots", ""]
-    for png, caption in (("loss_curves.png", "Loss curves"),
-                         ("relative_loss_difference.png", f"Relative loss difference to {ref}"),
-                         ("final_val_loss.png", "Final validation loss per recipe"),
-                         ("gradient_signal_to_noise.png", "Gradient signal to quantization noise over training")):
+    for png, caption in (
+        ("loss_curves.png", "Loss curves"),
+        ("relative_loss_difference.png", f"Relative loss difference to {ref}"),
+        ("final_val_loss.png", "Final validation loss per recipe"),
+        ("gradient_signal_to_noise.png", "Gradient signal to quantization noise over training"),
+    ):
         if (out_dir / png).exists():
             lines += [f"![{caption}]({png})", ""]
     path = out_dir / "report.md"

@@ -26,9 +26,38 @@ CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0  # the report is a function of the runs: the same resamples every time
 # Two-sided 95% Student-t quantiles t_{0.975, df}, df = 1..30 (beyond: the normal 1.96 plus a 1/df correction).
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045,
-         2.042)  # fmt: skip
+_T975 = (
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
 
 
 def t_quantile(df: int) -> float:
@@ -84,8 +113,15 @@ def paired_comparison(summary: dict, recipe: str, baseline: str) -> dict[str, An
             half = t_quantile(df) * math.sqrt(2) * spread / math.sqrt(n)
             interval = [gap - half, gap + half]
             kind = f"{n} seed{'s' * (n > 1)}; spread borrowed from the recipes with 2+ seeds (pooled, {df} df)"
-    result = {"recipe": recipe, "baseline": baseline, "seeds": seeds, "gaps": gaps, "gap": gap,
-              "interval": interval, "interval_kind": kind}  # fmt: skip
+    result = {
+        "recipe": recipe,
+        "baseline": baseline,
+        "seeds": seeds,
+        "gaps": gaps,
+        "gap": gap,
+        "interval": interval,
+        "interval_kind": kind,
+    }
     result.update(bootstrap_over_sequences([a[s] for s in seeds], [b[s] for s in seeds]))
     return result
 
@@ -106,8 +142,11 @@ def bootstrap_over_sequences(runs_a: list[dict], runs_b: list[dict]) -> dict[str
         ma, mb = a[:, idx].mean(axis=1), b[:, idx].mean(axis=1)
         gaps[i] = float(np.mean((ma - mb) / mb))
     lo, hi = np.quantile(gaps, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
-    return {"sequences": m, "sequence_gap": float(np.mean((a.mean(1) - b.mean(1)) / b.mean(1))),
-            "bootstrap_interval": [float(lo), float(hi)]}  # fmt: skip
+    return {
+        "sequences": m,
+        "sequence_gap": float(np.mean((a.mean(1) - b.mean(1)) / b.mean(1))),
+        "bootstrap_interval": [float(lo), float(hi)],
+    }
 
 
 def direction(comparison: dict[str, Any] | None) -> str | None:
@@ -115,8 +154,9 @@ def direction(comparison: dict[str, Any] | None) -> str | None:
     there is no seed interval to judge by."""
     if comparison is None or comparison.get("interval") is None:
         return None
-    intervals = [comparison["interval"]] + ([comparison["bootstrap_interval"]] if "bootstrap_interval" in comparison
-                                            else [])  # fmt: skip
+    intervals = [comparison["interval"]] + (
+        [comparison["bootstrap_interval"]] if "bootstrap_interval" in comparison else []
+    )
     if all(lo > 0 for lo, _ in intervals):
         return "worse"
     if all(hi < 0 for _, hi in intervals):

@@ -168,8 +168,10 @@ def _check_body(path: Path, header: ShardHeader, tokens: np.ndarray) -> None:
                 f"{header.vocab_size}; the shard is corrupt, re-run prepare or re-copy the file"
             )
     if header.body_crc is not None and crc != header.body_crc:
-        raise ShardError(f"{path}: body checksum mismatch; the tokens changed after the shard was written (disk or "
-                         "copy corruption), re-run prepare or re-copy the file")  # fmt: skip
+        raise ShardError(
+            f"{path}: body checksum mismatch; the tokens changed after the shard was written (disk or "
+            "copy corruption), re-run prepare or re-copy the file"
+        )
 
 
 def read_shard(path: str | Path) -> np.ndarray:
@@ -459,9 +461,17 @@ def prepare_dataset(
     docs = builtin_corpus() if inputs is None else read_user_documents(inputs)
     out_dir = Path(out_dir).expanduser()
     _write_dataset(
-        docs, None if inputs is None else [str(i) for i in inputs], out_dir, tokenizer, vocab_size,
-        val_fraction, cache_dir, max_shard_tokens, overwrite, progress,
-    )  # fmt: skip
+        docs,
+        None if inputs is None else [str(i) for i in inputs],
+        out_dir,
+        tokenizer,
+        vocab_size,
+        val_fraction,
+        cache_dir,
+        max_shard_tokens,
+        overwrite,
+        progress,
+    )
     return load_dataset(out_dir)
 
 

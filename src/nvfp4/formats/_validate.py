@@ -15,9 +15,7 @@ def check_float_input(x: object, name: str = "x") -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in FLOAT_DTYPES:
-        raise ValueError(
-            f"{name} has dtype {x.dtype}; accepted: float32, bfloat16, float16 (cast with .float() first)"
-        )
+        raise ValueError(f"{name} has dtype {x.dtype}; accepted: float32, bfloat16, float16 (cast with .float() first)")
     if x.dim() == 0:
         raise ValueError(f"{name} is a 0-d tensor; quantization needs at least one dimension (the block dim)")
     if x.numel() == 0:

@@ -24,15 +24,7 @@ def e2m1_round_nearest(v: torch.Tensor) -> torch.Tensor:
     neighbour has an even mantissa (ties go down), ``>=`` where it is odd (ties go up).
     """
     a = v.abs()
-    mag = (
-        (a > 0.25).to(torch.uint8)
-        + (a >= 0.75)
-        + (a > 1.25)
-        + (a >= 1.75)
-        + (a > 2.5)
-        + (a >= 3.5)
-        + (a > 5.0)
-    )
+    mag = (a > 0.25).to(torch.uint8) + (a >= 0.75) + (a > 1.25) + (a >= 1.75) + (a > 2.5) + (a >= 3.5) + (a > 5.0)
     return mag | ((v < 0).to(torch.uint8) << 3)
 
 

@@ -38,9 +38,7 @@ def reference_quantize_fp8_2d(x2d: torch.Tensor, tile: tuple[int, int]) -> tuple
     block_amax = xp.abs().view(prow // tr, tr, pcol // tc, tc).amax(dim=(1, 3))
     scale = block_amax / torch.full_like(block_amax, E4M3_MAX)  # a true FP32 division (no scalar divisor on CUDA)
     # amax 0: any scale gives zeros, use 1; an underflowed scale (amax < ~6e-43) uses the smallest subnormal.
-    scale = torch.where(
-        scale > 0, scale, torch.where(block_amax > 0, _SMALLEST_SUBNORMAL, 1.0)
-    ).to(torch.float32)
+    scale = torch.where(scale > 0, scale, torch.where(block_amax > 0, _SMALLEST_SUBNORMAL, 1.0)).to(torch.float32)
     scale = torch.where(torch.isfinite(block_amax), scale, float("nan"))
     full_scale = scale.repeat_interleave(tr, dim=0).repeat_interleave(tc, dim=1)
     data = torch.clamp(xp / full_scale, -E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)

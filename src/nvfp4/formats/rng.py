@@ -85,8 +85,9 @@ def random_bytes(index: torch.Tensor, seed: int, offset: int = 0) -> torch.Tenso
     return h >> 24
 
 
-def random_bytes_for_shape(rows: int, cols: int, seed: int, offset: int = 0,
-                           device: torch.device | str = "cpu") -> torch.Tensor:
+def random_bytes_for_shape(
+    rows: int, cols: int, seed: int, offset: int = 0, device: torch.device | str = "cpu"
+) -> torch.Tensor:
     """Random bytes for every element of a row-major (rows, cols) tensor."""
     index = torch.arange(rows * cols, dtype=torch.int64, device=device).view(rows, cols)
     return random_bytes(index, seed, offset)

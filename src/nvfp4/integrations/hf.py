@@ -37,17 +37,39 @@ def _config(model: nn.Module) -> Any:
     return config
 
 
-def convert(model: nn.Module, recipe: str | Recipe = "nvfp4", *, seed: int = 0, exclude: tuple[str, ...] = (),
-            default_exclusions: bool = True, backend: str = "auto", verbose: bool = False) -> nn.Module:  # fmt: skip
+def convert(
+    model: nn.Module,
+    recipe: str | Recipe = "nvfp4",
+    *,
+    seed: int = 0,
+    exclude: tuple[str, ...] = (),
+    default_exclusions: bool = True,
+    backend: str = "auto",
+    verbose: bool = False,
+) -> nn.Module:
     """``nvfp4.convert`` plus a record of the conversion in ``model.config.nvfp4`` (saved by ``save_pretrained``)."""
     recipe = nvfp4.recipes.get(recipe)
-    nvfp4.convert(model, recipe, exclude=exclude, default_exclusions=default_exclusions, seed=seed, backend=backend,
-                  verbose=verbose)  # fmt: skip
-    setattr(_config(model), CONFIG_KEY, {
-        "recipe": recipe.to_dict(), "seed": int(seed), "exclude": list(exclude),
-        "default_exclusions": bool(default_exclusions), "sr_state": nvfp4.sr_state_dict(model),
-        "version": nvfp4.__version__,
-    })  # fmt: skip
+    nvfp4.convert(
+        model,
+        recipe,
+        exclude=exclude,
+        default_exclusions=default_exclusions,
+        seed=seed,
+        backend=backend,
+        verbose=verbose,
+    )
+    setattr(
+        _config(model),
+        CONFIG_KEY,
+        {
+            "recipe": recipe.to_dict(),
+            "seed": int(seed),
+            "exclude": list(exclude),
+            "default_exclusions": bool(default_exclusions),
+            "sr_state": nvfp4.sr_state_dict(model),
+            "version": nvfp4.__version__,
+        },
+    )
     return model
 
 
@@ -68,9 +90,14 @@ def restore(model: nn.Module, backend: str = "auto") -> nn.Module:
     if not isinstance(record, dict) or "recipe" not in record:
         raise ValueError(f"config.{CONFIG_KEY} is not a record written by nvfp4.integrations.hf.convert")
     recipe = Recipe.from_dict(record["recipe"])
-    nvfp4.convert(model, recipe, exclude=tuple(record.get("exclude", ())),
-                  default_exclusions=record.get("default_exclusions", True), seed=record.get("seed", 0),
-                  backend=backend)  # fmt: skip
+    nvfp4.convert(
+        model,
+        recipe,
+        exclude=tuple(record.get("exclude", ())),
+        default_exclusions=record.get("default_exclusions", True),
+        seed=record.get("seed", 0),
+        backend=backend,
+    )
     if record.get("sr_state"):
         nvfp4.load_sr_state_dict(model, record["sr_state"])
     return model

@@ -97,17 +97,25 @@ class _Fallback(BackendBase):
         if reason is None:
             return self.fast
         if x.is_cuda:
-            _warn_once(f"nvfp4: the {self.name} backend does not run {op} here ({reason}); using the plain-PyTorch "
-                       "reference, which is much slower on a GPU")  # fmt: skip
+            _warn_once(
+                f"nvfp4: the {self.name} backend does not run {op} here ({reason}); using the plain-PyTorch "
+                "reference, which is much slower on a GPU"
+            )
         return self.reference
 
     def amax_kernel(self, x2d: torch.Tensor) -> torch.Tensor:
         return self._choose("amax", x2d).amax_kernel(x2d)
 
     def quantize_kernel(
-        self, x2d: torch.Tensor, spec: QuantSpec, *, amax: torch.Tensor | None = None,
-        signs: torch.Tensor | None = None, seed: int = 0, offset: int | torch.Tensor = 0,
-    ) -> Quantized:  # fmt: skip
+        self,
+        x2d: torch.Tensor,
+        spec: QuantSpec,
+        *,
+        amax: torch.Tensor | None = None,
+        signs: torch.Tensor | None = None,
+        seed: int = 0,
+        offset: int | torch.Tensor = 0,
+    ) -> Quantized:
         impl = self._choose("quantize", x2d, spec, signs=signs, amax=amax)
         return impl.quantize_kernel(x2d, spec, amax=amax, signs=signs, seed=seed, offset=offset)
 

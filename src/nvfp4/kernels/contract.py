@@ -35,8 +35,15 @@ _RHT_SIZES = (2, 4, 8, 16, 32, 64, 128)  # what nvfp4.hadamard transforms; backe
 OPS = ("amax", "quantize", "scaled_values")  # the checked entry points; each runs the op's *_kernel
 KERNELS = ("amax_kernel", "quantize_kernel", "scaled_values_kernel")
 CONVENIENCES = (  # per-format shorthands over ``quantize``, defined once in BackendBase
-    "quantize_nvfp4", "rht_quantize_nvfp4", "fake_quantize_nvfp4", "quantize_mxfp4", "fake_quantize_mxfp4",
-    "quantize_fp8", "fake_quantize_fp8", "quantize_mxfp8", "fake_quantize_mxfp8",
+    "quantize_nvfp4",
+    "rht_quantize_nvfp4",
+    "fake_quantize_nvfp4",
+    "quantize_mxfp4",
+    "fake_quantize_mxfp4",
+    "quantize_fp8",
+    "fake_quantize_fp8",
+    "quantize_mxfp8",
+    "fake_quantize_mxfp8",
 )
 
 
@@ -127,9 +134,14 @@ class BackendBase:
     name = "base"
 
     def supports(
-        self, op: str, x: torch.Tensor, spec: QuantSpec | None = None, *,
-        signs: torch.Tensor | None = None, amax: torch.Tensor | None = None,
-    ) -> str | None:  # fmt: skip
+        self,
+        op: str,
+        x: torch.Tensor,
+        spec: QuantSpec | None = None,
+        *,
+        signs: torch.Tensor | None = None,
+        amax: torch.Tensor | None = None,
+    ) -> str | None:
         """None when this backend's kernel runs ``op`` on this input, else why not (no work is done)."""
         return None
 
@@ -137,9 +149,15 @@ class BackendBase:
         raise NotImplementedError
 
     def quantize_kernel(
-        self, x2d: torch.Tensor, spec: QuantSpec, *, amax: torch.Tensor | None = None,
-        signs: torch.Tensor | None = None, seed: int = 0, offset: int | torch.Tensor = 0,
-    ) -> Quantized:  # fmt: skip
+        self,
+        x2d: torch.Tensor,
+        spec: QuantSpec,
+        *,
+        amax: torch.Tensor | None = None,
+        signs: torch.Tensor | None = None,
+        seed: int = 0,
+        offset: int | torch.Tensor = 0,
+    ) -> Quantized:
         raise NotImplementedError
 
     def scaled_values_kernel(
@@ -163,9 +181,15 @@ class BackendBase:
         return self.amax_kernel(x2d)
 
     def quantize(
-        self, x2d: torch.Tensor, spec: QuantSpec, *, amax: torch.Tensor | None = None,
-        signs: torch.Tensor | None = None, seed: int = 0, offset: int | torch.Tensor = 0,
-    ) -> Quantized:  # fmt: skip
+        self,
+        x2d: torch.Tensor,
+        spec: QuantSpec,
+        *,
+        amax: torch.Tensor | None = None,
+        signs: torch.Tensor | None = None,
+        seed: int = 0,
+        offset: int | torch.Tensor = 0,
+    ) -> Quantized:
         """Quantize t (see ``QuantSpec``) with the tensor ``amax`` (NVFP4; max|t| after the RHT when None)."""
         self._require("quantize", x2d, spec, signs=signs, amax=amax)
         return self.quantize_kernel(x2d, spec, amax=amax, signs=signs, seed=seed, offset=offset)
@@ -179,29 +203,52 @@ class BackendBase:
 
     # -- per-format conveniences: one spec, one quantize call ---------------------------------------------
     def quantize_nvfp4(
-        self, x2d: torch.Tensor, global_amax: torch.Tensor, tile_rows: int, stochastic: bool, seed: int,
-        offset: int | torch.Tensor, *, transpose: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        self,
+        x2d: torch.Tensor,
+        global_amax: torch.Tensor,
+        tile_rows: int,
+        stochastic: bool,
+        seed: int,
+        offset: int | torch.Tensor,
+        *,
+        transpose: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(packed uint8 (M, ceil(K/16)*8), scales e4m3 (M, ceil(K/16))) of t; SR element index row*K + col of t."""
         spec = QuantSpec("nvfp4", (tile_rows, 16), stochastic, transpose, out_dtype=None)
         q = self.quantize(x2d, spec, amax=global_amax, seed=seed, offset=offset)
         return q.data, q.scales
 
     def rht_quantize_nvfp4(
-        self, x2d: torch.Tensor, signs: torch.Tensor, global_amax: torch.Tensor | None, stochastic: bool,
-        seed: int, offset: int | torch.Tensor, *, transpose: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+        self,
+        x2d: torch.Tensor,
+        signs: torch.Tensor,
+        global_amax: torch.Tensor | None,
+        stochastic: bool,
+        seed: int,
+        offset: int | torch.Tensor,
+        *,
+        transpose: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """RHT (size len(signs)) along K of t, BF16-rounded, then 1x16 NVFP4: (packed, scales, amax used)."""
-        spec = QuantSpec("nvfp4", (1, 16), stochastic, transpose, rht=int(torch.as_tensor(signs).numel()),
-                         out_dtype=None)  # fmt: skip
+        spec = QuantSpec(
+            "nvfp4", (1, 16), stochastic, transpose, rht=int(torch.as_tensor(signs).numel()), out_dtype=None
+        )
         q = self.quantize(x2d, spec, amax=global_amax, signs=signs, seed=seed, offset=offset)
         return q.data, q.scales, q.amax
 
     def fake_quantize_nvfp4(
-        self, x2d: torch.Tensor, global_amax: torch.Tensor | None, tile_rows: int, stochastic: bool, seed: int,
-        offset: int | torch.Tensor, *, transpose: bool = False, rht_signs: torch.Tensor | None = None,
+        self,
+        x2d: torch.Tensor,
+        global_amax: torch.Tensor | None,
+        tile_rows: int,
+        stochastic: bool,
+        seed: int,
+        offset: int | torch.Tensor,
+        *,
+        transpose: bool = False,
+        rht_signs: torch.Tensor | None = None,
         out_dtype: torch.dtype = torch.bfloat16,
-    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(values (M, K) = value(q)·s_b in out_dtype, amax used) of t, RHT16'd along K first if rht_signs."""
         rht = None if rht_signs is None else int(torch.as_tensor(rht_signs).numel())
         spec = QuantSpec("nvfp4", (tile_rows, 16), stochastic, transpose, rht=rht, out_dtype=out_dtype)
@@ -209,23 +256,35 @@ class BackendBase:
         return q.data, q.amax
 
     def quantize_mxfp4(
-        self, x2d: torch.Tensor, stochastic: bool, seed: int, offset: int | torch.Tensor, *,
-        scale_rule: str = "ceil", transpose: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        self,
+        x2d: torch.Tensor,
+        stochastic: bool,
+        seed: int,
+        offset: int | torch.Tensor,
+        *,
+        scale_rule: str = "ceil",
+        transpose: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(packed uint8 (M, ceil(K/32)*16), scales float8_e8m0fnu (M, ceil(K/32))) of t."""
         spec = QuantSpec("mxfp4", (1, 32), stochastic, transpose, scale_rule=scale_rule, out_dtype=None)
         q = self.quantize(x2d, spec, seed=seed, offset=offset)
         return q.data, q.scales
 
     def fake_quantize_mxfp4(
-        self, x2d: torch.Tensor, stochastic: bool, seed: int, offset: int | torch.Tensor, *,
-        scale_rule: str = "ceil", transpose: bool = False, rht_signs: torch.Tensor | None = None,
+        self,
+        x2d: torch.Tensor,
+        stochastic: bool,
+        seed: int,
+        offset: int | torch.Tensor,
+        *,
+        scale_rule: str = "ceil",
+        transpose: bool = False,
+        rht_signs: torch.Tensor | None = None,
         out_dtype: torch.dtype = torch.bfloat16,
-    ) -> torch.Tensor:  # fmt: skip
+    ) -> torch.Tensor:
         """The MXFP4 GEMM operand value(q)·2^e (M, K) of t, RHT'd along K first if rht_signs."""
         rht = None if rht_signs is None else int(torch.as_tensor(rht_signs).numel())
-        spec = QuantSpec("mxfp4", (1, 32), stochastic, transpose, rht=rht, scale_rule=scale_rule,
-                         out_dtype=out_dtype)  # fmt: skip
+        spec = QuantSpec("mxfp4", (1, 32), stochastic, transpose, rht=rht, scale_rule=scale_rule, out_dtype=out_dtype)
         return self.quantize(x2d, spec, signs=rht_signs, seed=seed, offset=offset).data
 
     def quantize_fp8(

@@ -314,9 +314,12 @@ def _outputs(rows: int, cols: int, block: int, spec: QuantSpec) -> tuple[torch.T
 
 
 def _result(
-    out: torch.Tensor, scales: torch.Tensor | None, scale_dtype: torch.dtype, amax: torch.Tensor | None,
+    out: torch.Tensor,
+    scales: torch.Tensor | None,
+    scale_dtype: torch.dtype,
+    amax: torch.Tensor | None,
     spec: QuantSpec,
-) -> Quantized:  # fmt: skip
+) -> Quantized:
     if spec.packed:
         return Quantized(out, scales.view(scale_dtype), amax)
     return Quantized(out if out.dtype == spec.out_dtype else out.to(spec.out_dtype), None, amax)
@@ -351,9 +354,14 @@ class CPUBackend(BackendBase):
         return self.lib.nvfp4_simd_width() > 1
 
     def supports(
-        self, op: str, x: torch.Tensor, spec: QuantSpec | None = None, *,
-        signs: torch.Tensor | None = None, amax: torch.Tensor | None = None,
-    ) -> str | None:  # fmt: skip
+        self,
+        op: str,
+        x: torch.Tensor,
+        spec: QuantSpec | None = None,
+        *,
+        signs: torch.Tensor | None = None,
+        amax: torch.Tensor | None = None,
+    ) -> str | None:
         if x.device.type != "cpu":
             return "CPU tensors only"
         if x.dim() != 2 or x.numel() == 0:
@@ -385,9 +393,15 @@ class CPUBackend(BackendBase):
         return torch.tensor(value, dtype=torch.float32)
 
     def quantize_kernel(
-        self, x2d: torch.Tensor, spec: QuantSpec, *, amax: torch.Tensor | None = None,
-        signs: torch.Tensor | None = None, seed: int = 0, offset: int | torch.Tensor = 0,
-    ) -> Quantized:  # fmt: skip
+        self,
+        x2d: torch.Tensor,
+        spec: QuantSpec,
+        *,
+        amax: torch.Tensor | None = None,
+        signs: torch.Tensor | None = None,
+        seed: int = 0,
+        offset: int | torch.Tensor = 0,
+    ) -> Quantized:
         """One C pass per operand (after the amax pass when NVFP4 has no amax): no transposed copy, no packed
         intermediate for the GEMM values."""
         off = offset_value(offset)
@@ -414,9 +428,11 @@ class CPUBackend(BackendBase):
         native = dtype if dtype in (torch.bfloat16, torch.float32) else torch.float32
         out = torch.empty((rows, nblk * BLOCK), dtype=native)
         out_kind = _OUT_BF16 if native == torch.bfloat16 else _OUT_F32
-        self.lib.nvfp4_scaled_values(_call(
-            x=_ptr(packed_c), scales=_ptr(scales_c), rows=rows, cols=nblk * BLOCK, out_kind=out_kind, out=_ptr(out)
-        ))  # fmt: skip
+        self.lib.nvfp4_scaled_values(
+            _call(
+                x=_ptr(packed_c), scales=_ptr(scales_c), rows=rows, cols=nblk * BLOCK, out_kind=out_kind, out=_ptr(out)
+            )
+        )
         return out if native == dtype else out.to(dtype)  # the reference also rounds from FP32
 
     # -- NVFP4 -----------------------------------------------------------------------------------------------
@@ -437,9 +453,14 @@ class CPUBackend(BackendBase):
         return torch.tensor(value, dtype=torch.float32)
 
     def _nvfp4(
-        self, x2d: torch.Tensor, spec: QuantSpec, amax: torch.Tensor | None, signs: torch.Tensor | None, seed: int,
+        self,
+        x2d: torch.Tensor,
+        spec: QuantSpec,
+        amax: torch.Tensor | None,
+        signs: torch.Tensor | None,
+        seed: int,
         offset: int,
-    ) -> Quantized:  # fmt: skip
+    ) -> Quantized:
         tile_rows = spec.tile[0]
         x, dt, kernel_t = self._prepare(x2d, spec.transpose, tile_rows)
         rows, cols = x.shape[::-1] if kernel_t else x.shape
@@ -447,12 +468,24 @@ class CPUBackend(BackendBase):
         amax_t = self._tensor_amax(x, dt, kernel_t, signbits) if amax is None else _amax_cpu(amax)
         out, scales, out_kind = _outputs(rows, cols, BLOCK, spec)
         k1, k2 = derive_keys(seed, offset) if spec.stochastic else (0, 0)
-        rc = self.lib.nvfp4_quantize(_call(
-            x=_ptr(x), dtype=dt, rows=x.shape[0], cols=x.shape[1], transpose=int(kernel_t),  # x's own shape
-            signbits=None if signbits is None else _ptr(signbits), global_amax=float(amax_t),
-            tile_rows=int(tile_rows), stochastic=int(spec.stochastic), k1=k1, k2=k2, out_kind=out_kind,
-            out=_ptr(out), scales=None if scales is None else _ptr(scales),
-        ))  # fmt: skip
+        rc = self.lib.nvfp4_quantize(
+            _call(
+                x=_ptr(x),
+                dtype=dt,
+                rows=x.shape[0],
+                cols=x.shape[1],
+                transpose=int(kernel_t),  # x's own shape
+                signbits=None if signbits is None else _ptr(signbits),
+                global_amax=float(amax_t),
+                tile_rows=int(tile_rows),
+                stochastic=int(spec.stochastic),
+                k1=k1,
+                k2=k2,
+                out_kind=out_kind,
+                out=_ptr(out),
+                scales=None if scales is None else _ptr(scales),
+            )
+        )
         if rc != 0:
             raise MemoryError("nvfp4_quantize could not allocate its scratch buffers")
         return _result(out, scales, torch.float8_e4m3fn, amax_t, spec)
@@ -464,12 +497,24 @@ class CPUBackend(BackendBase):
         out, scales, out_kind = _outputs(rows, cols, 32, spec)
         x, dt, rows, cols, sr, sk = _strided_layout(x2d, spec.transpose)
         k1, k2 = derive_keys(seed, offset) if spec.stochastic else (0, 0)
-        self.lib.mxfp4_quantize(_call(
-            x=_ptr(x), dtype=dt, rows=rows, cols=cols, stride_r=sr, stride_k=sk,
-            signbits=None if signbits is None else _ptr(signbits), ceil_rule=int(spec.scale_rule == "ceil"),
-            stochastic=int(spec.stochastic), k1=k1, k2=k2, out_kind=out_kind, out=_ptr(out),
-            scales=None if scales is None else _ptr(scales),
-        ))  # fmt: skip
+        self.lib.mxfp4_quantize(
+            _call(
+                x=_ptr(x),
+                dtype=dt,
+                rows=rows,
+                cols=cols,
+                stride_r=sr,
+                stride_k=sk,
+                signbits=None if signbits is None else _ptr(signbits),
+                ceil_rule=int(spec.scale_rule == "ceil"),
+                stochastic=int(spec.stochastic),
+                k1=k1,
+                k2=k2,
+                out_kind=out_kind,
+                out=_ptr(out),
+                scales=None if scales is None else _ptr(scales),
+            )
+        )
         return _result(out, scales, torch.float8_e8m0fnu, None, spec)
 
     # -- FP8 (blockwise E4M3, FP32 scales) ------------------------------------------------------------------
@@ -482,10 +527,19 @@ class CPUBackend(BackendBase):
             native = spec.out_dtype if spec.out_dtype == torch.bfloat16 else torch.float32
             out_kind = _OUT_BF16 if native == torch.bfloat16 else _OUT_F32
             out, scales = torch.empty((rows, cols), dtype=native), None
-        self.lib.mxfp8_quantize(_call(
-            x=_ptr(x), dtype=dt, rows=rows, cols=cols, stride_r=sr, stride_k=sk, out_kind=out_kind, out=_ptr(out),
-            scales=_ptr(scales) if scales is not None else None,
-        ))  # fmt: skip
+        self.lib.mxfp8_quantize(
+            _call(
+                x=_ptr(x),
+                dtype=dt,
+                rows=rows,
+                cols=cols,
+                stride_r=sr,
+                stride_k=sk,
+                out_kind=out_kind,
+                out=_ptr(out),
+                scales=_ptr(scales) if scales is not None else None,
+            )
+        )
         if spec.packed:
             return Quantized(out.view(torch.float8_e4m3fn), scales.view(torch.float8_e8m0fnu), None)
         return Quantized(out if out.dtype == spec.out_dtype else out.to(spec.out_dtype), None, None)
@@ -495,10 +549,20 @@ class CPUBackend(BackendBase):
         out_kind = _OUT_PACKED if spec.packed else _OUT_F32
         out = torch.empty((rows, cols), dtype=torch.uint8 if spec.packed else torch.float32)
         scales = torch.empty((rows, -(-cols // 128)), dtype=torch.float32)
-        rc = self.lib.fp8_quantize(_call(
-            x=_ptr(x), dtype=dt, rows=rows, cols=cols, stride_r=sr, stride_k=sk, tile_rows=spec.tile[0],
-            out_kind=out_kind, out=_ptr(out), scales=_ptr(scales),
-        ))  # fmt: skip
+        rc = self.lib.fp8_quantize(
+            _call(
+                x=_ptr(x),
+                dtype=dt,
+                rows=rows,
+                cols=cols,
+                stride_r=sr,
+                stride_k=sk,
+                tile_rows=spec.tile[0],
+                out_kind=out_kind,
+                out=_ptr(out),
+                scales=_ptr(scales),
+            )
+        )
         if rc != 0:
             raise MemoryError("fp8_quantize could not allocate its scratch buffers")
         if spec.packed:

@@ -59,9 +59,13 @@ def _select(backend: str, device: torch.device):
 
 @functools.cache
 def _spec(
-    fmt: str, tile: tuple[int, int], stochastic: bool, transpose: bool, rht: int | None,
+    fmt: str,
+    tile: tuple[int, int],
+    stochastic: bool,
+    transpose: bool,
+    rht: int | None,
     out_dtype: torch.dtype | None,
-) -> QuantSpec:  # fmt: skip
+) -> QuantSpec:
     """One frozen spec per operand configuration (built once, then a dict hit on the hot path)."""
     return QuantSpec(fmt, tile, bool(stochastic), bool(transpose), rht, "ceil", out_dtype)
 
@@ -85,18 +89,34 @@ def _rht(signs: torch.Tensor | None) -> int | None:
 
 
 def _nvfp4_values(
-    x: torch.Tensor, amax: torch.Tensor | None, tile_rows: int, stochastic: bool, seed: int, stream: int,
-    call: torch.Tensor, transpose: bool, signs: torch.Tensor | None, backend: str,
-) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    x: torch.Tensor,
+    amax: torch.Tensor | None,
+    tile_rows: int,
+    stochastic: bool,
+    seed: int,
+    stream: int,
+    call: torch.Tensor,
+    transpose: bool,
+    signs: torch.Tensor | None,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
     spec = _spec("nvfp4", (tile_rows, 16), stochastic, transpose, _rht(signs), torch.bfloat16)
     q = _select(backend, x.device).quantize(x, spec, amax=amax, signs=signs, seed=seed, offset=sr_offset(stream, call))
     return q.data, _own(q.amax, amax)
 
 
 def _nvfp4_packed(
-    x: torch.Tensor, amax: torch.Tensor | None, tile_rows: int, stochastic: bool, seed: int, stream: int,
-    call: torch.Tensor, transpose: bool, signs: torch.Tensor | None, backend: str,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    x: torch.Tensor,
+    amax: torch.Tensor | None,
+    tile_rows: int,
+    stochastic: bool,
+    seed: int,
+    stream: int,
+    call: torch.Tensor,
+    transpose: bool,
+    signs: torch.Tensor | None,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     spec = _spec("nvfp4", (tile_rows, 16), stochastic, transpose, _rht(signs), None)
     q = _select(backend, x.device).quantize(x, spec, amax=amax, signs=signs, seed=seed, offset=sr_offset(stream, call))
     return q.data, q.scales, _own(q.amax, amax)
@@ -107,9 +127,15 @@ def _nvfp4_scaled_values(packed: torch.Tensor, scales: torch.Tensor, backend: st
 
 
 def _mxfp4_values(
-    x: torch.Tensor, stochastic: bool, seed: int, stream: int, call: torch.Tensor, transpose: bool,
-    signs: torch.Tensor | None, backend: str,
-) -> torch.Tensor:  # fmt: skip
+    x: torch.Tensor,
+    stochastic: bool,
+    seed: int,
+    stream: int,
+    call: torch.Tensor,
+    transpose: bool,
+    signs: torch.Tensor | None,
+    backend: str,
+) -> torch.Tensor:
     spec = _spec("mxfp4", (1, 32), stochastic, transpose, _rht(signs), torch.bfloat16)
     return _select(backend, x.device).quantize(x, spec, signs=signs, seed=seed, offset=sr_offset(stream, call)).data
 

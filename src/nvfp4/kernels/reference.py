@@ -33,9 +33,15 @@ class ReferenceBackend(BackendBase):
         return tensor_amax(x2d)
 
     def quantize_kernel(
-        self, x2d: torch.Tensor, spec: QuantSpec, *, amax: torch.Tensor | None = None,
-        signs: torch.Tensor | None = None, seed: int = 0, offset: int | torch.Tensor = 0,
-    ) -> Quantized:  # fmt: skip
+        self,
+        x2d: torch.Tensor,
+        spec: QuantSpec,
+        *,
+        amax: torch.Tensor | None = None,
+        signs: torch.Tensor | None = None,
+        seed: int = 0,
+        offset: int | torch.Tensor = 0,
+    ) -> Quantized:
         """t = x2d.t() if spec.transpose else x2d, (M, K); with spec.rht, t <- RHT(t) along K (BF16-rounded; K must
         be a multiple of the size). The SR element index is row*K + col of t, as if ``t.contiguous()`` were quantized.
 

@@ -79,9 +79,14 @@ class TritonBackend(BackendBase):
         self._signs_cache: dict[tuple[tuple[float, ...], str], torch.Tensor] = {}
 
     def supports(
-        self, op: str, x: torch.Tensor, spec: QuantSpec | None = None, *,
-        signs: torch.Tensor | None = None, amax: torch.Tensor | None = None,
-    ) -> str | None:  # fmt: skip
+        self,
+        op: str,
+        x: torch.Tensor,
+        spec: QuantSpec | None = None,
+        *,
+        signs: torch.Tensor | None = None,
+        amax: torch.Tensor | None = None,
+    ) -> str | None:
         if not self.is_available(x.device):
             return f"not available on {x.device}"
         if x.dim() != 2 or x.numel() == 0:
@@ -257,10 +262,23 @@ class TritonBackend(BackendBase):
         row_programs = _cdiv(rows, tk.FP8_BLOCK_M if tile[0] == 1 else 128)
         with self._device_guard(t.device):
             tk.fp8_quantize_kernel[(row_programs * nblk,)](
-                _bf16_as_bits(t), out, scales, rows, cols, nblk, t.stride(0), t.stride(1), out.stride(0),
-                scales.stride(0), BF16_BITS=t.dtype == torch.bfloat16, TILE_ROWS=tile[0], OUT_VALUES=out_values,
-                BLOCK_M=tk.FP8_BLOCK_M, num_warps=4, enable_fp_fusion=False,
-            )  # fmt: skip
+                _bf16_as_bits(t),
+                out,
+                scales,
+                rows,
+                cols,
+                nblk,
+                t.stride(0),
+                t.stride(1),
+                out.stride(0),
+                scales.stride(0),
+                BF16_BITS=t.dtype == torch.bfloat16,
+                TILE_ROWS=tile[0],
+                OUT_VALUES=out_values,
+                BLOCK_M=tk.FP8_BLOCK_M,
+                num_warps=4,
+                enable_fp_fusion=False,
+            )
         return out, scales
 
     def _launch_mxfp8(
@@ -275,12 +293,24 @@ class TritonBackend(BackendBase):
         grid = (_cdiv(rows, tk.Q_BLOCK_M) * _cdiv(nblk, tk.MX_BLOCKS_K),)
         with self._device_guard(t.device):
             tk.mxfp8_quantize_kernel[grid](
-                _bf16_as_bits(t), _bf16_as_bits(out), scales if scales is not None else out, rows, cols, nblk,
-                t.stride(0), t.stride(1), out.stride(0), scales.stride(0) if scales is not None else 0,
-                BF16_BITS=t.dtype == torch.bfloat16, OUT_VALUES=values_dtype is not None,
-                OUT_BF16=values_dtype == torch.bfloat16, BLOCK_M=tk.Q_BLOCK_M, BLOCKS_K=tk.MX_BLOCKS_K,
-                num_warps=tk.Q_WARPS, enable_fp_fusion=False,
-            )  # fmt: skip
+                _bf16_as_bits(t),
+                _bf16_as_bits(out),
+                scales if scales is not None else out,
+                rows,
+                cols,
+                nblk,
+                t.stride(0),
+                t.stride(1),
+                out.stride(0),
+                scales.stride(0) if scales is not None else 0,
+                BF16_BITS=t.dtype == torch.bfloat16,
+                OUT_VALUES=values_dtype is not None,
+                OUT_BF16=values_dtype == torch.bfloat16,
+                BLOCK_M=tk.Q_BLOCK_M,
+                BLOCKS_K=tk.MX_BLOCKS_K,
+                num_warps=tk.Q_WARPS,
+                enable_fp_fusion=False,
+            )
         if scales is None:
             return out, None
         return out.view(torch.float8_e4m3fn), scales.view(torch.float8_e8m0fnu)
@@ -292,9 +322,15 @@ class TritonBackend(BackendBase):
         return self._launch_amax(self._operand(x2d, False), None)
 
     def quantize_kernel(
-        self, x2d: torch.Tensor, spec: QuantSpec, *, amax: torch.Tensor | None = None,
-        signs: torch.Tensor | None = None, seed: int = 0, offset: int | torch.Tensor = 0,
-    ) -> Quantized:  # fmt: skip
+        self,
+        x2d: torch.Tensor,
+        spec: QuantSpec,
+        *,
+        amax: torch.Tensor | None = None,
+        signs: torch.Tensor | None = None,
+        seed: int = 0,
+        offset: int | torch.Tensor = 0,
+    ) -> Quantized:
         """t read in place (never transposed by a copy); NVFP4: the amax pass (of the RHT'd t, recomputed rather
         than stored: re-reading x costs less than writing and re-reading a BF16 intermediate) unless given, then one
         fused pass; MXFP4 and FP8: one pass."""

@@ -278,9 +278,21 @@ def fp8_store(x, scale, rows, cols, M, K, out_ptr, stride_o, OUT_VALUES: tl.cons
 
 @triton.jit
 def fp8_quantize_kernel(
-    x_ptr, out_ptr, scales_ptr, M, K, NB, stride_r, stride_k, stride_o, stride_s,
-    BF16_BITS: tl.constexpr, TILE_ROWS: tl.constexpr, OUT_VALUES: tl.constexpr, BLOCK_M: tl.constexpr,
-):  # fmt: skip
+    x_ptr,
+    out_ptr,
+    scales_ptr,
+    M,
+    K,
+    NB,
+    stride_r,
+    stride_k,
+    stride_o,
+    stride_s,
+    BF16_BITS: tl.constexpr,
+    TILE_ROWS: tl.constexpr,
+    OUT_VALUES: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):
     """Blockwise FP8 (E4M3 values, FP32 scales amax_b / 448) of 1x128 blocks or 128x128 tiles of the logical (M, K)
     tensor. One program per block column and BLOCK_M rows (1x128) or per 128x128 tile (looping over its rows twice:
     amax, then encode). The grid is 1-D (pid = row program * NB + block column): no 65,535 limit on either axis."""
@@ -306,16 +318,31 @@ def fp8_quantize_kernel(
             rows = first + r + tl.arange(0, BLOCK_M)
             x = load_tile(x_ptr, rows, cols, M, K, stride_r, stride_k, BF16_BITS)
             fp8_store(x, scale, rows, cols, M, K, out_ptr, stride_o, OUT_VALUES)
-            tl.store(scales_ptr + rows.to(tl.int64) * stride_s + pid_k, tl.full((BLOCK_M,), 0.0, tl.float32) + scale,
-                     mask=rows < M)  # fmt: skip
+            tl.store(
+                scales_ptr + rows.to(tl.int64) * stride_s + pid_k,
+                tl.full((BLOCK_M,), 0.0, tl.float32) + scale,
+                mask=rows < M,
+            )
 
 
 @triton.jit
 def mxfp8_quantize_kernel(
-    x_ptr, out_ptr, scales_ptr, M, K, NB, stride_r, stride_k, stride_o, stride_s,
-    BF16_BITS: tl.constexpr, OUT_VALUES: tl.constexpr, OUT_BF16: tl.constexpr, BLOCK_M: tl.constexpr,
+    x_ptr,
+    out_ptr,
+    scales_ptr,
+    M,
+    K,
+    NB,
+    stride_r,
+    stride_k,
+    stride_o,
+    stride_s,
+    BF16_BITS: tl.constexpr,
+    OUT_VALUES: tl.constexpr,
+    OUT_BF16: tl.constexpr,
+    BLOCK_M: tl.constexpr,
     BLOCKS_K: tl.constexpr,
-):  # fmt: skip
+):
     """MXFP8 (nvfp4.formats.mxfp8: Transformer Engine's arithmetic) of BLOCK_M rows x BLOCKS_K 32-element blocks:
     E4M3 bytes + E8M0 scale bytes, or (OUT_VALUES) the GEMM operand e4m3 * 2^e. No tensor scale: one pass."""
     BK: tl.constexpr = BLOCKS_K * 32
@@ -381,4 +408,3 @@ def scaled_values_kernel(
         tl.reshape(values, (BLOCK_M, BLOCKS_K * 16)).to(out_ptr.dtype.element_ty),
         mask=row_ok & (ocols < NB * 16)[None, :],
     )
-

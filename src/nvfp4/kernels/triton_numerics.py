@@ -268,8 +268,19 @@ def load_tile(x_ptr, rows, cols, M, K, stride_r, stride_k, BF16_BITS: tl.constex
 
 
 @triton.jit
-def e2m1_codes(v, rows, cols, K, key1, key2, STOCHASTIC: tl.constexpr, BLOCK_M: tl.constexpr,
-                BLOCKS_K: tl.constexpr, BLOCK_SIZE: tl.constexpr, INDEX64: tl.constexpr):  # fmt: skip
+def e2m1_codes(
+    v,
+    rows,
+    cols,
+    K,
+    key1,
+    key2,
+    STOCHASTIC: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCKS_K: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    INDEX64: tl.constexpr,
+):
     """E2M1 codes (RN or SR, SPEC §2-3) of scaled values v (BLOCK_M, BLOCKS_K, BLOCK_SIZE): clamped to ±6 first
     (NaN stays NaN and gets code 0); SR bytes keyed by the element index row * K + col of the logical tensor."""
     v = tl.where(v < -6.0, -6.0, clamp_max(v, 6.0))
@@ -311,4 +322,3 @@ def store_values(out_ptr, values, rows, cols, M, K, stride_o, OUT_BF16: tl.const
         tl.store(out_ptr + offs, bits.to(tl.int16), mask=mask)
     else:
         tl.store(out_ptr + offs, values, mask=mask)
-

@@ -19,8 +19,10 @@ from nvfp4.model.hybrid import HYBRID_PRESETS, HybridConfig, HybridLM, hybrid_co
 PRESETS: dict[str, GPTConfig | HybridConfig] = {**GPT_PRESETS, **HYBRID_PRESETS}
 ModelConfig = GPTConfig | HybridConfig
 # the TrainConfig overrides each family takes (the hybrid's depth and block kinds are its pattern)
-OVERRIDES = {GPTConfig: ("n_layer", "n_head", "n_kv_head", "d_model", "d_ff", "mlp", "seq_len", "vocab_size"),
-             HybridConfig: ("n_head", "n_kv_head", "d_model", "d_ff", "seq_len", "vocab_size")}  # fmt: skip
+OVERRIDES = {
+    GPTConfig: ("n_layer", "n_head", "n_kv_head", "d_model", "d_ff", "mlp", "seq_len", "vocab_size"),
+    HybridConfig: ("n_head", "n_kv_head", "d_model", "d_ff", "seq_len", "vocab_size"),
+}
 
 
 def model_config(name: str, **overrides: Any) -> ModelConfig:
@@ -30,8 +32,10 @@ def model_config(name: str, **overrides: Any) -> ModelConfig:
     family = type(PRESETS[name])
     bad = sorted(k for k in overrides if k not in OVERRIDES[family])
     if bad:
-        raise ValueError(f"model {name!r} takes no {', '.join(bad)} override"
-                         + (" (a hybrid's blocks are its pattern)" if family is HybridConfig else ""))  # fmt: skip
+        raise ValueError(
+            f"model {name!r} takes no {', '.join(bad)} override"
+            + (" (a hybrid's blocks are its pattern)" if family is HybridConfig else "")
+        )
     return hybrid_config(name, **overrides) if family is HybridConfig else config_from_preset(name, **overrides)
 
 
@@ -52,6 +56,16 @@ def config_from_dict(values: dict[str, Any]) -> ModelConfig:
 
 
 __all__ = [
-    "GPT", "GPTConfig", "HybridConfig", "HybridLM", "ModelConfig", "PRESETS", "build", "config_from_dict",
-    "config_from_preset", "count_parameters", "from_config", "model_config",
-]  # fmt: skip
+    "GPT",
+    "GPTConfig",
+    "HybridConfig",
+    "HybridLM",
+    "ModelConfig",
+    "PRESETS",
+    "build",
+    "config_from_dict",
+    "config_from_preset",
+    "count_parameters",
+    "from_config",
+    "model_config",
+]

@@ -62,10 +62,24 @@ class HybridConfig:
         object.__setattr__(self, "a_init_range", tuple(self.a_init_range))
         bad = sorted(set(self.pattern) - set(KINDS))
         if not self.pattern or bad:
-            raise ValueError(f"hybrid pattern {self.pattern!r} must be made of M (Mamba-2), * (attention) and - (FFN)"
-                             + (f"; got {bad}" if bad else ""))  # fmt: skip
-        for name in ("vocab_size", "d_model", "seq_len", "n_head", "n_kv_head", "d_ff", "mamba_heads",
-                     "mamba_head_dim", "mamba_groups", "state_size", "conv_kernel", "chunk_size"):  # fmt: skip
+            raise ValueError(
+                f"hybrid pattern {self.pattern!r} must be made of M (Mamba-2), * (attention) and - (FFN)"
+                + (f"; got {bad}" if bad else "")
+            )
+        for name in (
+            "vocab_size",
+            "d_model",
+            "seq_len",
+            "n_head",
+            "n_kv_head",
+            "d_ff",
+            "mamba_heads",
+            "mamba_head_dim",
+            "mamba_groups",
+            "state_size",
+            "conv_kernel",
+            "chunk_size",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"HybridConfig.{name} must be positive, got {getattr(self, name)}")
         if self.n_head % self.n_kv_head:
@@ -101,20 +115,71 @@ _12B = "M-M-M-M*-" * 6 + "M-M-M-M-"
 _8B = "M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M-"
 
 HYBRID_PRESETS: dict[str, HybridConfig] = {
-    "hybrid-tiny": HybridConfig(pattern="M-M-M-M*-", d_model=128, d_ff=512, n_head=4, n_kv_head=2,
-                                mamba_heads=16, mamba_head_dim=16, mamba_groups=1, state_size=64),
-    "hybrid-small": HybridConfig(pattern="M-M-M-M*-M-M-M-M-", d_model=256, d_ff=1024, n_head=4, n_kv_head=2,
-                                 mamba_heads=16, mamba_head_dim=32, mamba_groups=2, state_size=64),
-    "hybrid-half12b": HybridConfig(pattern="M-M-M-M*-M-M-M-M*-M-M-M-M*-M-M-", d_model=256, d_ff=1024, n_head=4,
-                                   n_kv_head=2, mamba_heads=16, mamba_head_dim=32, mamba_groups=2, state_size=64),
+    "hybrid-tiny": HybridConfig(
+        pattern="M-M-M-M*-",
+        d_model=128,
+        d_ff=512,
+        n_head=4,
+        n_kv_head=2,
+        mamba_heads=16,
+        mamba_head_dim=16,
+        mamba_groups=1,
+        state_size=64,
+    ),
+    "hybrid-small": HybridConfig(
+        pattern="M-M-M-M*-M-M-M-M-",
+        d_model=256,
+        d_ff=1024,
+        n_head=4,
+        n_kv_head=2,
+        mamba_heads=16,
+        mamba_head_dim=32,
+        mamba_groups=2,
+        state_size=64,
+    ),
+    "hybrid-half12b": HybridConfig(
+        pattern="M-M-M-M*-M-M-M-M*-M-M-M-M*-M-M-",
+        d_model=256,
+        d_ff=1024,
+        n_head=4,
+        n_kv_head=2,
+        mamba_heads=16,
+        mamba_head_dim=32,
+        mamba_groups=2,
+        state_size=64,
+    ),
     # shape-only (build on the meta device): the layer policy, parameter counts, GPU users
-    "nemotron-h-8b": HybridConfig(pattern=_8B, vocab_size=131072, d_model=4096, seq_len=8192, n_head=32, n_kv_head=8,
-                                  head_dim=128, d_ff=21504, mamba_heads=128, mamba_head_dim=64, mamba_groups=8,
-                                  state_size=128, chunk_size=128),
-    "nemotron-h-12b": HybridConfig(pattern=_12B, vocab_size=131072, d_model=5120, seq_len=8192, n_head=40,
-                                   n_kv_head=8, head_dim=128, d_ff=20480, mamba_heads=128, mamba_head_dim=80,
-                                   mamba_groups=8, state_size=128, chunk_size=128),
-}  # fmt: skip
+    "nemotron-h-8b": HybridConfig(
+        pattern=_8B,
+        vocab_size=131072,
+        d_model=4096,
+        seq_len=8192,
+        n_head=32,
+        n_kv_head=8,
+        head_dim=128,
+        d_ff=21504,
+        mamba_heads=128,
+        mamba_head_dim=64,
+        mamba_groups=8,
+        state_size=128,
+        chunk_size=128,
+    ),
+    "nemotron-h-12b": HybridConfig(
+        pattern=_12B,
+        vocab_size=131072,
+        d_model=5120,
+        seq_len=8192,
+        n_head=40,
+        n_kv_head=8,
+        head_dim=128,
+        d_ff=20480,
+        mamba_heads=128,
+        mamba_head_dim=80,
+        mamba_groups=8,
+        state_size=128,
+        chunk_size=128,
+    ),
+}
 
 
 def hybrid_config(name: str, **overrides) -> HybridConfig:
@@ -139,8 +204,15 @@ def segment_sums(a: torch.Tensor) -> torch.Tensor:
     return sums.masked_fill(~keep, -math.inf)
 
 
-def ssd_scan(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, D: torch.Tensor,
-             chunk_size: int) -> torch.Tensor:  # fmt: skip
+def ssd_scan(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor,
+    chunk_size: int,
+) -> torch.Tensor:
     """The Mamba-2 recurrence h_t = exp(dt_t·A)·h_{t−1} + dt_t·B_t ⊗ x_t, y_t = C_t·h_t + D·x_t, in chunks, FP32.
 
     x: (b, t, H, P); dt: (b, t, H), already softplus'ed; A, D: (H,); B, C: (b, t, G, N) shared by the H/G heads of
@@ -193,8 +265,9 @@ def sequential_scan(x, dt, A, B, C, D) -> torch.Tensor:
     h = torch.zeros(b, heads, p, B.shape[-1], dtype=x.dtype)
     ys = []
     for i in range(t):
-        h = h * torch.exp(dt[:, i] * A)[..., None, None] + (dt[:, i, :, None, None] * x[:, i, :, :, None]
-                                                              * B[:, i, :, None, :])  # fmt: skip
+        h = h * torch.exp(dt[:, i] * A)[..., None, None] + (
+            dt[:, i, :, None, None] * x[:, i, :, :, None] * B[:, i, :, None, :]
+        )
         ys.append(torch.einsum("bhpn,bhn->bhp", h, C[:, i]) + D[:, None] * x[:, i])
     return torch.stack(ys, dim=1)
 
@@ -252,9 +325,15 @@ class Mamba2(nn.Module):
         x, B, C = xbc.split([c.d_inner, gn, gn], dim=-1)
         dt = F.softplus(dt.float() + self.dt_bias.float())
         A = -torch.exp(self.A_log.float())
-        y = ssd_scan(x.reshape(b, t, c.mamba_heads, c.mamba_head_dim), dt, A,
-                     B.reshape(b, t, c.mamba_groups, c.state_size), C.reshape(b, t, c.mamba_groups, c.state_size),
-                     self.D, c.chunk_size)  # fmt: skip
+        y = ssd_scan(
+            x.reshape(b, t, c.mamba_heads, c.mamba_head_dim),
+            dt,
+            A,
+            B.reshape(b, t, c.mamba_groups, c.state_size),
+            C.reshape(b, t, c.mamba_groups, c.state_size),
+            self.D,
+            c.chunk_size,
+        )
         y = self.norm(y.reshape(b, t, c.d_inner).to(u.dtype), z)
         return self.out_proj(y)
 
@@ -347,6 +426,8 @@ class HybridLM(nn.Module):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         """idx, targets: (B, T) token ids (targets may use -100). Returns logits and the mean FP32 cross-entropy."""
         if idx.shape[1] > self.config.seq_len:
-            raise ValueError(f"sequence length {idx.shape[1]} exceeds the model's seq_len={self.config.seq_len}; "
-                             "crop the input or build the model with a larger seq_len")  # fmt: skip
+            raise ValueError(
+                f"sequence length {idx.shape[1]} exceeds the model's seq_len={self.config.seq_len}; "
+                "crop the input or build the model with a larger seq_len"
+            )
         return language_model_head(self, run_blocks(self, self.embed(idx)), targets)

@@ -46,16 +46,45 @@ REQUIRED_KEYS = ("version", "step", "tokens", "model", "optimizer", "rng", "sr",
 # Every key of a training checkpoint, in the order written. The manager writes the run's identity (RUN_KEYS); the
 # stateful part's state_dict() supplies the training state (STATE_KEYS), and load_state_dict() gets the whole dict.
 CHECKPOINT_KEYS = (
-    "version", "step", "tokens", "bad_steps", "model", "optimizer", "optimizer_format", "rng", "sr", "loader",
-    "config", "model_config", "recipe", "metrics_offset", "last_train_loss", "last_val_loss", "world_size", "elapsed",
-)  # fmt: skip
+    "version",
+    "step",
+    "tokens",
+    "bad_steps",
+    "model",
+    "optimizer",
+    "optimizer_format",
+    "rng",
+    "sr",
+    "loader",
+    "config",
+    "model_config",
+    "recipe",
+    "metrics_offset",
+    "last_train_loss",
+    "last_val_loss",
+    "world_size",
+    "elapsed",
+)
 RUN_KEYS = ("version", "optimizer_format", "config", "model_config", "recipe", "world_size")
 STATE_KEYS = tuple(k for k in CHECKPOINT_KEYS if k not in RUN_KEYS)
 # Settings a resumed run may change (unlike IDENTITY_FIELDS), but which change its trajectory: a resume says so.
 RESUME_NOTED_FIELDS = (
-    "lr", "min_lr_ratio", "schedule", "warmup_steps", "warmup_fraction", "decay_fraction", "weight_decay", "betas",
-    "eps", "grad_clip", "batch_size", "max_steps", "max_tokens", "backend", "host_sync",
-)  # fmt: skip
+    "lr",
+    "min_lr_ratio",
+    "schedule",
+    "warmup_steps",
+    "warmup_fraction",
+    "decay_fraction",
+    "weight_decay",
+    "betas",
+    "eps",
+    "grad_clip",
+    "batch_size",
+    "max_steps",
+    "max_tokens",
+    "backend",
+    "host_sync",
+)
 
 
 class CheckpointError(RuntimeError):
@@ -281,8 +310,9 @@ def resolve_checkpoint(where: str | Path) -> tuple[Path, dict[str, Any]]:
         directory = path / "checkpoints" if (path / "checkpoints").is_dir() else path
         found = load_latest(directory)
         if found is None:
-            raise ValueError(f"no readable checkpoint in {directory}: pass an `nvfp4 train` run directory or a "
-                             "checkpoint file")  # fmt: skip
+            raise ValueError(
+                f"no readable checkpoint in {directory}: pass an `nvfp4 train` run directory or a checkpoint file"
+            )
         return found
     if not path.exists():
         raise ValueError(f"checkpoint {where} does not exist")
@@ -310,10 +340,15 @@ def rng_state() -> dict[str, Any]:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "python": random.getstate(),
-    }  # fmt: skip
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -528,8 +563,13 @@ class CheckpointManager:
         ok = True
         if self.ctx.is_main:
             try:
-                save_checkpoint(self.directory, int(state["step"]), state, keep=self.config.keep_checkpoints,
-                                protect=set(self.config.keep_steps or ()))  # fmt: skip
+                save_checkpoint(
+                    self.directory,
+                    int(state["step"]),
+                    state,
+                    keep=self.config.keep_checkpoints,
+                    protect=set(self.config.keep_steps or ()),
+                )
             except CheckpointError as e:
                 self.say(str(e))
                 ok = False

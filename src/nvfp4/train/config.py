@@ -31,9 +31,21 @@ DEFAULT_WARMUP_FRACTION = 0.05
 
 # Fields that define the training trajectory: a resume must not change them (run identity).
 IDENTITY_FIELDS = (
-    "recipe", "model", "n_layer", "n_head", "n_kv_head", "d_model", "d_ff", "mlp",
-    "data", "tokenizer", "vocab_size", "seq_len", "grad_accum", "seed",
-)  # fmt: skip
+    "recipe",
+    "model",
+    "n_layer",
+    "n_head",
+    "n_kv_head",
+    "d_model",
+    "d_ff",
+    "mlp",
+    "data",
+    "tokenizer",
+    "vocab_size",
+    "seq_len",
+    "grad_accum",
+    "seed",
+)
 
 
 def _help(text: str, **extra: Any) -> dict[str, Any]:
@@ -46,8 +58,12 @@ class TrainConfig:
 
     # -- what is trained --------------------------------------------------------------------------
     recipe: str = field(default="nvfp4", metadata=_help("precision recipe (see `nvfp4 recipes`)"))
-    model: str = field(default="tiny", metadata=_help("model preset: tiny, small, base (GPT) or hybrid-tiny, "
-                                                       "hybrid-small, hybrid-half12b (Mamba-2 hybrid)"))
+    model: str = field(
+        default="tiny",
+        metadata=_help(
+            "model preset: tiny, small, base (GPT) or hybrid-tiny, hybrid-small, hybrid-half12b (Mamba-2 hybrid)"
+        ),
+    )
     n_layer: int | None = field(default=None, metadata=_help("override the preset's number of blocks"))
     n_head: int | None = field(default=None, metadata=_help("override the preset's attention heads"))
     n_kv_head: int | None = field(default=None, metadata=_help("override the preset's key/value heads"))
@@ -88,13 +104,21 @@ class TrainConfig:
     eval_interval: int = field(default=50, metadata=_help("evaluate every N steps (0 = only at the end)"))
     eval_batches: int = field(default=8, metadata=_help("validation batches per evaluation"))
     sequence_eval_batches: int = field(
-        default=0, metadata=_help("at the end, the loss of every sequence of the first N fixed validation batches to "
-                                  "OUT/val_sequences.json, for paired statistics across runs (-1 = the whole "
-                                  "validation split, 0 = off)"))  # fmt: skip
+        default=0,
+        metadata=_help(
+            "at the end, the loss of every sequence of the first N fixed validation batches to "
+            "OUT/val_sequences.json, for paired statistics across runs (-1 = the whole "
+            "validation split, 0 = off)"
+        ),
+    )
     log_interval: int = field(default=10, metadata=_help("write metrics every N steps"))
     probe_interval: int = field(
-        default=0, metadata=_help("every N steps, log per-layer operand SQNR and gradient noise on a fixed validation "
-                                  "batch to metrics.jsonl (0 = off; does not change the run)"))  # fmt: skip
+        default=0,
+        metadata=_help(
+            "every N steps, log per-layer operand SQNR and gradient noise on a fixed validation "
+            "batch to metrics.jsonl (0 = off; does not change the run)"
+        ),
+    )
     checkpoint_interval: int = field(default=100, metadata=_help("checkpoint every N steps (0 = only at the end)"))
     keep_checkpoints: int = field(default=3, metadata=_help("how many recent checkpoints to keep"))
     keep_steps: list[int] | None = field(
@@ -106,9 +130,11 @@ class TrainConfig:
     resume: bool = field(default=False, metadata=_help("continue from the latest checkpoint in --out"))
     branch_from: str | None = field(
         default=None,
-        metadata=_help("start from another run's checkpoint file; the recipes may differ only in a late precision "
-                       "switch that has not begun by then (--resume still continues this run's own checkpoints)"),
-    )  # fmt: skip
+        metadata=_help(
+            "start from another run's checkpoint file; the recipes may differ only in a late precision "
+            "switch that has not begun by then (--resume still continues this run's own checkpoints)"
+        ),
+    )
     device: str = field(default="auto", metadata=_help("auto (cuda if available), cpu or cuda", choices=DEVICES))
     autocast: str = field(default="bf16", metadata=_help("autocast dtype of non-quantized ops", choices=AUTOCAST))
     compile: bool = field(default=False, metadata=_help("torch.compile the model"))
@@ -118,10 +144,12 @@ class TrainConfig:
     max_bad_steps: int = field(default=5, metadata=_help("stop after N non-finite steps in a row"))
     host_sync: str = field(
         default="auto",
-        metadata=_help("read loss and grad norm back every step, or only on logging steps (the GPU never waits for "
-                       "the host; non-finite steps are still skipped, on the device); auto: step on CPU, log on GPU",
-                       choices=HOST_SYNCS),
-    )  # fmt: skip
+        metadata=_help(
+            "read loss and grad norm back every step, or only on logging steps (the GPU never waits for "
+            "the host; non-finite steps are still skipped, on the device); auto: step on CPU, log on GPU",
+            choices=HOST_SYNCS,
+        ),
+    )
     distributed: str = field(default="none", metadata=_help("data parallelism under torchrun", choices=DISTRIBUTED))
     backend: str = field(
         default="auto", metadata=_help("quantization kernels (auto = fastest available)", choices=BACKENDS)
@@ -142,9 +170,14 @@ class TrainConfig:
         if self.model not in PRESETS:
             raise ValueError(f"unknown model preset {self.model!r}; valid presets: {', '.join(PRESETS)}")
         for name, choices in (
-            ("tokenizer", TOKENIZERS), ("schedule", SCHEDULES), ("device", DEVICES),
-            ("autocast", AUTOCAST), ("distributed", DISTRIBUTED), ("backend", BACKENDS), ("host_sync", HOST_SYNCS),
-        ):  # fmt: skip
+            ("tokenizer", TOKENIZERS),
+            ("schedule", SCHEDULES),
+            ("device", DEVICES),
+            ("autocast", AUTOCAST),
+            ("distributed", DISTRIBUTED),
+            ("backend", BACKENDS),
+            ("host_sync", HOST_SYNCS),
+        ):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {', '.join(choices)}; got {getattr(self, name)!r}")
         if self.max_steps is not None and self.max_tokens is not None:
@@ -161,8 +194,9 @@ class TrainConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.sequence_eval_batches < -1:
-            raise ValueError(f"sequence_eval_batches must be -1 (all), 0 (off) or a positive count, got "
-                             f"{self.sequence_eval_batches}")  # fmt: skip
+            raise ValueError(
+                f"sequence_eval_batches must be -1 (all), 0 (off) or a positive count, got {self.sequence_eval_batches}"
+            )
         if self.probe_interval and self.distributed == "fsdp":
             raise ValueError("--probe-interval needs whole weights on rank 0: use --distributed ddp or none with it")
         for name in ("eval_interval", "checkpoint_interval", "probe_interval", "seed"):
@@ -176,9 +210,11 @@ class TrainConfig:
         if self.lr > MAX_LR:  # beyond this AdamW's update (~lr per step) and the weights overflow FP32 quickly
             raise ValueError(f"lr={self.lr!r} is too large to train with (at most {MAX_LR:g}; typical: 1e-4 to 1e-2)")
         for name, lo, hi in (
-            ("min_lr_ratio", 0.0, 1.0), ("decay_fraction", 0.0, 1.0), ("weight_decay", 0.0, math.inf),
+            ("min_lr_ratio", 0.0, 1.0),
+            ("decay_fraction", 0.0, 1.0),
+            ("weight_decay", 0.0, math.inf),
             ("grad_clip", 0.0, math.inf),
-        ):  # fmt: skip
+        ):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and lo <= value <= hi and math.isfinite(value)):
                 raise ValueError(f"{name} must be a number in [{lo}, {hi}], got {value!r}")

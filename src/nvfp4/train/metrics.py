@@ -160,9 +160,12 @@ def format_record(record: dict[str, Any]) -> str:
     """One human-readable line for a metrics record."""
     parts = [f"step {record['step']}"]
     for key, label, digits in (
-        ("train_loss", "loss", 4), ("val_loss", "val", 4), ("lr", "lr", None), ("grad_norm", "gnorm", 3),
+        ("train_loss", "loss", 4),
+        ("val_loss", "val", 4),
+        ("lr", "lr", None),
+        ("grad_norm", "gnorm", 3),
         ("tokens_per_s", "tok/s", 0),
-    ):  # fmt: skip
+    ):
         if record.get(key) is not None:
             parts.append(f"{label} {_fmt(record[key], digits)}")
     precision = record.get("precision")

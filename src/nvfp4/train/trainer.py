@@ -193,9 +193,13 @@ class Trainer:
         self.total_steps = config.total_steps(ctx.world_size)
         self.tokens_per_step = config.tokens_per_step(ctx.world_size)
         self.schedule = LRSchedule(
-            config.schedule, config.lr, self.total_steps, config.warmup(self.total_steps),
-            config.min_lr_ratio, config.decay_fraction,
-        )  # fmt: skip
+            config.schedule,
+            config.lr,
+            self.total_steps,
+            config.warmup(self.total_steps),
+            config.min_lr_ratio,
+            config.decay_fraction,
+        )
 
         # Seed every RNG before anything draws from one; the model init then depends on seed only.
         random.seed(config.seed)
@@ -234,9 +238,12 @@ class Trainer:
         if ctx.is_main:
             write_run_files(self.out, self.run_info())
         self.metrics = MetricsLog(
-            self.out, enabled=ctx.is_main, truncate_to=start.metrics_offset, tensorboard=config.tensorboard,
+            self.out,
+            enabled=ctx.is_main,
+            truncate_to=start.metrics_offset,
+            tensorboard=config.tensorboard,
             purge_step=self.step + 1 if self.resumed_from is not None else None,
-        )  # fmt: skip
+        )
 
     # -- set-up ------------------------------------------------------------------------------------
     def _build_optimizer(self) -> torch.optim.Optimizer:
@@ -291,8 +298,16 @@ class Trainer:
 
     def run_info(self) -> RunInfo:
         """This run as the banner and run.json describe it (not kept: it holds the model)."""
-        return RunInfo(self.config, self.model, self.recipe, self.data, self.device, self.ctx, self.total_steps,
-                       self.tokens_per_step)  # fmt: skip
+        return RunInfo(
+            self.config,
+            self.model,
+            self.recipe,
+            self.data,
+            self.device,
+            self.ctx,
+            self.total_steps,
+            self.tokens_per_step,
+        )
 
     def elapsed(self) -> dict[str, float]:
         """Wall time, time in training steps and tokens trained, over every invocation of this run (resumes
@@ -305,8 +320,11 @@ class Trainer:
         (SIGTERM, SIGUSR1) after a checkpoint."""
         self._start()
         previous_handler = self._install_sigint()
-        end = _End(message=f"nothing to do: the run in {self.out} is already complete at step {self.step}"
-                   if self.step == self.total_steps else "")  # fmt: skip
+        end = _End(
+            message=f"nothing to do: the run in {self.out} is already complete at step {self.step}"
+            if self.step == self.total_steps
+            else ""
+        )
         try:
             if self.step == 0 and self.resumed_from is None:
                 self._evaluate_at_start()
@@ -349,16 +367,20 @@ class Trainer:
     def _diverged(self) -> _End:
         saved = self.checkpoints.saved_steps()
         where = f"the last checkpoint is step {saved[-1]}" if saved else "no checkpoint was saved"
-        return _End(diverged_step=self.step, message=(
-            f"training diverged: {self.bad_steps} non-finite steps in a row (last at step {self.step}); "
-            f"stopped without saving this state ({where}). Try a lower --lr or a higher-precision recipe."
-        ))  # fmt: skip
+        return _End(
+            diverged_step=self.step,
+            message=(
+                f"training diverged: {self.bad_steps} non-finite steps in a row (last at step {self.step}); "
+                f"stopped without saving this state ({where}). Try a lower --lr or a higher-precision recipe."
+            ),
+        )
 
     def _interrupted(self) -> _End:
         how = "interrupted" if self.stop_signal in (None, "SIGINT") else "stopped by " + self.stop_signal
-        return _End(interrupted=True, message=(
-            f"{how} at step {self.step}: checkpoint saved; run the same command with --resume to continue"
-        ))  # fmt: skip
+        return _End(
+            interrupted=True,
+            message=(f"{how} at step {self.step}: checkpoint saved; run the same command with --resume to continue"),
+        )
 
     def _finish(self, end: _End) -> TrainResult:
         """After the loop: the per-sequence evaluation of a completed run, the stop message, the result."""
@@ -395,10 +417,17 @@ class Trainer:
         t0 = time.perf_counter()
         loss, grad_norm, lr, precision = self.train_step()
         self.clock.add_step(time.perf_counter() - t0, self.tokens_per_step)
-        self._pending.append({
-            "step": self.step, "tokens": self.tokens, "train_loss": loss, "lr": lr, "grad_norm": grad_norm,
-            "tokens_per_s": self.clock.window_tokens_per_s(), "precision": precision,
-        })  # fmt: skip
+        self._pending.append(
+            {
+                "step": self.step,
+                "tokens": self.tokens,
+                "train_loss": loss,
+                "lr": lr,
+                "grad_norm": grad_norm,
+                "tokens_per_s": self.clock.window_tokens_per_s(),
+                "precision": precision,
+            }
+        )
         evaluate = self.step == self.total_steps or (c.eval_interval > 0 and self.step % c.eval_interval == 0)
         probe = self._probe_due()
         due = evaluate or probe or self.step == 1 or self.step % c.log_interval == 0 or self.checkpoints.due(self.step)
@@ -424,8 +453,13 @@ class Trainer:
 
         c = self.config
         x, y = next(iter(val_batches(self.data.val, c.batch_size, c.seq_len, 1)))
-        figures = training_probe(self.model, (x.to(self.device), y.to(self.device)), autocast=self.use_autocast,
-                                 seed=c.seed, backend=c.backend)  # fmt: skip
+        figures = training_probe(
+            self.model,
+            (x.to(self.device), y.to(self.device)),
+            autocast=self.use_autocast,
+            seed=c.seed,
+            backend=c.backend,
+        )
         self.metrics.write({"step": self.step, "tokens": self.tokens, "probe": figures})
 
     def _read_back(self, evaluate: bool) -> None:
@@ -445,8 +479,10 @@ class Trainer:
             else:
                 self.bad_steps += 1
                 record["event"] = "skipped_nonfinite"
-                self._say(f"step {record['step']}: non-finite loss/grad norm ({record['train_loss']}, "
-                          f"{record['grad_norm']}); step skipped")  # fmt: skip
+                self._say(
+                    f"step {record['step']}: non-finite loss/grad norm ({record['train_loss']}, "
+                    f"{record['grad_norm']}); step skipped"
+                )
             evaluated = evaluate and i == len(records) - 1
             if evaluated:
                 record["val_loss"] = self.evaluate()
@@ -553,8 +589,14 @@ class Trainer:
         finally:
             self.model.train()
             drop_weight_caches(self.model)
-        record = {"step": self.step, "tokens": self.tokens, "seq_len": c.seq_len, "sequences": len(losses),
-                  "mean_loss": sum(losses) / len(losses), "losses": losses}  # fmt: skip
+        record = {
+            "step": self.step,
+            "tokens": self.tokens,
+            "seq_len": c.seq_len,
+            "sequences": len(losses),
+            "mean_loss": sum(losses) / len(losses),
+            "losses": losses,
+        }
         atomic_write(path, json.dumps(record).encode())
 
     def save_checkpoint(self) -> bool:
