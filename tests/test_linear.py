@@ -29,7 +29,8 @@ def _dequant_reference(t: torch.Tensor, cfg: OperandConfig, seed: int, offset: i
         signs = None if cfg.random_signs else torch.ones(cfg.hadamard)  # None = the default sign vector
         t = random_hadamard_transform(torch.nn.functional.pad(t, (0, pad)), size=cfg.hadamard, signs=signs).float()
     if cfg.format == "nvfp4":
-        return quantize_nvfp4(t, cfg.tile, cfg.stochastic, seed, offset=offset).dequantize(torch.float64)
+        q = quantize_nvfp4(t, cfg.tile, cfg.stochastic, seed, offset=offset, four_over_six=cfg.four_over_six)
+        return q.dequantize(torch.float64)
     if cfg.format == "mxfp4":
         return quantize_mxfp4(t, cfg.stochastic, seed, offset=offset).dequantize(torch.float64)
     if cfg.format == "fp8":
@@ -103,7 +104,7 @@ def test_dgrad_reuses_the_bit_identical_2d_weight():
     assert torch.equal(direct, w_dgrad.values())
 
 
-BACKWARD_RECIPES = ["nvfp4", "nvfp4-no-2d", "nvfp4-rht4", "nvfp4-rht-no-signs", "fp8", "mxfp4", "mxfp8"]
+BACKWARD_RECIPES = ["nvfp4", "nvfp4-no-2d", "nvfp4-rht4", "nvfp4-rht-no-signs", "fp8", "mxfp4", "mxfp8", "nvfp4-4over6"]
 
 
 @pytest.mark.parametrize("recipe", BACKWARD_RECIPES)

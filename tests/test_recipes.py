@@ -27,7 +27,7 @@ PAPER_NAMES = {
     "nvfp4-switch-bwd",
     "nvfp4-switch-both",
 }
-SUCCESSOR_NAMES = {"mxfp8", "nvfp4-mxfp8-edges"}  # issue 17's recipes, as they land
+SUCCESSOR_NAMES = {"mxfp8", "nvfp4-mxfp8-edges", "nvfp4-4over6"}  # issue 17's recipes, as they land
 
 
 def test_registry_has_every_preset_and_describes_each():

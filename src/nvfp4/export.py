@@ -333,6 +333,11 @@ def export_compressed_tensors(
         raise ValueError(f"recipe {trained.recipe} quantizes none of this model's linears: export --format hf")
     for name, layer in layers.items():
         cfg = layer.recipe.fprop_w
+        if cfg.four_over_six:
+            raise ValueError(
+                f"recipe {trained.recipe}'s forward weights use Four Over Six scales (tensor scale target 256); "
+                "exporting them to compressed-tensors is not supported yet (export --format hf)"
+            )
         if cfg.format != "nvfp4" or cfg.hadamard:
             raise ValueError(
                 f"recipe {trained.recipe}'s forward weights are {cfg.format}"

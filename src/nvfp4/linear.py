@@ -31,10 +31,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from nvfp4 import recipes
+from nvfp4.formats import fouroversix
 from nvfp4.formats.fp8 import FP8Tensor
 from nvfp4.formats.hadamard import default_signs, random_hadamard_transform
 from nvfp4.formats.mxfp4 import MXFP4Tensor
-from nvfp4.formats.nvfp4 import NVFP4Tensor, global_decode_scale, tensor_amax
+from nvfp4.formats.nvfp4 import ENCODE_NUMERATOR, NVFP4Tensor, global_decode_scale, tensor_amax
 from nvfp4.formats.rng import derive_keys
 from nvfp4.kernels import ops
 from nvfp4.recipe import OPERANDS, OperandConfig, Recipe
@@ -215,16 +216,23 @@ def _quantize_nvfp4_operand(
         signs, transpose = None, False
     rows, cols = (t2d.shape[1], t2d.shape[0]) if transpose else t2d.shape
     amax = None if global_amax is None else global_amax.to(torch.float32)
+    four_over_six = cfg.four_over_six
+    numerator = encode_numerator(cfg)
     if keep_packed:
         packed, scales, amax = ops.nvfp4_packed(
-            t2d, amax, cfg.tile[0], cfg.stochastic, seed, stream, call, transpose, signs, backend
+            t2d, amax, cfg.tile[0], cfg.stochastic, seed, stream, call, transpose, signs, backend, four_over_six
         )
-        q = NVFP4Tensor(packed, scales, amax, torch.Size((rows, cols)), cfg.tile, backend)
+        q = NVFP4Tensor(packed, scales, amax, torch.Size((rows, cols)), cfg.tile, backend, numerator)
         return QuantizedOperand(q, cols)
     values, amax = ops.nvfp4_values(
-        t2d, amax, cfg.tile[0], cfg.stochastic, seed, stream, call, transpose, signs, backend
+        t2d, amax, cfg.tile[0], cfg.stochastic, seed, stream, call, transpose, signs, backend, four_over_six
     )
-    return QuantizedOperand(values, cols, decode=global_decode_scale(amax))
+    return QuantizedOperand(values, cols, decode=global_decode_scale(amax, numerator))
+
+
+def encode_numerator(cfg: OperandConfig) -> float:
+    """C of an NVFP4 operand's tensor scale S_enc = C / amax: 448·6, or Four Over Six's (256·6, ·16/17 with SR)."""
+    return fouroversix.encode_constant(cfg.stochastic) if cfg.four_over_six else ENCODE_NUMERATOR
 
 
 def _quantize_mxfp4_operand(
@@ -322,7 +330,8 @@ def _saved_tensors(q: QuantizedOperand) -> tuple[str, tuple[torch.Tensor, ...], 
     """A saved operand as (kind, tensors for save_for_backward, plain metadata)."""
     d = q.data
     if isinstance(d, NVFP4Tensor):
-        return "nvfp4", (d.packed, d.scales, d.global_amax), (tuple(d.shape), d.tile, d.backend, q.cols)
+        meta = (tuple(d.shape), d.tile, d.backend, q.cols, d.encode_numerator)
+        return "nvfp4", (d.packed, d.scales, d.global_amax), meta
     if isinstance(d, FP8Tensor):
         return "fp8", (d.data, d.scales), (tuple(d.shape), d.tile, q.cols)
     return "values", (d, q.decode), (q.cols,)
@@ -330,8 +339,9 @@ def _saved_tensors(q: QuantizedOperand) -> tuple[str, tuple[torch.Tensor, ...], 
 
 def _restore_saved(kind: str, tensors: tuple[torch.Tensor, ...], meta: tuple) -> QuantizedOperand:
     if kind == "nvfp4":
-        shape, tile, backend, cols = meta
-        return QuantizedOperand(NVFP4Tensor(tensors[0], tensors[1], tensors[2], torch.Size(shape), tile, backend), cols)
+        shape, tile, backend, cols, numerator = meta
+        q = NVFP4Tensor(tensors[0], tensors[1], tensors[2], torch.Size(shape), tile, backend, numerator)
+        return QuantizedOperand(q, cols)
     if kind == "fp8":
         shape, tile, cols = meta
         return QuantizedOperand(FP8Tensor(tensors[0], tensors[1], torch.Size(shape), tile), cols)

@@ -11,10 +11,11 @@ import torch
 
 from nvfp4 import kernels
 from nvfp4.formats._validate import as_2d, check_finite_strict, check_float_input, check_tile
+from nvfp4.formats.fouroversix import encode_constant
 from nvfp4.formats.fp8 import FP8_TILES, FP8Tensor
 from nvfp4.formats.mxfp4 import SCALE_RULES, MXFP4Tensor
 from nvfp4.formats.mxfp8 import MXFP8Tensor
-from nvfp4.formats.nvfp4 import NVFP4_TILES, NVFP4Tensor
+from nvfp4.formats.nvfp4 import ENCODE_NUMERATOR, NVFP4_TILES, NVFP4Tensor
 
 __all__ = ["quantize_fp8_blockwise", "quantize_mxfp4", "quantize_mxfp8", "quantize_nvfp4"]
 
@@ -44,6 +45,7 @@ def quantize_nvfp4(
     offset: int = 0,
     strict: bool = False,
     backend: str = "auto",
+    four_over_six: bool = False,
 ) -> NVFP4Tensor:
     """Quantize ``x`` to NVFP4 along its last dim (SPEC §2, §3).
 
@@ -53,13 +55,18 @@ def quantize_nvfp4(
     strict: raise ``NonFiniteError`` on NaN/Inf instead of propagating NaN into the scales.
     backend: "auto" (fastest available for the device), "reference", or a name from
     ``nvfp4.kernels.available_backends()``.
+    four_over_six: Four Over Six block scales (``nvfp4.formats.fouroversix``): each block keeps the better of its
+    amax/6 and amax/4 scales; the tensor scale targets 256 (with 16/17 headroom under SR). ``dequantize()`` knows.
     """
     tile = check_tile(tile, NVFP4_TILES)
     x2d = _checked_2d(x, strict)
     impl = kernels.select(backend, x2d.device)
     amax = impl.amax(x2d) if global_amax is None else _caller_amax(global_amax, x2d.device)
-    packed, scales = impl.quantize_nvfp4(x2d, amax, tile[0], bool(stochastic), int(seed), int(offset))
-    return NVFP4Tensor(packed=packed, scales=scales, global_amax=amax, shape=x.shape, tile=tile, backend=backend)
+    packed, scales = impl.quantize_nvfp4(
+        x2d, amax, tile[0], bool(stochastic), int(seed), int(offset), four_over_six=bool(four_over_six)
+    )
+    numerator = encode_constant(bool(stochastic)) if four_over_six else ENCODE_NUMERATOR
+    return NVFP4Tensor(packed, scales, amax, x.shape, tile, backend, numerator)
 
 
 def quantize_mxfp4(

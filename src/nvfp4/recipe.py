@@ -41,6 +41,9 @@ class OperandConfig:
     # The RHT's diagonal of random signs (SPEC §4: TE's fixed vector). False = a plain Hadamard transform, for the
     # paper's small-scale finding that sign randomisation made no measurable difference.
     random_signs: bool = True
+    # Four Over Six (nvfp4 only): each block keeps the better of two scales, amax_b/6 and amax_b/4, by squared error;
+    # the tensor scale targets an E4M3 block scale of 256 (nvfp4.formats.fouroversix).
+    four_over_six: bool = False
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -54,6 +57,10 @@ class OperandConfig:
             raise ValueError(f"{self.format} rounds to nearest only; use rounding='nearest'")
         if self.format == "mxfp8" and self.hadamard is not None:
             raise ValueError("mxfp8 operands take no Hadamard transform (as in Transformer Engine); use hadamard=None")
+        if self.four_over_six and self.format != "nvfp4":
+            raise ValueError(f"four_over_six is an NVFP4 block-scale rule; use four_over_six=False for {self.format}")
+        if self.four_over_six and self.hadamard and self.tile != (1, 16):
+            raise ValueError("four_over_six with an RHT needs a (1, 16) tile; use hadamard=None on 16x16 weights")
         h = self.hadamard
         if h is not None and (h < 2 or h > 128 or h & (h - 1)):
             raise ValueError(f"hadamard size must be a power of 2 in 2..128 or None, got {self.hadamard}")

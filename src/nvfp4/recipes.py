@@ -7,7 +7,9 @@
 
 from __future__ import annotations
 
-from nvfp4.recipe import LayerPolicy, OperandConfig, PrecisionSwitch, Recipe
+import dataclasses
+
+from nvfp4.recipe import OPERANDS, LayerPolicy, OperandConfig, PrecisionSwitch, Recipe
 
 _NV_1D = OperandConfig("nvfp4", (1, 16), "nearest")
 _NV_1D_SR = OperandConfig("nvfp4", (1, 16), "stochastic")
@@ -30,6 +32,14 @@ _NVFP4 = Recipe(
     description="the paper's full recipe: 2D weights, SR on gradients, RHT16 on Wgrad, first/last blocks BF16",
     source=_PAPER,
 )
+
+
+def _four_over_six(recipe: Recipe) -> dict[str, OperandConfig]:
+    """Every NVFP4 operand of ``recipe`` with the Four Over Six block-scale rule."""
+    return {
+        name: dataclasses.replace(cfg, four_over_six=True) if cfg.format == "nvfp4" else cfg
+        for name, cfg in ((o, recipe.operand(o)) for o in OPERANDS)
+    }
 
 
 def _switch(passes: tuple[str, ...], name: str, what: str) -> Recipe:
@@ -87,6 +97,12 @@ _PRESETS: dict[str, Recipe] = {
         layers=LayerPolicy(first_fraction=2 / 62, last_fraction=8 / 62, edge_recipe="mxfp8"),
         description="nvfp4 with its first/last blocks in MXFP8 instead of BF16 (the paper's 'BF16 or MXFP8')",
         source=_PAPER,
+    ),
+    "nvfp4-4over6": _NVFP4.replace(
+        name="nvfp4-4over6",
+        **_four_over_six(_NVFP4),
+        description="nvfp4 with Four Over Six: each block keeps the better of its amax/6 and amax/4 scales (MSE)",
+        source="Cook et al., Four Over Six (mit-han-lab/fouroversix); TE PR #2972",
     ),
     "nvfp4-no-rht": _NVFP4.replace(
         name="nvfp4-no-rht",

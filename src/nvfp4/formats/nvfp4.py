@@ -23,6 +23,7 @@ from nvfp4.formats.rng import random_bytes
 
 BLOCK = 16
 E4M3_MAX = 448.0
+ENCODE_NUMERATOR = E4M3_MAX * 6.0  # S_enc = 448·6 / amax (SPEC §2); Four Over Six uses 256·6 (formats.fouroversix)
 FLT_MAX = torch.finfo(torch.float32).max
 NVFP4_TILES = ((1, 16), (16, 16))
 
@@ -42,6 +43,8 @@ class NVFP4Tensor:
     shape: torch.Size  # the original shape (any leading dims)
     tile: tuple[int, int]
     backend: str = "auto"  # the backend that made it; the layer decodes GEMM operands with the same one
+    # The tensor scale's numerator C (S_enc = C / amax): 448·6, or Four Over Six's 256·6 (·16/17 with SR).
+    encode_numerator: float = ENCODE_NUMERATOR
 
     @property
     def rows(self) -> int:
@@ -54,7 +57,7 @@ class NVFP4Tensor:
     @property
     def decode_scale(self) -> torch.Tensor:
         """S_dec = 1 / S_enc (FP32), the tensor-level factor applied after a GEMM."""
-        return global_decode_scale(self.global_amax)
+        return global_decode_scale(self.global_amax, self.encode_numerator)
 
     def codes(self) -> torch.Tensor:
         """uint8 codes 0..15, shape (M, K), padding removed."""
@@ -73,14 +76,15 @@ class NVFP4Tensor:
         return values.to(dtype).reshape(self.shape)
 
 
-def global_encode_scale(global_amax: torch.Tensor) -> torch.Tensor:
-    """S_enc = min(448·6 / amax, FLT_MAX); an all-zero tensor (amax 0) gives FLT_MAX."""
-    dividend = torch.full_like(global_amax, E4M3_MAX * E2M1_MAX, dtype=torch.float32)
+def global_encode_scale(global_amax: torch.Tensor, numerator: float = ENCODE_NUMERATOR) -> torch.Tensor:
+    """S_enc = min(C / amax, FLT_MAX), C = 448·6 (an FP32 constant); an all-zero tensor (amax 0) gives FLT_MAX."""
+    dividend = torch.full_like(global_amax, numerator, dtype=torch.float32)
     return torch.clamp(dividend / global_amax, max=FLT_MAX)
 
 
-def global_decode_scale(global_amax: torch.Tensor) -> torch.Tensor:
-    return fp32_reciprocal(global_encode_scale(global_amax.to(torch.float32)))
+def global_decode_scale(global_amax: torch.Tensor, numerator: float = ENCODE_NUMERATOR) -> torch.Tensor:
+    """S_dec = 1 / S_enc: the tensor-level factor applied after a GEMM."""
+    return fp32_reciprocal(global_encode_scale(global_amax.to(torch.float32), numerator))
 
 
 def fp32_reciprocal(t: torch.Tensor) -> torch.Tensor:

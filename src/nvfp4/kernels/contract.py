@@ -61,7 +61,8 @@ class QuantSpec:
     scales; ``tile`` (1, 128) or (128, 128)) or "mxfp8" (E4M3 values, 32-blocks, E8M0 scales; ``tile`` (1, 32)).
     ``rht``: the size of a random Hadamard transform applied along K
     first (its signs travel as a tensor; K must be a multiple). ``out_dtype``: the dtype of the GEMM values
-    value(q) × block scale (M, K), or ``None`` for the packed codes and scales.
+    value(q) × block scale (M, K), or ``None`` for the packed codes and scales. ``four_over_six`` (nvfp4): each
+    block keeps the better of its amax/6 and amax/4 scales, the tensor scale targets 256 (SR: with 16/17 headroom).
     """
 
     format: str
@@ -71,6 +72,7 @@ class QuantSpec:
     rht: int | None = None
     scale_rule: str = "ceil"
     out_dtype: torch.dtype | None = torch.bfloat16
+    four_over_six: bool = False  # nvfp4: adaptive 4/6 block scales (nvfp4.formats.fouroversix)
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -89,6 +91,8 @@ class QuantSpec:
             raise ValueError(f"rht must be a power of two from 2 to 128 (or None), got {self.rht}")
         if self.format == "mxfp4" and self.scale_rule not in ("ceil", "floor"):
             raise ValueError(f"scale_rule must be 'ceil' or 'floor', got {self.scale_rule!r}")
+        if self.four_over_six and self.format != "nvfp4":
+            raise ValueError(f"four_over_six is an nvfp4 block-scale rule, not defined for {self.format}")
         if self.stochastic and self.format in ("fp8", "mxfp8"):
             raise ValueError(f"{self.format} rounds to nearest only: stochastic=True is not defined for it")
 
@@ -212,9 +216,10 @@ class BackendBase:
         offset: int | torch.Tensor,
         *,
         transpose: bool = False,
+        four_over_six: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(packed uint8 (M, ceil(K/16)*8), scales e4m3 (M, ceil(K/16))) of t; SR element index row*K + col of t."""
-        spec = QuantSpec("nvfp4", (tile_rows, 16), stochastic, transpose, out_dtype=None)
+        spec = QuantSpec("nvfp4", (tile_rows, 16), stochastic, transpose, out_dtype=None, four_over_six=four_over_six)
         q = self.quantize(x2d, spec, amax=global_amax, seed=seed, offset=offset)
         return q.data, q.scales
 

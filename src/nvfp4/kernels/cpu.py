@@ -37,13 +37,14 @@ from pathlib import Path
 
 import torch
 
+from nvfp4.formats.hadamard import random_hadamard_transform
 from nvfp4.formats.nvfp4 import BLOCK
 from nvfp4.formats.rng import derive_keys
 from nvfp4.kernels.contract import BackendBase, Quantized, QuantSpec, Unsupported, logical_shape, offset_value
 
 _CSRC = Path(__file__).with_name("csrc")
 _SOURCE = _CSRC / "nvfp4_cpu.c"  # the translation unit; it #includes the other files of csrc/
-_ABI_VERSION = 5
+_ABI_VERSION = 6
 _DT_F32, _DT_BF16 = 0, 1
 _OUT_PACKED, _OUT_F32, _OUT_BF16 = 0, 1, 2
 # Bit-exactness: no -ffast-math (it reassociates and flushes subnormals); -ffp-contract=off stops GCC from
@@ -170,6 +171,7 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
         "mxfp4_quantize": (None, call),
         "fp8_quantize": (i32, call),
         "mxfp8_quantize": (None, call),
+        "fouroversix_quantize": (None, call),
         # probes for the tests, plain arguments
         "nvfp4_e4m3_encode": (None, [p, i64, p]),
         "nvfp4_random_bytes": (None, [ctypes.c_uint64, i64, u32, u32, p]),
@@ -368,6 +370,8 @@ class CPUBackend(BackendBase):
             return "non-empty 2-D tensors only"
         if op != "quantize":
             return None
+        if spec.four_over_six and spec.tile[0] not in (1, 16):
+            return f"Four Over Six tiles (1, 16) and (16, 16) only, got {spec.tile}"
         if not x.is_floating_point():
             return f"floating-point input only, got {x.dtype}"
         if spec.rht is not None:
@@ -405,6 +409,8 @@ class CPUBackend(BackendBase):
         """One C pass per operand (after the amax pass when NVFP4 has no amax): no transposed copy, no packed
         intermediate for the GEMM values."""
         off = offset_value(offset)
+        if spec.format == "nvfp4" and spec.four_over_six:
+            return self._fouroversix(x2d, spec, amax, signs, int(seed), off)
         if spec.format == "nvfp4":
             return self._nvfp4(x2d, spec, amax, signs, int(seed), off)
         if spec.format == "mxfp4":
@@ -434,6 +440,44 @@ class CPUBackend(BackendBase):
             )
         )
         return out if native == dtype else out.to(dtype)  # the reference also rounds from FP32
+
+    # -- NVFP4 with Four Over Six block scales ----------------------------------------------------------------
+    def _fouroversix(
+        self,
+        x2d: torch.Tensor,
+        spec: QuantSpec,
+        amax: torch.Tensor | None,
+        signs: torch.Tensor | None,
+        seed: int,
+        offset: int,
+    ) -> Quantized:
+        """One C pass over the logical tensor, made row-major first (a transposed operand is copied and its RHT is
+        the reference transform: 4/6 is not fused with them, unlike plain NVFP4)."""
+        t = x2d.t() if spec.transpose else x2d
+        if spec.rht is not None:
+            t = random_hadamard_transform(t, dim=-1, size=spec.rht, signs=signs)
+        x, dt, _ = _kernel_layout(t.contiguous(), False)
+        rows, cols = x.shape
+        amax_t = self.amax_kernel(x) if amax is None else _amax_cpu(amax)
+        out, scales, out_kind = _outputs(rows, cols, BLOCK, spec)
+        k1, k2 = derive_keys(seed, offset) if spec.stochastic else (0, 0)
+        self.lib.fouroversix_quantize(
+            _call(
+                x=_ptr(x),
+                dtype=dt,
+                rows=rows,
+                cols=cols,
+                global_amax=float(amax_t),
+                tile_rows=int(spec.tile[0]),
+                stochastic=int(spec.stochastic),
+                k1=k1,
+                k2=k2,
+                out_kind=out_kind,
+                out=_ptr(out),
+                scales=None if scales is None else _ptr(scales),
+            )
+        )
+        return _result(out, scales, torch.float8_e4m3fn, amax_t, spec)
 
     # -- NVFP4 -----------------------------------------------------------------------------------------------
     def _prepare(self, x2d: torch.Tensor, transpose: bool, tile_rows: int) -> tuple[torch.Tensor, int, bool]:

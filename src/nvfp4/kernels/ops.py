@@ -65,9 +65,10 @@ def _spec(
     transpose: bool,
     rht: int | None,
     out_dtype: torch.dtype | None,
+    four_over_six: bool = False,
 ) -> QuantSpec:
     """One frozen spec per operand configuration (built once, then a dict hit on the hot path)."""
-    return QuantSpec(fmt, tile, bool(stochastic), bool(transpose), rht, "ceil", out_dtype)
+    return QuantSpec(fmt, tile, bool(stochastic), bool(transpose), rht, "ceil", out_dtype, bool(four_over_six))
 
 
 def _logical_shape(x: torch.Tensor, transpose: bool) -> tuple[int, int]:
@@ -99,8 +100,9 @@ def _nvfp4_values(
     transpose: bool,
     signs: torch.Tensor | None,
     backend: str,
+    four_over_six: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    spec = _spec("nvfp4", (tile_rows, 16), stochastic, transpose, _rht(signs), torch.bfloat16)
+    spec = _spec("nvfp4", (tile_rows, 16), stochastic, transpose, _rht(signs), torch.bfloat16, four_over_six)
     q = _select(backend, x.device).quantize(x, spec, amax=amax, signs=signs, seed=seed, offset=sr_offset(stream, call))
     return q.data, _own(q.amax, amax)
 
@@ -116,8 +118,9 @@ def _nvfp4_packed(
     transpose: bool,
     signs: torch.Tensor | None,
     backend: str,
+    four_over_six: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    spec = _spec("nvfp4", (tile_rows, 16), stochastic, transpose, _rht(signs), None)
+    spec = _spec("nvfp4", (tile_rows, 16), stochastic, transpose, _rht(signs), None, four_over_six)
     q = _select(backend, x.device).quantize(x, spec, amax=amax, signs=signs, seed=seed, offset=sr_offset(stream, call))
     return q.data, q.scales, _own(q.amax, amax)
 
@@ -193,13 +196,13 @@ _ops = {
 
 
 @_ops["nvfp4_values"].register_fake
-def _(x, amax, tile_rows, stochastic, seed, stream, call, transpose, signs, backend):
+def _(x, amax, tile_rows, stochastic, seed, stream, call, transpose, signs, backend, four_over_six=False):
     rows, cols = _logical_shape(x, transpose)
     return x.new_empty((rows, cols), dtype=torch.bfloat16), x.new_empty((), dtype=torch.float32)
 
 
 @_ops["nvfp4_packed"].register_fake
-def _(x, amax, tile_rows, stochastic, seed, stream, call, transpose, signs, backend):
+def _(x, amax, tile_rows, stochastic, seed, stream, call, transpose, signs, backend, four_over_six=False):
     rows, cols = _logical_shape(x, transpose)
     nblk = -(-cols // BLOCK)
     return (

@@ -6,6 +6,7 @@ import functools
 
 import torch
 
+from nvfp4.formats.fouroversix import reference_quantize_4over6_2d
 from nvfp4.formats.fp8 import FP8Tensor, reference_quantize_fp8_2d
 from nvfp4.formats.hadamard import random_hadamard_transform
 from nvfp4.formats.mxfp4 import MXFP4Tensor, reference_quantize_mxfp4_2d
@@ -62,7 +63,8 @@ class ReferenceBackend(BackendBase):
                 used = tensor_amax(t)
             else:
                 used = torch.as_tensor(amax).to(device=t.device, dtype=torch.float32).reshape(())
-            packed, scales = reference_quantize_nvfp4_2d(t, used, spec.tile[0], spec.stochastic, seed, off)
+            quantize_2d = reference_quantize_4over6_2d if spec.four_over_six else reference_quantize_nvfp4_2d
+            packed, scales = quantize_2d(t, used, spec.tile[0], spec.stochastic, seed, off)
             if spec.packed:
                 return Quantized(packed, scales, used)
             return Quantized(self.scaled_values_kernel(packed, scales, spec.out_dtype)[:, :cols], None, used)

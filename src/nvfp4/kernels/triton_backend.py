@@ -97,6 +97,8 @@ class TritonBackend(BackendBase):
             return f"fp32/bf16/fp16 input only, got {x.dtype}"
         if op != "quantize":
             return None
+        if spec.four_over_six:
+            return "no fused Four Over Six kernel (nvfp4 4/6 block scales run on the reference)"
         if spec.format == "nvfp4" and spec.tile[0] not in (1, 16):
             return f"nvfp4 tiles (1, 16) and (16, 16) only, got {spec.tile}"
         if spec.rht is not None:

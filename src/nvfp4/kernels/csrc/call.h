@@ -11,7 +11,7 @@
 
 #include <stdint.h>
 
-#define NVFP4_ABI_VERSION 5
+#define NVFP4_ABI_VERSION 6
 
 /*
  * The arguments of a kernel entry point, passed by pointer. Each kernel reads the fields it documents and ignores
@@ -57,5 +57,7 @@ void nvfp4_e4m3_encode(const float *x, int64_t n, uint8_t *out);
 void mxfp4_quantize(const struct nvfp4_call *c);
 int fp8_quantize(const struct nvfp4_call *c);
 void mxfp8_quantize(const struct nvfp4_call *c);
+/* fouroversix.c: NVFP4 with adaptive 4/6 block scales (row-major x; tile_rows 1 or 16). */
+void fouroversix_quantize(const struct nvfp4_call *c);
 
 #endif /* NVFP4_CSRC_CALL_H */

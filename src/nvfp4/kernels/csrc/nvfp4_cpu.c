@@ -36,3 +36,4 @@
 #include "mxfp4.c" /* MXFP4 quantize */
 #include "fp8.c"   /* blockwise FP8 quantize */
 #include "mxfp8.c" /* MXFP8 quantize */
+#include "fouroversix.c" /* NVFP4 with Four Over Six block scales */

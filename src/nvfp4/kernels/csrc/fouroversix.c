@@ -1,0 +1,111 @@
+/*
+ * The Four Over Six entry point (declared in call.h): NVFP4 with an adaptive block scale, the arithmetic of
+ * nvfp4/formats/fouroversix.py step for step in FP32 (that file is the definition; see its docstring). Each block
+ * (1x16, or a 16x16 tile) is encoded with its amax mapped to 6 and to 4; the candidate with the lower squared error
+ * (summed as a tree of adjacent pairs) is kept, a tie keeps 6. Plain C with OpenMP over the tile rows. Relies on
+ * scalar.h (loads, E4M3 / E2M1 rounding, the E2M1 table, random bytes, value stores).
+ */
+#include <float.h>
+#include <math.h>
+
+#include "call.h"
+#include "common.h"
+#include "scalar.h"
+
+#define FOS_MAX_TILE (16 * BLOCK)
+
+/* One candidate of one block: its codes, rounded scale and error. n: the block's elements (16 or 256). */
+static float fos_candidate(const float *v, const uint8_t *rbytes, int n, float sf, int bad, float s_dec, float amax,
+                           float c_enc, int stochastic, uint8_t *codes, uint8_t *scale_code, float *sval) {
+    float sr = NAN, err[FOS_MAX_TILE];
+    if (bad) {
+        *scale_code = 0x7F;
+    } else {
+        if (sf > 448.0f) sf = 448.0f;
+        *scale_code = e4m3_rne_satfinite(sf, &sr);
+    }
+    const float enc = 1.0f / (s_dec * sr); /* from the ROUNDED scale, a true division */
+    for (int j = 0; j < n; j++) {
+        float q = sr != 0.0f ? v[j] * enc : 0.0f; /* NaN != 0: a NaN scale gives NaN */
+        if (q > 6.0f) q = 6.0f;
+        if (q < -6.0f) q = -6.0f;
+        const uint32_t code = stochastic ? e2m1_sr(q, rbytes[j]) : e2m1_rn(q);
+        codes[j] = (uint8_t)code;
+        const float d = ((e2m1_table[code] * sr) * amax) / c_enc - v[j];
+        err[j] = d * d;
+    }
+    for (int w = n; w > 1; w /= 2)
+        for (int i = 0; i < w / 2; i++) err[i] = err[2 * i] + err[2 * i + 1];
+    *sval = sr;
+    return err[0];
+}
+
+/*
+ * x: row-major (rows, cols) of dtype; blocks of 16 along the rows, tile_rows rows (1 or 16) sharing a scale; zero
+ * padding to whole blocks and tiles. global_amax: the tensor amax; stochastic with keys (k1, k2): element (r, k)
+ * takes random_byte(r * cols + k). out_kind OUT_PACKED: out (rows, nblk * 8) codes (even element in the low
+ * nibble) and scales (rows, nblk) E4M3 bytes (a tile's scale on each of its rows); OUT_F32 / OUT_BF16: out
+ * (rows, cols) the values value(q) x s_b, scales NULL.
+ */
+void fouroversix_quantize(const struct nvfp4_call *c) {
+    const void *x = c->x;
+    const int dtype = c->dtype, out_kind = c->out_kind, stochastic = c->stochastic, nthreads = c->nthreads;
+    const int64_t rows = c->rows, cols = c->cols, tr = c->tile_rows;
+    const int64_t nblk = (cols + BLOCK - 1) / BLOCK, groups = (rows + tr - 1) / tr;
+    const uint32_t k1 = c->k1, k2 = c->k2;
+    const float amax = c->global_amax;
+    const float c_enc = stochastic ? (float)(1536.0 * (16.0 / 17.0)) : 1536.0f; /* fp32(6 * 256 * adj) */
+    const float c_q = stochastic ? (float)(6.0 * (16.0 / 17.0)) : 6.0f;         /* fp32(6 * adj) */
+    float s_enc = c_enc / amax;
+    if (s_enc > FLT_MAX) s_enc = FLT_MAX;
+    const float s_dec = 1.0f / s_enc;
+    const int global_bad = !isfinite(amax);
+    uint8_t *packed = out_kind == OUT_PACKED ? (uint8_t *)c->out : NULL;
+    uint8_t *scales = (uint8_t *)c->scales;
+    const int n = (int)(tr * BLOCK);
+#pragma omp parallel for num_threads(nthreads) schedule(static) if (rows * cols >= PAR_MIN_ELEMS)
+    for (int64_t g = 0; g < groups; g++) {
+        float v[FOS_MAX_TILE];
+        uint8_t rb[FOS_MAX_TILE], codes6[FOS_MAX_TILE], codes4[FOS_MAX_TILE];
+        for (int64_t b = 0; b < nblk; b++) {
+            float bmax = 0.0f;
+            int nan = 0;
+            for (int64_t rr = 0; rr < tr; rr++) {
+                const int64_t r = g * tr + rr;
+                for (int64_t cc = 0; cc < BLOCK; cc++) {
+                    const int64_t k = b * BLOCK + cc;
+                    const float e = r < rows && k < cols ? load_f32(x, dtype, r * cols + k) : 0.0f;
+                    const int j = (int)(rr * BLOCK + cc);
+                    v[j] = e;
+                    if (isnan(e)) nan = 1;
+                    if (fabsf(e) > bmax) bmax = fabsf(e);
+                    rb[j] = stochastic ? (uint8_t)random_byte((uint64_t)(r * cols + k), k1, k2) : 0;
+                }
+            }
+            const int bad = global_bad || nan || isinf(bmax);
+            float sf6 = (bmax / c_q) * s_enc;
+            if (amax == 0.0f) sf6 = 0.0f;
+            uint8_t sc6, sc4;
+            float s6, s4;
+            const float e6 = fos_candidate(v, rb, n, sf6, bad, s_dec, amax, c_enc, stochastic, codes6, &sc6, &s6);
+            const float e4 = fos_candidate(v, rb, n, sf6 * 1.5f, bad, s_dec, amax, c_enc, stochastic, codes4, &sc4, &s4);
+            const int four = e4 < e6;
+            const uint8_t *codes = four ? codes4 : codes6;
+            const uint8_t sc = four ? sc4 : sc6;
+            const float s = four ? s4 : s6;
+            for (int64_t rr = 0; rr < tr; rr++) {
+                const int64_t r = g * tr + rr;
+                if (r >= rows) break;
+                if (scales) scales[r * nblk + b] = sc;
+                const uint8_t *row = codes + rr * BLOCK;
+                if (packed) {
+                    for (int cc = 0; cc < BLOCK; cc += 2)
+                        packed[r * nblk * 8 + b * 8 + cc / 2] = (uint8_t)(row[cc] | (row[cc + 1] << 4));
+                } else {
+                    for (int64_t cc = 0; cc < BLOCK && b * BLOCK + cc < cols; cc++)
+                        store_value(c->out, out_kind, r * cols + b * BLOCK + cc, e2m1_table[row[cc]] * s);
+                }
+            }
+        }
+    }
+}
