@@ -150,17 +150,19 @@ def test_2d_tiles_share_one_scale_and_differ_from_nvfp4():
     assert not torch.equal(scales.view(torch.uint8), nv_scales.view(torch.uint8))
 
 
-def test_backends_route_four_over_six_to_the_reference_with_the_same_bits():
-    """The fast CPU backend declines 4/6 (no fused kernel); the registry runs the reference, never a wrong kernel."""
+def test_the_cpu_kernel_gives_the_reference_bits():
+    """The C kernel (csrc/fouroversix.c) runs 4/6 itself and equals the oracle; the conformance suite covers the
+    adversarial inputs and every layout."""
     from nvfp4.kernels import QuantSpec, select
 
     x = torch.randn(48, 80)
-    spec = QuantSpec("nvfp4", (1, 16), False, False, None, "ceil", None, True)
     fast = select("auto", "cpu")
-    assert fast.fast.supports("quantize", x, spec) is not None
-    q = fast.quantize(x, spec)
-    packed, scales = fos.reference_quantize_4over6_2d(x, q.amax, 1, False, 0, 0)
-    assert torch.equal(q.data, packed) and torch.equal(q.scales.view(torch.uint8), scales.view(torch.uint8))
+    for tile, sr in (((1, 16), False), ((1, 16), True), ((16, 16), False)):
+        spec = QuantSpec("nvfp4", tile, sr, False, None, "ceil", None, True)
+        assert fast.fast.supports("quantize", x, spec) is None
+        q = fast.fast.quantize(x, spec, seed=5, offset=3)
+        packed, scales = fos.reference_quantize_4over6_2d(x, q.amax, tile[0], sr, 5, 3)
+        assert torch.equal(q.data, packed) and torch.equal(q.scales.view(torch.uint8), scales.view(torch.uint8))
 
 
 def test_operand_config_refuses_four_over_six_outside_nvfp4():
