@@ -37,7 +37,6 @@ from pathlib import Path
 
 import torch
 
-from nvfp4.formats.hadamard import random_hadamard_transform
 from nvfp4.formats.nvfp4 import BLOCK
 from nvfp4.formats.rng import derive_keys
 from nvfp4.kernels.contract import BackendBase, Quantized, QuantSpec, Unsupported, logical_shape, offset_value
@@ -372,6 +371,8 @@ class CPUBackend(BackendBase):
             return None
         if spec.four_over_six and spec.tile[0] not in (1, 16):
             return f"Four Over Six tiles (1, 16) and (16, 16) only, got {spec.tile}"
+        if spec.four_over_six and spec.rht is not None and spec.tile[0] != 1:
+            return "Four Over Six fuses the RHT with (1, 16) blocks only"
         if not x.is_floating_point():
             return f"floating-point input only, got {x.dtype}"
         if spec.rht is not None:
@@ -451,14 +452,18 @@ class CPUBackend(BackendBase):
         seed: int,
         offset: int,
     ) -> Quantized:
-        """One C pass over the logical tensor, made row-major first (a transposed operand is copied and its RHT is
-        the reference transform: 4/6 is not fused with them, unlike plain NVFP4)."""
+        """One C pass over the logical tensor, made row-major first (a transposed operand is copied: 4/6 has no
+        transposed path), with the RHT16 fused (1x16 blocks)."""
         t = x2d.t() if spec.transpose else x2d
-        if spec.rht is not None:
-            t = random_hadamard_transform(t, dim=-1, size=spec.rht, signs=signs)
         x, dt, _ = _kernel_layout(t.contiguous(), False)
         rows, cols = x.shape
-        amax_t = self.amax_kernel(x) if amax is None else _amax_cpu(amax)
+        signbits = _signbits(signs) if spec.rht else None
+        if amax is not None:
+            amax_t = _amax_cpu(amax)
+        elif signbits is not None:
+            amax_t = self._tensor_amax(x, dt, False, signbits)  # max|RHT(t)|, as the reference computes it
+        else:
+            amax_t = self.amax_kernel(x)
         out, scales, out_kind = _outputs(rows, cols, BLOCK, spec)
         k1, k2 = derive_keys(seed, offset) if spec.stochastic else (0, 0)
         self.lib.fouroversix_quantize(
@@ -470,6 +475,7 @@ class CPUBackend(BackendBase):
                 global_amax=float(amax_t),
                 tile_rows=int(spec.tile[0]),
                 stochastic=int(spec.stochastic),
+                signbits=None if signbits is None else _ptr(signbits),
                 k1=k1,
                 k2=k2,
                 out_kind=out_kind,

@@ -42,7 +42,8 @@ static float fos_candidate(const float *v, const uint8_t *rbytes, int n, float s
 
 /*
  * x: row-major (rows, cols) of dtype; blocks of 16 along the rows, tile_rows rows (1 or 16) sharing a scale; zero
- * padding to whole blocks and tiles. global_amax: the tensor amax; stochastic with keys (k1, k2): element (r, k)
+ * padding to whole blocks and tiles. signbits (tile_rows 1, cols % 16 == 0) or NULL: each block is first replaced by
+ * its RHT16 (rht16_scalar: the reference transform, BF16-rounded), as the reference transforms t before quantizing. global_amax: the tensor amax; stochastic with keys (k1, k2): element (r, k)
  * takes random_byte(r * cols + k). out_kind OUT_PACKED: out (rows, nblk * 8) codes (even element in the low
  * nibble) and scales (rows, nblk) E4M3 bytes (a tile's scale on each of its rows); OUT_F32 / OUT_BF16: out
  * (rows, cols) the values value(q) x s_b, scales NULL.
@@ -52,7 +53,7 @@ void fouroversix_quantize(const struct nvfp4_call *c) {
     const int dtype = c->dtype, out_kind = c->out_kind, stochastic = c->stochastic, nthreads = c->nthreads;
     const int64_t rows = c->rows, cols = c->cols, tr = c->tile_rows;
     const int64_t nblk = (cols + BLOCK - 1) / BLOCK, groups = (rows + tr - 1) / tr;
-    const uint32_t k1 = c->k1, k2 = c->k2;
+    const uint32_t k1 = c->k1, k2 = c->k2, *signbits = c->signbits;
     const float amax = c->global_amax;
     const float c_enc = stochastic ? (float)(1536.0 * (16.0 / 17.0)) : 1536.0f; /* fp32(6 * 256 * adj) */
     const float c_q = stochastic ? (float)(6.0 * (16.0 / 17.0)) : 6.0f;         /* fp32(6 * adj) */
@@ -74,12 +75,15 @@ void fouroversix_quantize(const struct nvfp4_call *c) {
                 const int64_t r = g * tr + rr;
                 for (int64_t cc = 0; cc < BLOCK; cc++) {
                     const int64_t k = b * BLOCK + cc;
-                    const float e = r < rows && k < cols ? load_f32(x, dtype, r * cols + k) : 0.0f;
+                    v[rr * BLOCK + cc] = r < rows && k < cols ? load_f32(x, dtype, r * cols + k) : 0.0f;
+                }
+                if (signbits) rht16_scalar(v + rr * BLOCK, signbits, v + rr * BLOCK); /* in place: it copies first */
+                for (int64_t cc = 0; cc < BLOCK; cc++) {
                     const int j = (int)(rr * BLOCK + cc);
-                    v[j] = e;
+                    const float e = v[j];
                     if (isnan(e)) nan = 1;
                     if (fabsf(e) > bmax) bmax = fabsf(e);
-                    rb[j] = stochastic ? (uint8_t)random_byte((uint64_t)(r * cols + k), k1, k2) : 0;
+                    if (stochastic) rb[j] = (uint8_t)random_byte((uint64_t)(r * cols + b * BLOCK + cc), k1, k2);
                 }
             }
             const int bad = global_bad || nan || isinf(bmax);
