@@ -101,6 +101,7 @@ def kernels() -> dict[str, tuple]:
         "OUT_BF16": "constexpr",
         "BLOCK_M": "constexpr",
         "BLOCKS_K": "constexpr",
+        "FOUR_OVER_SIX": "constexpr",
     }
     mx_sig = {
         "x_ptr": "*i16",
@@ -147,7 +148,7 @@ def kernels() -> dict[str, tuple]:
     q_elems = tk.Q_BLOCK_M * tk.Q_BLOCKS_K * 16
     mx_elems = tk.Q_BLOCK_M * tk.MX_BLOCKS_K * 32
     out = {}
-    for name, (tile_rows, sr, rht, values, stride_k, device_offset) in {
+    for name, (tile_rows, sr, rht, values, stride_k, device_offset, *fos) in {
         "nvfp4 1x16 RN packed": (1, False, False, False, 1, False),
         "nvfp4 16x16 RN packed (weights)": (16, False, False, False, 1, False),
         "nvfp4 1x16 SR values (dgrad dy)": (1, True, False, True, 1, False),
@@ -155,6 +156,9 @@ def kernels() -> dict[str, tuple]:
         "nvfp4 RHT16 SR values, transposed (wgrad dy)": (1, True, True, True, None, False),
         "nvfp4 RHT16 SR values, transposed, device offset": (1, True, True, True, None, True),
         "nvfp4 RHT16 RN packed, transposed (wgrad x)": (1, False, True, False, None, False),
+        "nvfp4 4/6 1x16 RN values (fprop x)": (1, False, False, True, 1, False, True),
+        "nvfp4 4/6 16x16 RN packed (weights)": (16, False, False, False, 1, False, True),
+        "nvfp4 4/6 RHT16 SR values, transposed (wgrad dy)": (1, True, True, True, None, False, True),
     }.items():
         sig = dict(q_sig, packed_ptr="*i16") if values else dict(q_sig)
         consts = {
@@ -168,6 +172,7 @@ def kernels() -> dict[str, tuple]:
             "OUT_BF16": True,
             "BLOCK_M": tk.Q_BLOCK_M,
             "BLOCKS_K": tk.Q_BLOCKS_K,
+            "FOUR_OVER_SIX": bool(fos and fos[0]),
         }
         if stride_k == 1:
             consts["stride_k"] = 1

@@ -97,8 +97,6 @@ class TritonBackend(BackendBase):
             return f"fp32/bf16/fp16 input only, got {x.dtype}"
         if op != "quantize":
             return None
-        if spec.four_over_six:
-            return "no fused Four Over Six kernel (nvfp4 4/6 block scales run on the reference)"
         if spec.format == "nvfp4" and spec.tile[0] not in (1, 16):
             return f"nvfp4 tiles (1, 16) and (16, 16) only, got {spec.tile}"
         if spec.rht is not None:
@@ -217,7 +215,7 @@ class TritonBackend(BackendBase):
         if spec.format == "nvfp4":
             amax_buf = amax.to(device=t.device, dtype=torch.float32).reshape(1)
             kernel, head, dummy = tk.nvfp4_quantize_kernel, (_bf16_as_bits(t), amax_buf), amax_buf
-            format_args = {"TILE_ROWS": spec.tile[0]}
+            format_args = {"TILE_ROWS": spec.tile[0], "FOUR_OVER_SIX": spec.four_over_six}
         else:
             kernel, head, dummy = tk.mxfp4_quantize_kernel, (_bf16_as_bits(t),), out
             format_args = {"CEIL_RULE": spec.scale_rule == "ceil"}

@@ -115,8 +115,11 @@ def nvfp4_quantize_kernel(
     OUT_BF16: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCKS_K: tl.constexpr,
+    FOUR_OVER_SIX: tl.constexpr = False,
 ):
     """One program quantizes BLOCK_M rows x BLOCKS_K 16-element blocks (SPEC §2, §3).
+
+    FOUR_OVER_SIX: adaptive 4/6 block scales (nvfp4.formats.fouroversix): both candidates, the lower error kept.
 
     OUT_VALUES: write the GEMM operand value(q) * s_b (FP32 or BF16, (M, K), row stride stride_p) to packed_ptr
     instead of packed codes + scale bytes ("fake quantization": no packed intermediate)."""
@@ -138,21 +141,41 @@ def nvfp4_quantize_kernel(
         )
     block_amax = amax_bits.to(tl.float32, bitcast=True)
 
-    # Tensor scale, in the reference's order: S_enc = min(2688/amax, FLT_MAX), S_dec = 1/S_enc.
     amax = tl.load(amax_ptr)
-    s_enc = clamp_max(tl.div_rn(E4M3_TIMES_E2M1, amax), FLT_MAX)
-    s_dec = tl.div_rn(1.0, s_enc)
-    scale = block_amax * (s_enc * ONE_SIXTH_F32)  # S_enc*(1/6) first, then * amax_b
-    scale = clamp_max(scale, E4M3_MAX)  # = clamp(FLT_MAX) then clamp(448)
-    scale_byte = e4m3_encode(scale)
     bad = (amax_bits >= INF_BITS) | (abs_bits(amax) >= INF_BITS)
-    scale_byte = tl.where(bad, 0x7F, scale_byte)
-
-    # Encode with the ROUNDED scale, by a true division; zero scale -> 1/0 = inf -> FLT_MAX.
-    enc = clamp_max(tl.div_rn(1.0, e4m3_decode(scale_byte) * s_dec), FLT_MAX)
-    v = x3 * enc[:, :, None]
     k1, k2 = stream_keys(key1, key2, offset_ptr, DEVICE_OFFSET)
-    codes = e2m1_codes(v, rows, cols, K, k1, k2, STOCHASTIC, BLOCK_M, BLOCKS_K, 16, INDEX64)
+    if FOUR_OVER_SIX:
+        # Four Over Six, in the reference's order: S_enc = min(C/amax, FLT_MAX), sf6 = (amax_b / fp32(6 adj)) S_enc,
+        # sf4 = 1.5 sf6; both candidates rounded with the same random bits; the lower pairwise error wins.
+        c_enc = FOS_C_ENC_SR if STOCHASTIC else FOS_C_ENC
+        c_q = FOS_C_Q_SR if STOCHASTIC else FOS_C_Q
+        s_enc = clamp_max(tl.div_rn(c_enc, amax), FLT_MAX)
+        s_dec = tl.div_rn(1.0, s_enc)
+        sf6 = tl.div_rn(block_amax, tl.full(block_amax.shape, c_q, tl.float32)) * s_enc
+        sf6 = tl.where(amax == 0.0, 0.0, sf6)
+        byte6 = tl.where(bad, 0x7F, e4m3_encode(clamp_max(sf6, E4M3_MAX)))
+        byte4 = tl.where(bad, 0x7F, e4m3_encode(clamp_max(sf6 * 1.5, E4M3_MAX)))
+        codes6, err6 = fos_candidate(
+            x3, byte6, s_dec, amax, c_enc, rows, cols, K, k1, k2, STOCHASTIC, BLOCK_M, BLOCKS_K, INDEX64, TILE_ROWS
+        )
+        codes4, err4 = fos_candidate(
+            x3, byte4, s_dec, amax, c_enc, rows, cols, K, k1, k2, STOCHASTIC, BLOCK_M, BLOCKS_K, INDEX64, TILE_ROWS
+        )
+        four = err4 < err6  # a tie (or NaN) keeps 6
+        codes = tl.where(four[:, :, None], codes4, codes6)
+        scale_byte = tl.where(four, byte4, byte6)
+    else:
+        # Tensor scale, in the reference's order: S_enc = min(2688/amax, FLT_MAX), S_dec = 1/S_enc.
+        s_enc = clamp_max(tl.div_rn(E4M3_TIMES_E2M1, amax), FLT_MAX)
+        s_dec = tl.div_rn(1.0, s_enc)
+        scale = block_amax * (s_enc * ONE_SIXTH_F32)  # S_enc*(1/6) first, then * amax_b
+        scale = clamp_max(scale, E4M3_MAX)  # = clamp(FLT_MAX) then clamp(448)
+        scale_byte = tl.where(bad, 0x7F, e4m3_encode(scale))
+
+        # Encode with the ROUNDED scale, by a true division; zero scale -> 1/0 = inf -> FLT_MAX.
+        enc = clamp_max(tl.div_rn(1.0, e4m3_decode(scale_byte) * s_dec), FLT_MAX)
+        v = x3 * enc[:, :, None]
+        codes = e2m1_codes(v, rows, cols, K, k1, k2, STOCHASTIC, BLOCK_M, BLOCKS_K, 16, INDEX64)
     if OUT_VALUES:
         values = e2m1_value(codes) * e4m3_decode(scale_byte)[:, :, None]
         store_values(packed_ptr, tl.reshape(values, (BLOCK_M, BK)), rows, cols, M, K, stride_p, OUT_BF16)
@@ -173,6 +196,61 @@ def nvfp4_quantize_kernel(
             scale_byte.to(tl.uint8),
             mask=row_ok & (bcols < NB)[None, :],
         )
+
+
+# Four Over Six constants: C = fp32(6 * 256 * adj) and fp32(6 * adj), adj = 1 (RN) or 16/17 (SR headroom).
+FOS_C_ENC: tl.constexpr = tl.constexpr(1536.0)
+FOS_C_ENC_SR: tl.constexpr = tl.constexpr(1445.6470947265625)  # float32(1536 * (16/17))
+FOS_C_Q: tl.constexpr = tl.constexpr(6.0)
+FOS_C_Q_SR: tl.constexpr = tl.constexpr(5.6470589637756348)  # float32(6 * (16/17))
+
+
+@triton.jit
+def pair_sum(t, SHAPE0: tl.constexpr, SHAPE1: tl.constexpr, N: tl.constexpr):
+    """(SHAPE0, SHAPE1, N) -> (SHAPE0, SHAPE1, N/2): sums of adjacent pairs (a two-term sum: no order to agree on)."""
+    return tl.sum(tl.reshape(t, (SHAPE0, SHAPE1, N // 2, 2)), axis=3)
+
+
+@triton.jit
+def fos_candidate(
+    x3,
+    byte,
+    s_dec,
+    amax,
+    c_enc: tl.constexpr,
+    rows,
+    cols,
+    K,
+    k1,
+    k2,
+    STOCHASTIC: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCKS_K: tl.constexpr,
+    INDEX64: tl.constexpr,
+    TILE_ROWS: tl.constexpr,
+):
+    """One Four Over Six candidate: (codes, error per block) with the error summed as nvfp4.formats.fouroversix
+    does: adjacent pairs along each row's 16 elements, then (16x16 tiles) adjacent pairs of the tile's 16 rows."""
+    s = e4m3_decode(byte)
+    enc = tl.div_rn(1.0, s_dec * s)
+    v = tl.where((s != 0.0)[:, :, None], x3 * enc[:, :, None], 0.0)  # NaN != 0: a NaN scale gives NaN
+    v = tl.where(v > 6.0, 6.0, tl.where(v < -6.0, -6.0, v))
+    codes = e2m1_codes(v, rows, cols, K, k1, k2, STOCHASTIC, BLOCK_M, BLOCKS_K, 16, INDEX64)
+    deq = (e2m1_value(codes) * s[:, :, None]) * amax
+    d = tl.div_rn(deq, tl.full(deq.shape, c_enc, tl.float32)) - x3
+    e = d * d
+    e = pair_sum(e, BLOCK_M, BLOCKS_K, 16)
+    e = pair_sum(e, BLOCK_M, BLOCKS_K, 8)
+    e = pair_sum(e, BLOCK_M, BLOCKS_K, 4)
+    err = tl.reshape(pair_sum(e, BLOCK_M, BLOCKS_K, 2), (BLOCK_M, BLOCKS_K))
+    if TILE_ROWS == 16:
+        t = tl.permute(tl.reshape(err, (BLOCK_M // 16, 16, BLOCKS_K)), (0, 2, 1))  # (tiles, blocks, 16 rows)
+        t = pair_sum(t, BLOCK_M // 16, BLOCKS_K, 16)
+        t = pair_sum(t, BLOCK_M // 16, BLOCKS_K, 8)
+        t = pair_sum(t, BLOCK_M // 16, BLOCKS_K, 4)
+        t = tl.reshape(pair_sum(t, BLOCK_M // 16, BLOCKS_K, 2), (BLOCK_M // 16, BLOCKS_K))
+        err = tl.reshape(tl.broadcast_to(t[:, None, :], (BLOCK_M // 16, 16, BLOCKS_K)), (BLOCK_M, BLOCKS_K))
+    return codes, err
 
 
 @triton.jit
