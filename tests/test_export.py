@@ -211,3 +211,24 @@ def test_the_hybrid_exports_as_nemotron_h(byte_data, tmp_path):
         torch.testing.assert_close(hf(input_ids=x).logits, ours, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="HybridLM has no transformers mapping"):
         export_compressed_tensors(run, tmp_path / "ct", tokenizer=False)
+
+
+def test_four_over_six_weights_export_as_trained(byte_data, tmp_path):
+    """nvfp4-4over6: the exported weights (4/6 scales, tensor scale 256·6/amax) load back through transformers +
+    compressed-tensors equal to the training forward's own GEMM operands."""
+    out = tmp_path / "run"
+    train(TrainConfig(**TINY, mlp="relu2", recipe="nvfp4-4over6", data=[byte_data], out=str(out)))
+    export_compressed_tensors(out, tmp_path / "ct", fuse_scales=False, tokenizer=False)
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(
+        tmp_path / "ct", quantization_config=CompressedTensorsConfig(dequantize=True)
+    )
+    state = loaded.state_dict()
+    trained = load_trained(out, device="cpu")
+    checked = 0
+    for n, m in trained.model.named_modules():
+        if isinstance(m, nvfp4.Linear) and m.recipe.fprop_w.four_over_six:
+            forward = m._weight_operand("fprop_w")
+            used = (forward.values().float() * forward.decode_scale).to(torch.bfloat16)
+            assert torch.equal(state[hf_names(n + ".weight", trained.model.config.mlp)[-1]], used), n
+            checked += 1
+    assert checked > 0

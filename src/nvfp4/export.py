@@ -333,11 +333,6 @@ def export_compressed_tensors(
         raise ValueError(f"recipe {trained.recipe} quantizes none of this model's linears: export --format hf")
     for name, layer in layers.items():
         cfg = layer.recipe.fprop_w
-        if cfg.four_over_six:
-            raise ValueError(
-                f"recipe {trained.recipe}'s forward weights use Four Over Six scales (tensor scale target 256); "
-                "exporting them to compressed-tensors is not supported yet (export --format hf)"
-            )
         if cfg.format != "nvfp4" or cfg.hadamard:
             raise ValueError(
                 f"recipe {trained.recipe}'s forward weights are {cfg.format}"
@@ -356,13 +351,21 @@ def export_compressed_tensors(
     input_scales = _calibrate(trained, layers, calibrate, fuse_scales) if calibrate else {}
     for n, layer in layers.items():
         cfg = layer.recipe.fprop_w
-        q = quantize_nvfp4(layer.weight.detach().float(), tile=cfg.tile, global_amax=shared[n], backend="reference")
+        # Four Over Six weights export as they are: vLLM's value * scale / global_scale with the 4/6 tensor scale
+        q = quantize_nvfp4(
+            layer.weight.detach().float(),
+            tile=cfg.tile,
+            global_amax=shared[n],
+            backend="reference",
+            four_over_six=cfg.four_over_six,
+        )
         for hf in hf_of[n]:
             base = hf[: -len(".weight")]
             del state[hf]
             state[base + ".weight_packed"] = q.packed.clone()  # a copy each: gate and up may share the bits
             state[base + ".weight_scale"] = q.scales.clone()
-            state[base + ".weight_global_scale"] = global_encode_scale(q.global_amax).reshape(1).float().clone()
+            s_enc = global_encode_scale(q.global_amax, q.encode_numerator)
+            state[base + ".weight_global_scale"] = s_enc.reshape(1).float().clone()
             if n in input_scales:
                 state[base + ".input_global_scale"] = input_scales[n].reshape(1).float().clone()
     quantized_hf = sorted(h[: -len(".weight")] for n in layers for h in hf_of[n])
