@@ -69,8 +69,8 @@ step gpu_tests     120  python3 -m pytest -q -p no:cacheprovider -x -m "gpu or n
                         tests/test_gpu_path.py
 step quantize_bw    60  python3 benchmarks/gpu.py --size 8192
 step linear         60  python3 benchmarks/linear.py --device cuda --recipe nvfp4 --tokens 16384 --repeats 20
-step train_step    100  python3 benchmarks/train_step.py --device cuda --model base --batch-size 8 --seq-len 1024 \
-                        --recipes bf16,nvfp4,mxfp4,fp8 --repeats 5
+step train_step    120  python3 benchmarks/train_step.py --device cuda --model base --batch-size 8 --seq-len 1024 \
+                        --recipes bf16,nvfp4,mxfp4,fp8,nvfp4-4over6 --repeats 5
 step compile        60  python3 scripts/gpu_smoke.py compile
 step profile        40  python3 benchmarks/profile_step.py --device cuda --model base --recipe nvfp4 \
                         --out "$out/profile_nvfp4.txt"
