@@ -2,12 +2,15 @@
  * The Four Over Six entry point (declared in call.h): NVFP4 with an adaptive block scale, the arithmetic of
  * nvfp4/formats/fouroversix.py step for step in FP32 (that file is the definition; see its docstring). Each block
  * (1x16, or a 16x16 tile) is encoded with its amax mapped to 6 and to 4; the candidate with the lower squared error
- * (summed as a tree of adjacent pairs) is kept, a tie keeps 6. Plain C with OpenMP over the tile rows. Relies on
- * scalar.h (loads, E4M3 / E2M1 rounding, the E2M1 table, random bytes, value stores).
+ * (summed as a tree of adjacent pairs) is kept, a tie keeps 6. OpenMP over the tile rows; 1x16 blocks run on
+ * AVX-512 where the build has it (one block per register: the pairwise tree is four lane-swapping adds), 16x16 tiles
+ * and blocks holding NaN/Inf on the scalar path. Relies on scalar.h (loads, E4M3 / E2M1 rounding, the E2M1 table,
+ * random bytes, value stores) and avx512.h (vector loads, E2M1 lookups, random bytes, RHT16, stores).
  */
 #include <float.h>
 #include <math.h>
 
+#include "avx512.h"
 #include "call.h"
 #include "common.h"
 #include "scalar.h"
@@ -40,6 +43,38 @@ static float fos_candidate(const float *v, const uint8_t *rbytes, int n, float s
     return err[0];
 }
 
+#ifdef NVFP4_AVX512
+/* Sum of the 16 lanes as the tree of adjacent pairs (lane i + lane i^1, then pairs of those, ...): each level adds
+ * the same two partial sums as the scalar tree, so the result is bit-identical. */
+static inline float fos_tree_sum16(__m512 e) {
+    e = _mm512_add_ps(e, _mm512_permute_ps(e, 0xB1));
+    e = _mm512_add_ps(e, _mm512_permute_ps(e, 0x4E));
+    e = _mm512_add_ps(e, _mm512_shuffle_f32x4(e, e, 0xB1));
+    e = _mm512_add_ps(e, _mm512_shuffle_f32x4(e, e, 0x4E));
+    return _mm512_cvtss_f32(e);
+}
+
+/* One candidate of a finite 1x16 block x (its scale from sf): codes, value(q) x s, scale byte, error. */
+static inline float fos_candidate16(__m512 x, __m512i rbytes, float sf, float s_dec, float amax, float c_enc,
+                                    int stochastic, __m512i *codes, __m512 *values, uint8_t *scale_code) {
+    float s;
+    if (sf > 448.0f) sf = 448.0f;
+    *scale_code = e4m3_rne_satfinite(sf, &s);
+    __m512 v = _mm512_setzero_ps();
+    if (s != 0.0f) v = _mm512_mul_ps(x, _mm512_set1_ps(1.0f / (s_dec * s)));
+    v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, _mm512_set1_ps(6.0f), _CMP_GT_OQ), v, _mm512_set1_ps(6.0f));
+    v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, _mm512_set1_ps(-6.0f), _CMP_LT_OQ), v, _mm512_set1_ps(-6.0f));
+    /* 0 x inf (a zero under an infinite encode factor, when S_dec is tiny) is NaN, which rounds to code 0 in the
+     * scalar and reference roundings; the lookups below do not handle NaN, so give them the 0 it rounds to. */
+    v = _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_setzero_ps());
+    *codes = stochastic ? e2m1_sr16(v, rbytes) : e2m1_rn16(v);
+    *values = e2m1_scaled16(*codes, _mm512_set1_ps(s));
+    const __m512 deq = _mm512_div_ps(_mm512_mul_ps(*values, _mm512_set1_ps(amax)), _mm512_set1_ps(c_enc));
+    const __m512 d = _mm512_sub_ps(deq, x);
+    return fos_tree_sum16(_mm512_mul_ps(d, d));
+}
+#endif
+
 /*
  * x: row-major (rows, cols) of dtype; blocks of 16 along the rows, tile_rows rows (1 or 16) sharing a scale; zero
  * padding to whole blocks and tiles. signbits (tile_rows 1, cols % 16 == 0) or NULL: each block is first replaced by
@@ -64,6 +99,50 @@ void fouroversix_quantize(const struct nvfp4_call *c) {
     uint8_t *packed = out_kind == OUT_PACKED ? (uint8_t *)c->out : NULL;
     uint8_t *scales = (uint8_t *)c->scales;
     const int n = (int)(tr * BLOCK);
+#ifdef NVFP4_AVX512
+    if (tr == 1 && !global_bad) {
+        const __m512i sb = signbits ? _mm512_loadu_si512(signbits) : _mm512_setzero_si512();
+#pragma omp parallel for num_threads(nthreads) schedule(static) if (rows * cols >= PAR_MIN_ELEMS)
+        for (int64_t r = 0; r < rows; r++) {
+            for (int64_t b = 0; b < nblk; b++) {
+                const int64_t i0 = r * cols + b * BLOCK;
+                const int nb = cols - b * BLOCK < BLOCK ? (int)(cols - b * BLOCK) : BLOCK;
+                __m512 x16 = _mm512_castsi512_ps(nb == BLOCK ? vload_bits(x, dtype, i0) : vload_bits_n(x, dtype, i0, nb));
+                if (signbits) x16 = rht16_vec(x16, sb);
+                const uint32_t abits = (uint32_t)_mm512_reduce_max_epu32(
+                    _mm512_and_si512(_mm512_castps_si512(x16), _mm512_set1_epi32(0x7FFFFFFF)));
+                uint8_t sc;
+                __m512i codes;
+                __m512 values;
+                if (abits >= 0x7F800000u) { /* NaN/Inf in the block: the scale is NaN, every code 0 */
+                    sc = 0x7F;
+                    codes = _mm512_setzero_si512();
+                    values = _mm512_set1_ps(NAN);
+                } else {
+                    const __m512i rb = stochastic ? random_bytes16((uint64_t)i0, k1, k2) : _mm512_setzero_si512();
+                    float sf6 = (u2f(abits) / c_q) * s_enc;
+                    if (amax == 0.0f) sf6 = 0.0f;
+                    uint8_t sc6, sc4;
+                    __m512i c6, c4;
+                    __m512 v6, v4;
+                    const float e6 = fos_candidate16(x16, rb, sf6, s_dec, amax, c_enc, stochastic, &c6, &v6, &sc6);
+                    const float e4 =
+                        fos_candidate16(x16, rb, sf6 * 1.5f, s_dec, amax, c_enc, stochastic, &c4, &v4, &sc4);
+                    const int four = e4 < e6;
+                    sc = four ? sc4 : sc6;
+                    codes = four ? c4 : c6;
+                    values = four ? v4 : v6;
+                }
+                if (scales) scales[r * nblk + b] = sc;
+                if (packed)
+                    store_packed16(packed + r * nblk * 8 + b * 8, codes);
+                else
+                    store_values16(c->out, out_kind, i0, values, nb, 0);
+            }
+        }
+        return;
+    }
+#endif
 #pragma omp parallel for num_threads(nthreads) schedule(static) if (rows * cols >= PAR_MIN_ELEMS)
     for (int64_t g = 0; g < groups; g++) {
         float v[FOS_MAX_TILE];
