@@ -166,3 +166,10 @@ def test_compare_probe_gives_mechanism_verdicts_and_paired_statistics(tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert "mechanism verdict" in report and "Paired statistics" in report and "## Mechanisms" in report
     assert (tmp_path / "gradient_signal_to_noise.png").stat().st_size > 0
+
+
+def test_the_successors_suite_names_real_recipes():
+    import nvfp4
+
+    assert set(SUITES["successors"]) <= set(nvfp4.recipes.names())
+    assert {"bf16", "nvfp4", "nvfp4-4over6", "mxfp8", "nvfp4-mxfp8-edges"} == set(SUITES["successors"])

@@ -51,6 +51,8 @@ SUITES: dict[str, tuple[str, ...]] = {
     "paper-full": (*PAPER_SUITE, "nvfp4-rht-everywhere", "nvfp4-rht4", "nvfp4-rht-no-signs"),
     "main": MAIN_RECIPES,
     "quick": ("bf16", "nvfp4"),
+    # issue #17: the recipes beyond the paper, next to the paper's own and BF16
+    "successors": ("bf16", "nvfp4", "mxfp8", "nvfp4-mxfp8-edges", "nvfp4-4over6"),
 }
 
 
