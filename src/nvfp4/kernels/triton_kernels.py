@@ -32,6 +32,7 @@ from nvfp4.kernels.triton_numerics import (
     round_to_bf16,
     store_values,
     stream_keys,
+    sum_along,
 )
 
 # Launch shapes: one program per (rows x 16-element blocks) tile. 32 x 128 elements with 4 warps
@@ -208,7 +209,7 @@ FOS_C_Q_SR: tl.constexpr = tl.constexpr(5.6470589637756348)  # float32(6 * (16/1
 @triton.jit
 def pair_sum(t, SHAPE0: tl.constexpr, SHAPE1: tl.constexpr, N: tl.constexpr):
     """(SHAPE0, SHAPE1, N) -> (SHAPE0, SHAPE1, N/2): sums of adjacent pairs (a two-term sum: no order to agree on)."""
-    return tl.sum(tl.reshape(t, (SHAPE0, SHAPE1, N // 2, 2)), axis=3)
+    return sum_along(tl.reshape(t, (SHAPE0, SHAPE1, N // 2, 2)), 3)  # not tl.sum: see sum_along
 
 
 @triton.jit
