@@ -452,16 +452,17 @@ class CPUBackend(BackendBase):
         seed: int,
         offset: int,
     ) -> Quantized:
-        """One C pass over the logical tensor, made row-major first (a transposed operand is copied: 4/6 has no
-        transposed path), with the RHT16 fused (1x16 blocks)."""
-        t = x2d.t() if spec.transpose else x2d
-        x, dt, _ = _kernel_layout(t.contiguous(), False)
-        rows, cols = x.shape
+        """One C pass over the logical tensor, with the RHT16 fused (1x16 blocks); a transposed view of row-major
+        memory is read in place (16x16 tiles transposed in registers) for 1x16 blocks, copied for 16x16 tiles."""
+        x, dt, kernel_t = _kernel_layout(x2d, bool(spec.transpose))
+        if kernel_t and spec.tile[0] != 1:
+            x, kernel_t = x.t().contiguous(), False
+        rows, cols = (x.shape[1], x.shape[0]) if kernel_t else x.shape
         signbits = _signbits(signs) if spec.rht else None
         if amax is not None:
             amax_t = _amax_cpu(amax)
         elif signbits is not None:
-            amax_t = self._tensor_amax(x, dt, False, signbits)  # max|RHT(t)|, as the reference computes it
+            amax_t = self._tensor_amax(x, dt, kernel_t, signbits)  # max|RHT(t)|, as the reference computes it
         else:
             amax_t = self.amax_kernel(x)
         out, scales, out_kind = _outputs(rows, cols, BLOCK, spec)
@@ -470,8 +471,9 @@ class CPUBackend(BackendBase):
             _call(
                 x=_ptr(x),
                 dtype=dt,
-                rows=rows,
-                cols=cols,
+                rows=x.shape[0],
+                cols=x.shape[1],  # x's own shape; the logical one is its transpose when kernel_t
+                transpose=int(kernel_t),
                 global_amax=float(amax_t),
                 tile_rows=int(spec.tile[0]),
                 stochastic=int(spec.stochastic),

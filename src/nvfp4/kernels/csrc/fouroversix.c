@@ -75,18 +75,72 @@ static inline float fos_candidate16(__m512 x, __m512i rbytes, float sf, float s_
 }
 #endif
 
+#ifdef NVFP4_AVX512
+/* What every block of one call shares. rows, cols: the logical (M, K). */
+typedef struct {
+    float amax, c_enc, c_q, s_enc, s_dec;
+    int stochastic, out_kind;
+    uint32_t k1, k2;
+    const uint32_t *signbits;
+    __m512i sb;
+    int64_t cols, nblk;
+    uint8_t *packed, *scales;
+    void *out;
+} fos_params;
+
+/* Block b of logical row r, its nb real elements in x16 (zeros beyond): RHT16 if asked, both candidates, the
+ * choice, the stores. A block holding NaN/Inf gets the NaN scale and code 0 (NaN values), as the reference. */
+static inline void fos_block16(const fos_params *p, __m512 x16, int64_t r, int64_t b, int nb) {
+    const int64_t i0 = r * p->cols + b * BLOCK;
+    if (p->signbits) x16 = rht16_vec(x16, p->sb);
+    const uint32_t abits = (uint32_t)_mm512_reduce_max_epu32(
+        _mm512_and_si512(_mm512_castps_si512(x16), _mm512_set1_epi32(0x7FFFFFFF)));
+    uint8_t sc;
+    __m512i codes;
+    __m512 values;
+    if (abits >= 0x7F800000u) {
+        sc = 0x7F;
+        codes = _mm512_setzero_si512();
+        values = _mm512_set1_ps(NAN);
+    } else {
+        const __m512i rb = p->stochastic ? random_bytes16((uint64_t)i0, p->k1, p->k2) : _mm512_setzero_si512();
+        float sf6 = (u2f(abits) / p->c_q) * p->s_enc;
+        if (p->amax == 0.0f) sf6 = 0.0f;
+        uint8_t sc6, sc4;
+        __m512i c6, c4;
+        __m512 v6, v4;
+        const float e6 = fos_candidate16(x16, rb, sf6, p->s_dec, p->amax, p->c_enc, p->stochastic, &c6, &v6, &sc6);
+        const float e4 =
+            fos_candidate16(x16, rb, sf6 * 1.5f, p->s_dec, p->amax, p->c_enc, p->stochastic, &c4, &v4, &sc4);
+        const int four = e4 < e6;
+        sc = four ? sc4 : sc6;
+        codes = four ? c4 : c6;
+        values = four ? v4 : v6;
+    }
+    if (p->scales) p->scales[r * p->nblk + b] = sc;
+    if (p->packed)
+        store_packed16(p->packed + r * p->nblk * 8 + b * 8, codes);
+    else
+        store_values16(p->out, p->out_kind, i0, values, nb, 0);
+}
+#endif
+
 /*
- * x: row-major (rows, cols) of dtype; blocks of 16 along the rows, tile_rows rows (1 or 16) sharing a scale; zero
- * padding to whole blocks and tiles. signbits (tile_rows 1, cols % 16 == 0) or NULL: each block is first replaced by
- * its RHT16 (rht16_scalar: the reference transform, BF16-rounded), as the reference transforms t before quantizing. global_amax: the tensor amax; stochastic with keys (k1, k2): element (r, k)
- * takes random_byte(r * cols + k). out_kind OUT_PACKED: out (rows, nblk * 8) codes (even element in the low
- * nibble) and scales (rows, nblk) E4M3 bytes (a tile's scale on each of its rows); OUT_F32 / OUT_BF16: out
- * (rows, cols) the values value(q) x s_b, scales NULL.
+ * x: row-major (R, C) = (rows, cols) of dtype; the logical tensor t is x, or x^T when transpose (then read in place:
+ * AVX-512 loads 16x16 tiles and transposes them in registers; 1x16 blocks only). Blocks of 16 along t's rows,
+ * tile_rows rows (1 or 16) sharing a scale; zero padding to whole blocks and tiles. signbits (tile_rows 1, K % 16 ==
+ * 0) or NULL: each block is first replaced by its RHT16 (rht16_scalar / rht16_vec: the reference transform,
+ * BF16-rounded). global_amax: the tensor amax; stochastic with keys (k1, k2): element (r, k) of t (M, K) takes
+ * random_byte(r * K + k). out_kind OUT_PACKED: out (M, nblk * 8) codes (even element in the low nibble) and scales
+ * (M, nblk) E4M3 bytes (a tile's scale on each of its rows); OUT_F32 / OUT_BF16: out (M, K) the values
+ * value(q) x s_b, scales NULL.
  */
 void fouroversix_quantize(const struct nvfp4_call *c) {
     const void *x = c->x;
     const int dtype = c->dtype, out_kind = c->out_kind, stochastic = c->stochastic, nthreads = c->nthreads;
-    const int64_t rows = c->rows, cols = c->cols, tr = c->tile_rows;
+    const int transpose = c->transpose;
+    const int64_t R = c->rows, C = c->cols, tr = c->tile_rows;
+    const int64_t rows = transpose ? C : R, cols = transpose ? R : C; /* the logical (M, K) */
     const int64_t nblk = (cols + BLOCK - 1) / BLOCK, groups = (rows + tr - 1) / tr;
     const uint32_t k1 = c->k1, k2 = c->k2, *signbits = c->signbits;
     const float amax = c->global_amax;
@@ -101,43 +155,46 @@ void fouroversix_quantize(const struct nvfp4_call *c) {
     const int n = (int)(tr * BLOCK);
 #ifdef NVFP4_AVX512
     if (tr == 1 && !global_bad) {
-        const __m512i sb = signbits ? _mm512_loadu_si512(signbits) : _mm512_setzero_si512();
+        const fos_params p = {.amax = amax,
+                              .c_enc = c_enc,
+                              .c_q = c_q,
+                              .s_enc = s_enc,
+                              .s_dec = s_dec,
+                              .stochastic = stochastic,
+                              .out_kind = out_kind,
+                              .k1 = k1,
+                              .k2 = k2,
+                              .signbits = signbits,
+                              .sb = signbits ? _mm512_loadu_si512(signbits) : _mm512_setzero_si512(),
+                              .cols = cols,
+                              .nblk = nblk,
+                              .packed = packed,
+                              .scales = scales,
+                              .out = c->out};
+        if (!transpose) {
 #pragma omp parallel for num_threads(nthreads) schedule(static) if (rows * cols >= PAR_MIN_ELEMS)
-        for (int64_t r = 0; r < rows; r++) {
-            for (int64_t b = 0; b < nblk; b++) {
-                const int64_t i0 = r * cols + b * BLOCK;
-                const int nb = cols - b * BLOCK < BLOCK ? (int)(cols - b * BLOCK) : BLOCK;
-                __m512 x16 = _mm512_castsi512_ps(nb == BLOCK ? vload_bits(x, dtype, i0) : vload_bits_n(x, dtype, i0, nb));
-                if (signbits) x16 = rht16_vec(x16, sb);
-                const uint32_t abits = (uint32_t)_mm512_reduce_max_epu32(
-                    _mm512_and_si512(_mm512_castps_si512(x16), _mm512_set1_epi32(0x7FFFFFFF)));
-                uint8_t sc;
-                __m512i codes;
-                __m512 values;
-                if (abits >= 0x7F800000u) { /* NaN/Inf in the block: the scale is NaN, every code 0 */
-                    sc = 0x7F;
-                    codes = _mm512_setzero_si512();
-                    values = _mm512_set1_ps(NAN);
-                } else {
-                    const __m512i rb = stochastic ? random_bytes16((uint64_t)i0, k1, k2) : _mm512_setzero_si512();
-                    float sf6 = (u2f(abits) / c_q) * s_enc;
-                    if (amax == 0.0f) sf6 = 0.0f;
-                    uint8_t sc6, sc4;
-                    __m512i c6, c4;
-                    __m512 v6, v4;
-                    const float e6 = fos_candidate16(x16, rb, sf6, s_dec, amax, c_enc, stochastic, &c6, &v6, &sc6);
-                    const float e4 =
-                        fos_candidate16(x16, rb, sf6 * 1.5f, s_dec, amax, c_enc, stochastic, &c4, &v4, &sc4);
-                    const int four = e4 < e6;
-                    sc = four ? sc4 : sc6;
-                    codes = four ? c4 : c6;
-                    values = four ? v4 : v6;
+            for (int64_t r = 0; r < rows; r++)
+                for (int64_t b = 0; b < nblk; b++) {
+                    const int64_t i0 = r * cols + b * BLOCK;
+                    const int nb = cols - b * BLOCK < BLOCK ? (int)(cols - b * BLOCK) : BLOCK;
+                    fos_block16(&p, _mm512_castsi512_ps(nb == BLOCK ? vload_bits(x, dtype, i0)
+                                                                    : vload_bits_n(x, dtype, i0, nb)),
+                                r, b, nb);
                 }
-                if (scales) scales[r * nblk + b] = sc;
-                if (packed)
-                    store_packed16(packed + r * nblk * 8 + b * 8, codes);
-                else
-                    store_values16(c->out, out_kind, i0, values, nb, 0);
+        } else {
+            const int64_t col_tiles = (C + BLOCK - 1) / BLOCK;
+#pragma omp parallel for num_threads(nthreads) schedule(static) if (rows * cols >= PAR_MIN_ELEMS)
+            for (int64_t ct = 0; ct < col_tiles; ct++) {
+                const int64_t c0 = ct * BLOCK;
+                const int nc = C - c0 < BLOCK ? (int)(C - c0) : BLOCK;
+                for (int64_t b = 0; b < nblk; b++) {
+                    const int64_t r0 = b * BLOCK;
+                    const int nr = R - r0 < BLOCK ? (int)(R - r0) : BLOCK;
+                    __m512 v[16];
+                    load_tile16(x, dtype, C, r0, nr, c0, nc, v);
+                    transpose16(v); /* v[i]: column c0 + i of x, rows r0 .. r0+15 = block b of t's row c0 + i */
+                    for (int i = 0; i < nc; i++) fos_block16(&p, v[i], c0 + i, b, nr);
+                }
             }
         }
         return;
@@ -154,7 +211,8 @@ void fouroversix_quantize(const struct nvfp4_call *c) {
                 const int64_t r = g * tr + rr;
                 for (int64_t cc = 0; cc < BLOCK; cc++) {
                     const int64_t k = b * BLOCK + cc;
-                    v[rr * BLOCK + cc] = r < rows && k < cols ? load_f32(x, dtype, r * cols + k) : 0.0f;
+                    v[rr * BLOCK + cc] =
+                        r < rows && k < cols ? load_f32(x, dtype, transpose ? k * C + r : r * cols + k) : 0.0f;
                 }
                 if (signbits) rht16_scalar(v + rr * BLOCK, signbits, v + rr * BLOCK); /* in place: it copies first */
                 for (int64_t cc = 0; cc < BLOCK; cc++) {
