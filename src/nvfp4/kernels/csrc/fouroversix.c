@@ -54,12 +54,9 @@ static inline float fos_tree_sum16(__m512 e) {
     return _mm512_cvtss_f32(e);
 }
 
-/* One candidate of a finite 1x16 block x (its scale from sf): codes, value(q) x s, scale byte, error. */
-static inline float fos_candidate16(__m512 x, __m512i rbytes, float sf, float s_dec, float amax, float c_enc,
-                                    int stochastic, __m512i *codes, __m512 *values, uint8_t *scale_code) {
-    float s;
-    if (sf > 448.0f) sf = 448.0f;
-    *scale_code = e4m3_rne_satfinite(sf, &s);
+/* The codes, values value(q) x s and squared error (pairwise) of a finite 16-element row x under the scale s. */
+static inline float fos_candidate16_with_scale(__m512 x, __m512i rbytes, float s, float s_dec, float amax, float c_enc,
+                                               int stochastic, __m512i *codes, __m512 *values) {
     __m512 v = _mm512_setzero_ps();
     if (s != 0.0f) v = _mm512_mul_ps(x, _mm512_set1_ps(1.0f / (s_dec * s)));
     v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, _mm512_set1_ps(6.0f), _CMP_GT_OQ), v, _mm512_set1_ps(6.0f));
@@ -72,6 +69,15 @@ static inline float fos_candidate16(__m512 x, __m512i rbytes, float sf, float s_
     const __m512 deq = _mm512_div_ps(_mm512_mul_ps(*values, _mm512_set1_ps(amax)), _mm512_set1_ps(c_enc));
     const __m512 d = _mm512_sub_ps(deq, x);
     return fos_tree_sum16(_mm512_mul_ps(d, d));
+}
+
+/* One candidate of a finite 1x16 block x (its scale from sf): codes, value(q) x s, scale byte, error. */
+static inline float fos_candidate16(__m512 x, __m512i rbytes, float sf, float s_dec, float amax, float c_enc,
+                                    int stochastic, __m512i *codes, __m512 *values, uint8_t *scale_code) {
+    float s;
+    if (sf > 448.0f) sf = 448.0f;
+    *scale_code = e4m3_rne_satfinite(sf, &s);
+    return fos_candidate16_with_scale(x, rbytes, s, s_dec, amax, c_enc, stochastic, codes, values);
 }
 #endif
 
@@ -123,6 +129,67 @@ static inline void fos_block16(const fos_params *p, __m512 x16, int64_t r, int64
     else
         store_values16(p->out, p->out_kind, i0, values, nb, 0);
 }
+
+/* One candidate of a finite 16x16 tile (rows v[0..15], nr of them real): the codes and values of every row and the
+ * tile's error, summed pairwise along each row, then pairwise over the 16 rows (the reference's row-major tree). */
+static inline float fos_tile_candidate(const fos_params *p, const __m512 *v, const __m512i *rb, float sf,
+                                       __m512i *codes, __m512 *values, uint8_t *scale_code) {
+    float s;
+    if (sf > 448.0f) sf = 448.0f;
+    *scale_code = e4m3_rne_satfinite(sf, &s);
+    float err[16];
+    for (int j = 0; j < 16; j++)
+        err[j] = fos_candidate16_with_scale(v[j], rb[j], s, p->s_dec, p->amax, p->c_enc, p->stochastic, &codes[j],
+                                            &values[j]);
+    for (int w = 16; w > 1; w /= 2)
+        for (int i = 0; i < w / 2; i++) err[i] = err[2 * i] + err[2 * i + 1];
+    return err[0];
+}
+
+/* Tile (row group g, block b) of a row-major x: 16 rows (nr real) x 16 columns (nc real). */
+static inline void fos_tile16(const fos_params *p, const void *x, int dtype, int64_t rows, int64_t g, int64_t b) {
+    const int64_t r0 = g * BLOCK, c0 = b * BLOCK;
+    const int nr = rows - r0 < BLOCK ? (int)(rows - r0) : BLOCK;
+    const int nc = p->cols - c0 < BLOCK ? (int)(p->cols - c0) : BLOCK;
+    __m512 v[16];
+    load_tile16(x, dtype, p->cols, r0, nr, c0, nc, v);
+    __m512i m = _mm512_setzero_si512();
+    for (int j = 0; j < 16; j++) m = _mm512_max_epu32(m, _mm512_and_si512(_mm512_castps_si512(v[j]), _mm512_set1_epi32(0x7FFFFFFF)));
+    const uint32_t abits = (uint32_t)_mm512_reduce_max_epu32(m);
+    uint8_t sc;
+    __m512i codes6[16], codes4[16], rb[16];
+    __m512 values6[16], values4[16];
+    const __m512i *codes = codes6;
+    const __m512 *values = values6;
+    if (abits >= 0x7F800000u) { /* NaN/Inf in the tile: the scale is NaN, every code 0 */
+        sc = 0x7F;
+        for (int j = 0; j < 16; j++) {
+            codes6[j] = _mm512_setzero_si512();
+            values6[j] = _mm512_set1_ps(NAN);
+        }
+    } else {
+        for (int j = 0; j < 16; j++)
+            rb[j] = p->stochastic ? random_bytes16((uint64_t)((r0 + j) * p->cols + c0), p->k1, p->k2)
+                                  : _mm512_setzero_si512();
+        float sf6 = (u2f(abits) / p->c_q) * p->s_enc;
+        if (p->amax == 0.0f) sf6 = 0.0f;
+        uint8_t sc6, sc4;
+        const float e6 = fos_tile_candidate(p, v, rb, sf6, codes6, values6, &sc6);
+        const float e4 = fos_tile_candidate(p, v, rb, sf6 * 1.5f, codes4, values4, &sc4);
+        const int four = e4 < e6;
+        sc = four ? sc4 : sc6;
+        codes = four ? codes4 : codes6;
+        values = four ? values4 : values6;
+    }
+    for (int j = 0; j < nr; j++) {
+        const int64_t r = r0 + j;
+        if (p->scales) p->scales[r * p->nblk + b] = sc;
+        if (p->packed)
+            store_packed16(p->packed + r * p->nblk * 8 + b * 8, codes[j]);
+        else
+            store_values16(p->out, p->out_kind, r * p->cols + c0, values[j], nc, 0);
+    }
+}
 #endif
 
 /*
@@ -154,7 +221,7 @@ void fouroversix_quantize(const struct nvfp4_call *c) {
     uint8_t *scales = (uint8_t *)c->scales;
     const int n = (int)(tr * BLOCK);
 #ifdef NVFP4_AVX512
-    if (tr == 1 && !global_bad) {
+    if ((tr == 1 || (tr == 16 && !transpose)) && !global_bad) {
         const fos_params p = {.amax = amax,
                               .c_enc = c_enc,
                               .c_q = c_q,
@@ -171,7 +238,11 @@ void fouroversix_quantize(const struct nvfp4_call *c) {
                               .packed = packed,
                               .scales = scales,
                               .out = c->out};
-        if (!transpose) {
+        if (tr == 16) {
+#pragma omp parallel for num_threads(nthreads) schedule(static) if (rows * cols >= PAR_MIN_ELEMS)
+            for (int64_t g = 0; g < groups; g++)
+                for (int64_t b = 0; b < nblk; b++) fos_tile16(&p, x, dtype, rows, g, b);
+        } else if (!transpose) {
 #pragma omp parallel for num_threads(nthreads) schedule(static) if (rows * cols >= PAR_MIN_ELEMS)
             for (int64_t r = 0; r < rows; r++)
                 for (int64_t b = 0; b < nblk; b++) {
