@@ -35,7 +35,7 @@ from nvfp4.formats import fouroversix
 from nvfp4.formats.fp8 import FP8Tensor
 from nvfp4.formats.hadamard import default_signs, random_hadamard_transform
 from nvfp4.formats.mxfp4 import MXFP4Tensor
-from nvfp4.formats.nvfp4 import ENCODE_NUMERATOR, NVFP4Tensor, global_decode_scale, tensor_amax
+from nvfp4.formats.nvfp4 import NVFP4Tensor, global_decode_scale, tensor_amax
 from nvfp4.formats.rng import derive_keys
 from nvfp4.kernels import ops
 from nvfp4.recipe import OPERANDS, OperandConfig, Recipe
@@ -217,7 +217,7 @@ def _quantize_nvfp4_operand(
     rows, cols = (t2d.shape[1], t2d.shape[0]) if transpose else t2d.shape
     amax = None if global_amax is None else global_amax.to(torch.float32)
     four_over_six = cfg.four_over_six
-    numerator = encode_numerator(cfg)
+    numerator = fouroversix.tensor_scale_numerator(four_over_six, cfg.stochastic)
     if keep_packed:
         packed, scales, amax = ops.nvfp4_packed(
             t2d, amax, cfg.tile[0], cfg.stochastic, seed, stream, call, transpose, signs, backend, four_over_six
@@ -228,11 +228,6 @@ def _quantize_nvfp4_operand(
         t2d, amax, cfg.tile[0], cfg.stochastic, seed, stream, call, transpose, signs, backend, four_over_six
     )
     return QuantizedOperand(values, cols, decode=global_decode_scale(amax, numerator))
-
-
-def encode_numerator(cfg: OperandConfig) -> float:
-    """C of an NVFP4 operand's tensor scale S_enc = C / amax: 448·6, or Four Over Six's (256·6, ·16/17 with SR)."""
-    return fouroversix.encode_constant(cfg.stochastic) if cfg.four_over_six else ENCODE_NUMERATOR
 
 
 def _quantize_mxfp4_operand(

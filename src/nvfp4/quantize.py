@@ -11,11 +11,11 @@ import torch
 
 from nvfp4 import kernels
 from nvfp4.formats._validate import as_2d, check_finite_strict, check_float_input, check_tile
-from nvfp4.formats.fouroversix import encode_constant
+from nvfp4.formats.fouroversix import tensor_scale_numerator
 from nvfp4.formats.fp8 import FP8_TILES, FP8Tensor
 from nvfp4.formats.mxfp4 import SCALE_RULES, MXFP4Tensor
 from nvfp4.formats.mxfp8 import MXFP8Tensor
-from nvfp4.formats.nvfp4 import ENCODE_NUMERATOR, NVFP4_TILES, NVFP4Tensor
+from nvfp4.formats.nvfp4 import NVFP4_TILES, NVFP4Tensor
 
 __all__ = ["quantize_fp8_blockwise", "quantize_mxfp4", "quantize_mxfp8", "quantize_nvfp4"]
 
@@ -65,7 +65,7 @@ def quantize_nvfp4(
     packed, scales = impl.quantize_nvfp4(
         x2d, amax, tile[0], bool(stochastic), int(seed), int(offset), four_over_six=bool(four_over_six)
     )
-    numerator = encode_constant(bool(stochastic)) if four_over_six else ENCODE_NUMERATOR
+    numerator = tensor_scale_numerator(bool(four_over_six), bool(stochastic))
     return NVFP4Tensor(packed, scales, amax, x.shape, tile, backend, numerator)
 
 

@@ -54,6 +54,11 @@ def encode_constant(stochastic: bool) -> float:
     return _fp32(E2M1_MAX * SCALE_TARGET * (SR_HEADROOM if stochastic else 1.0))
 
 
+def tensor_scale_numerator(four_over_six: bool, stochastic: bool) -> float:
+    """C of an NVFP4 tensor scale S_enc = C / amax: Four Over Six's, or NVFP4's 448·6 (SPEC §2)."""
+    return encode_constant(stochastic) if four_over_six else nvfp4.ENCODE_NUMERATOR
+
+
 def global_encode_scale(amax: torch.Tensor, stochastic: bool) -> torch.Tensor:
     """S_enc = min(C / amax, FLT_MAX) in FP32 (a true division, never a reciprocal-multiply): NVFP4's with C."""
     return nvfp4.global_encode_scale(amax.to(torch.float32), encode_constant(stochastic))

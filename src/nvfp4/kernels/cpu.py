@@ -410,8 +410,6 @@ class CPUBackend(BackendBase):
         """One C pass per operand (after the amax pass when NVFP4 has no amax): no transposed copy, no packed
         intermediate for the GEMM values."""
         off = offset_value(offset)
-        if spec.format == "nvfp4" and spec.four_over_six:
-            return self._fouroversix(x2d, spec, amax, signs, int(seed), off)
         if spec.format == "nvfp4":
             return self._nvfp4(x2d, spec, amax, signs, int(seed), off)
         if spec.format == "mxfp4":
@@ -442,55 +440,13 @@ class CPUBackend(BackendBase):
         )
         return out if native == dtype else out.to(dtype)  # the reference also rounds from FP32
 
-    # -- NVFP4 with Four Over Six block scales ----------------------------------------------------------------
-    def _fouroversix(
-        self,
-        x2d: torch.Tensor,
-        spec: QuantSpec,
-        amax: torch.Tensor | None,
-        signs: torch.Tensor | None,
-        seed: int,
-        offset: int,
-    ) -> Quantized:
-        """One C pass over the logical tensor, with the RHT16 fused (1x16 blocks); a transposed view of row-major
-        memory is read in place (16x16 tiles transposed in registers) for 1x16 blocks, copied for 16x16 tiles."""
-        x, dt, kernel_t = _kernel_layout(x2d, bool(spec.transpose))
-        if kernel_t and spec.tile[0] != 1:
-            x, kernel_t = x.t().contiguous(), False
-        rows, cols = (x.shape[1], x.shape[0]) if kernel_t else x.shape
-        signbits = _signbits(signs) if spec.rht else None
-        if amax is not None:
-            amax_t = _amax_cpu(amax)
-        elif signbits is not None:
-            amax_t = self._tensor_amax(x, dt, kernel_t, signbits)  # max|RHT(t)|, as the reference computes it
-        else:
-            amax_t = self.amax_kernel(x)
-        out, scales, out_kind = _outputs(rows, cols, BLOCK, spec)
-        k1, k2 = derive_keys(seed, offset) if spec.stochastic else (0, 0)
-        self.lib.fouroversix_quantize(
-            _call(
-                x=_ptr(x),
-                dtype=dt,
-                rows=x.shape[0],
-                cols=x.shape[1],  # x's own shape; the logical one is its transpose when kernel_t
-                transpose=int(kernel_t),
-                global_amax=float(amax_t),
-                tile_rows=int(spec.tile[0]),
-                stochastic=int(spec.stochastic),
-                signbits=None if signbits is None else _ptr(signbits),
-                k1=k1,
-                k2=k2,
-                out_kind=out_kind,
-                out=_ptr(out),
-                scales=None if scales is None else _ptr(scales),
-            )
-        )
-        return _result(out, scales, torch.float8_e4m3fn, amax_t, spec)
-
     # -- NVFP4 -----------------------------------------------------------------------------------------------
-    def _prepare(self, x2d: torch.Tensor, transpose: bool, tile_rows: int) -> tuple[torch.Tensor, int, bool]:
-        x, dt, kernel_t = _kernel_layout(x2d, bool(transpose))
-        if kernel_t and tile_rows not in (1, 16):  # the transposed path forms 16x16 tiles only
+    def _prepare(self, x2d: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, int, bool]:
+        x, dt, kernel_t = _kernel_layout(x2d, bool(spec.transpose))
+        # The transposed paths read 16x16 tiles of x in place: NVFP4's for 1x16 blocks and 16x16 tiles, Four Over
+        # Six's for 1x16 blocks; any other transposed operand is copied to row-major first.
+        in_place = (1,) if spec.four_over_six else (1, 16)
+        if kernel_t and spec.tile[0] not in in_place:
             x, kernel_t = x.t().contiguous(), False
         return x, dt, kernel_t
 
@@ -513,14 +469,17 @@ class CPUBackend(BackendBase):
         seed: int,
         offset: int,
     ) -> Quantized:
+        """NVFP4 (csrc/nvfp4.c) or, with spec.four_over_six, Four Over Six (csrc/fouroversix.c): one C pass after the
+        amax pass; the RHT16 is fused, a transposed view of row-major memory read in place (see _prepare)."""
         tile_rows = spec.tile[0]
-        x, dt, kernel_t = self._prepare(x2d, spec.transpose, tile_rows)
+        x, dt, kernel_t = self._prepare(x2d, spec)
         rows, cols = x.shape[::-1] if kernel_t else x.shape
         signbits = _signbits(signs) if spec.rht else None
         amax_t = self._tensor_amax(x, dt, kernel_t, signbits) if amax is None else _amax_cpu(amax)
         out, scales, out_kind = _outputs(rows, cols, BLOCK, spec)
         k1, k2 = derive_keys(seed, offset) if spec.stochastic else (0, 0)
-        rc = self.lib.nvfp4_quantize(
+        kernel = self.lib.fouroversix_quantize if spec.four_over_six else self.lib.nvfp4_quantize
+        rc = kernel(
             _call(
                 x=_ptr(x),
                 dtype=dt,
@@ -538,7 +497,7 @@ class CPUBackend(BackendBase):
                 scales=None if scales is None else _ptr(scales),
             )
         )
-        if rc != 0:
+        if rc:  # nvfp4_quantize's scratch buffers (fouroversix_quantize needs none and returns nothing)
             raise MemoryError("nvfp4_quantize could not allocate its scratch buffers")
         return _result(out, scales, torch.float8_e4m3fn, amax_t, spec)
 

@@ -2,9 +2,10 @@
  * The Four Over Six entry point (declared in call.h): NVFP4 with an adaptive block scale, the arithmetic of
  * nvfp4/formats/fouroversix.py step for step in FP32 (that file is the definition; see its docstring). Each block
  * (1x16, or a 16x16 tile) is encoded with its amax mapped to 6 and to 4; the candidate with the lower squared error
- * (summed as a tree of adjacent pairs) is kept, a tie keeps 6. OpenMP over the tile rows; 1x16 blocks run on
- * AVX-512 where the build has it (one block per register: the pairwise tree is four lane-swapping adds), 16x16 tiles
- * and blocks holding NaN/Inf on the scalar path. Relies on scalar.h (loads, E4M3 / E2M1 rounding, the E2M1 table,
+ * (summed as a tree of adjacent pairs) is kept, a tie keeps 6. OpenMP over the tile rows. Where the build has
+ * AVX-512: one 1x16 block per register (the pairwise tree is four lane-swapping adds), a 16x16 tile as 16 registers,
+ * a transposed operand through 16x16 register transposes. The scalar path serves the portable build and a
+ * non-finite tensor amax (every scale NaN). Relies on scalar.h (loads, E4M3 / E2M1 rounding, the E2M1 table,
  * random bytes, value stores) and avx512.h (vector loads, E2M1 lookups, random bytes, RHT16, stores).
  */
 #include <float.h>
